@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when
+# it is missing and install torch first (CPU build here, CUDA elsewhere), then lmrec.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lmrec-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit test-integration bench-train clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/lmrec demo
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+bench-train: install
+	$(PY) jobs/benchmark_train.py
+
+clean:
+	rm -rf $(VENV) build dist platform/*.egg-info .pytest_cache

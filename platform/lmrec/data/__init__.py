@@ -1,0 +1,1 @@
+"""Readers, synthetic generator, Ray Data preparation and in-memory sequences."""

@@ -1,0 +1,7 @@
+"""Sequential recommender models (no ray, no torch.distributed)."""
+
+from lmrec.models.config import PAD_ID, SeqRecConfig
+from lmrec.models.seqrec import SeqRecModel, init_weights_
+from lmrec.models.sizes import SIZES, build_config, size_table
+
+__all__ = ["PAD_ID", "SeqRecConfig", "SeqRecModel", "init_weights_", "SIZES", "build_config", "size_table"]

@@ -1,0 +1,88 @@
+"""Named model sizes as builder functions (torchtune's `_model_builders` pattern).
+
+Each builder takes the catalog size and optional field overrides and returns a
+validated `SeqRecConfig`. Parameter counts depend on the catalog only through the
+item-embedding table; `backbone_parameters` excludes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from lmrec.config import ConfigError
+from lmrec.models.config import SeqRecConfig
+
+
+def seqrec_tiny(num_items: int, **overrides: Any) -> SeqRecConfig:
+    """For tests and laptops: 2 x 64, the SASRec/BSARec benchmark shape."""
+    return _build("tiny", num_items, dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256), overrides)
+
+
+def seqrec_small(num_items: int, **overrides: Any) -> SeqRecConfig:
+    """About 3M backbone parameters."""
+    return _build("small", num_items, dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768), overrides)
+
+
+def seqrec_base(num_items: int, **overrides: Any) -> SeqRecConfig:
+    """About 34M backbone parameters."""
+    return _build("base", num_items, dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048), overrides)
+
+
+def seqrec_large(num_items: int, **overrides: Any) -> SeqRecConfig:
+    """>= 300M backbone parameters (24 x 1024)."""
+    return _build(
+        "large", num_items, dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096, dropout=0.0), overrides
+    )
+
+
+def seqrec_xl(num_items: int, **overrides: Any) -> SeqRecConfig:
+    """>= 1B backbone parameters (24 x 2048, grouped-query attention)."""
+    return _build(
+        "xl",
+        num_items,
+        dict(hidden_size=2048, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=6144, dropout=0.0),
+        overrides,
+    )
+
+
+SIZES: dict[str, Callable[..., SeqRecConfig]] = {
+    "tiny": seqrec_tiny,
+    "small": seqrec_small,
+    "base": seqrec_base,
+    "large": seqrec_large,
+    "xl": seqrec_xl,
+}
+
+
+def _build(name: str, num_items: int, preset: dict[str, Any], overrides: dict[str, Any]) -> SeqRecConfig:
+    fields = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return SeqRecConfig(num_items=num_items, name=name, **fields)
+    except TypeError as exc:
+        raise ConfigError("model", str(exc)) from exc
+
+
+def build_config(size: str, num_items: int, **overrides: Any) -> SeqRecConfig:
+    """Config for named `size` over a catalog of `num_items`, with field overrides."""
+    if size not in SIZES:
+        raise ConfigError("model.size", f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    return SIZES[size](num_items, **overrides)
+
+
+def size_table(num_items: int) -> list[dict[str, Any]]:
+    """One row per named size: shape and parameter counts for a catalog of `num_items`."""
+    rows = []
+    for name, builder in SIZES.items():
+        cfg = builder(num_items)
+        rows.append(
+            dict(
+                size=name,
+                layers=cfg.num_layers,
+                hidden=cfg.hidden_size,
+                heads=cfg.num_heads,
+                ffn=cfg.ffn_size,
+                backbone_params=cfg.num_parameters(include_embeddings=False),
+                total_params=cfg.num_parameters(),
+            )
+        )
+    return rows

@@ -1,0 +1,30 @@
+"""Typed config of MLflow tracking and registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from lmrec.config import check
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs go and how the trained model is registered.
+
+    `tracking_uri` None means MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME.
+    """
+
+    tracking_uri: Optional[str] = None
+    experiment: str = "lmrec"
+    run_name: Optional[str] = None
+    run_id: Optional[str] = None  # set by the driver; workers log into this run
+    parent_run_id: Optional[str] = None  # nests this run under another (pipelines, searches)
+    register: bool = True
+    model_name: str = "lmrec-seqrec"
+    alias: str = "candidate"
+
+    def validate(self) -> None:
+        check(bool(self.experiment), "experiment", "must not be empty")
+        check(bool(self.model_name), "model_name", "must not be empty")
+        check(self.alias.replace("-", "").replace("_", "").isalnum(), "alias", f"invalid alias {self.alias!r}")

@@ -1,0 +1,88 @@
+"""Training checkpoints with torch.distributed.checkpoint (DCP).
+
+Each rank writes its shard files into its own local folder; rank 0 also writes
+DCP's `.metadata` and `train_state.json`, and every rank writes its RNG state.
+Ray Train merges the folders of all ranks into one checkpoint directory in
+storage, and uploads it only after the files are complete, so a crash while
+saving never leaves a checkpoint that resume would pick up half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where training is: the next step to run and what has been done so far."""
+
+    epoch: int = 0  # next epoch to run (== epochs completed)
+    step_in_epoch: int = 0  # steps of `epoch` already done
+    global_step: int = 0
+    epochs_completed: list[int] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per completed epoch
+    restarts: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainState":
+        return cls(**json.loads(text))
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, directory: str | Path) -> Path:
+    """Collective: every rank must call it. Writes this rank's part into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
+    rank = _rank()
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(directory / f"rng-rank{rank}.safetensors"))
+    if rank == 0:
+        tmp = directory / (STATE_FILE + ".tmp")
+        tmp.write_text(state.to_json())
+        os.replace(tmp, directory / STATE_FILE)
+    return directory
+
+
+def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> TrainState:
+    """Collective: restore model, optimizer and this rank's RNG from a merged checkpoint."""
+    directory = Path(directory)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+    dcp.load(sd, checkpoint_id=str(directory))
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    rng_file = directory / f"rng-rank{_rank()}.safetensors"
+    if rng_file.exists():
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    return TrainState.from_json((directory / STATE_FILE).read_text())
+
+
+def read_state(directory: str | Path) -> Optional[TrainState]:
+    path = Path(directory) / STATE_FILE
+    return TrainState.from_json(path.read_text()) if path.exists() else None
