@@ -1,0 +1,50 @@
+"""One real MLflow server and one real Ray head (`ray start --head`) per session.
+
+Every integration test shares them: a Ray start costs seconds on 2 cores, so the
+suite starts one cluster and one tracking server and reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support import MlflowServer, RayHead, start_mlflow_server, start_ray_head
+
+RAY_NUM_CPUS = 6  # oversubscribes 2 real cores on purpose: trainers, Tune trials and Serve share it
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    srv = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    os.environ["MLFLOW_TRACKING_URI"] = srv.uri
+    yield srv
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(mlflow_server: MlflowServer) -> Iterator[RayHead]:
+    """The head inherits MLFLOW_TRACKING_URI and LMREC_HOME, so workers log to the server."""
+    import ray
+
+    head = start_ray_head(num_cpus=RAY_NUM_CPUS, env=os.environ.copy())
+    os.environ["RAY_ADDRESS"] = head.address
+    ray.init(address=head.address, log_to_driver=True)
+    yield head
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(ray_cluster: RayHead):
+    """A small learnable synthetic dataset, prepared once through the Ray Data pipeline."""
+    from lmrec.data.config import DataConfig, SyntheticConfig
+    from lmrec.data.prepare import prepare_dataset
+
+    cfg = DataConfig(dataset="synthetic", synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20))
+    return cfg, prepare_dataset(cfg)
