@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from lmrec.training.sharding import autocast, resolve_precision, state_bytes, un
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 MODEL_CONFIG_FILE = "model_config.json"
+JOB_CONFIG_FILE = "job_config.json"
 EXPORT_DIR = "export"
 
 
@@ -283,6 +284,12 @@ class _Progress:
         )
 
 
+def say(message: str) -> None:
+    """One progress line to stdout (bypasses Ray Train's print patch, which echoes lines twice)."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def _fmt_secs(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -338,8 +345,8 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             state = load_checkpoint(setup.model, setup.optimizer, directory)
         state.restarts += 1
         if ctx.rank == 0:
-            print(f"[lmrec.train] resumed from checkpoint at epoch {state.epoch} step {state.step_in_epoch} "
-                  f"(global step {state.global_step})", flush=True)
+            say(f"[lmrec.train] resumed from checkpoint at epoch {state.epoch} step {state.step_in_epoch} "
+                  f"(global step {state.global_step})")
 
     inputs, targets = train_examples(data, model_cfg.max_seq_len, tc.sliding_window)
     steps_per_epoch = len(shard_batches(len(inputs), tc.batch_size, 0, ctx.world_size, 0, tc.seed))
@@ -350,18 +357,22 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
     if logger and state.restarts:
         logger.tags({"lmrec.restarts": state.restarts})
     if ctx.rank == 0:
-        print(f"[lmrec.train] {model_cfg.name} model, {model_cfg.num_parameters():,} parameters, "
+        say(f"[lmrec.train] {model_cfg.name} model, {model_cfg.num_parameters():,} parameters, "
               f"{len(inputs):,} training sequences, {ctx.world_size} worker(s), strategy {tc.strategy}, "
-              f"{steps_per_epoch} steps/epoch, dtype {str(setup.dtype).removeprefix('torch.')}", flush=True)
+              f"{steps_per_epoch} steps/epoch, dtype {str(setup.dtype).removeprefix('torch.')}")
     samples_per_step = tc.batch_size * ctx.world_size
     progress = _Progress(total_steps, state.global_step, samples_per_step)
 
-    def checkpoint(metrics: dict[str, Any]) -> None:
+    def write_checkpoint() -> str:
         tmp = tempfile.mkdtemp(prefix=f"lmrec-ckpt-r{ctx.rank}-")
         save_checkpoint(setup.model, setup.optimizer, state, tmp)
-        if ctx.rank == 0:
+        if ctx.rank == 0:  # enough to rebuild the model and its data without the job
             (Path(tmp) / MODEL_CONFIG_FILE).write_text(json.dumps(model_cfg.to_dict()))
-        ctx.report(metrics, tmp)
+            (Path(tmp) / JOB_CONFIG_FILE).write_text(json.dumps(to_dict(cfg)))
+        return tmp
+
+    def checkpoint(metrics: dict[str, Any]) -> None:
+        ctx.report(metrics, write_checkpoint())
 
     eval_kwargs = dict(
         max_len=model_cfg.max_seq_len, ks=list(ec.ks), protocols=list(ec.protocols), batch_size=ec.batch_size,
@@ -380,7 +391,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             state.global_step += 1
             state.step_in_epoch = step + 1
             if ctx.rank == 0 and (state.global_step % tc.log_every_steps == 0 or step + 1 == steps_per_epoch):
-                print(progress.line(epoch, tc.epochs, step + 1, steps_per_epoch, state.global_step, loss), flush=True)
+                say(progress.line(epoch, tc.epochs, step + 1, steps_per_epoch, state.global_step, loss))
             if tc.checkpoint_every_steps and state.global_step % tc.checkpoint_every_steps == 0 and step + 1 < steps_per_epoch:
                 checkpoint({"epoch": epoch, "global_step": state.global_step, "train_loss": loss, "mid_epoch": 1})
         seconds = time.time() - t_epoch
@@ -401,8 +412,8 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             logger.metrics(row, step=epoch)
         if ctx.rank == 0:
             shown = {k: round(v, 4) for k, v in row.items() if k.endswith(("ndcg@10", "hr@10"))}
-            print(f"[lmrec.train] epoch {epoch + 1}/{tc.epochs} done: loss {row['train_loss']:.4f}, "
-                  f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}", flush=True)
+            say(f"[lmrec.train] epoch {epoch + 1}/{tc.epochs} done: loss {row['train_loss']:.4f}, "
+                  f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}")
         checkpoint({**row, "epochs_completed": len(state.epochs_completed)})
 
     # Final evaluation on valid and test, then export the model from rank 0.
@@ -439,12 +450,9 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
 
             logger.artifacts(exported, MODEL_ARTIFACT_PATH)
     # The final checkpoint also carries the exported model, so `lmrec evaluate` can use it.
-    tmp = tempfile.mkdtemp(prefix=f"lmrec-ckpt-r{ctx.rank}-")
-    save_checkpoint(setup.model, setup.optimizer, state, tmp)
-    if ctx.rank == 0:
-        (Path(tmp) / MODEL_CONFIG_FILE).write_text(json.dumps(model_cfg.to_dict()))
-        if exported:
-            shutil.copytree(exported, Path(tmp) / EXPORT_DIR)
+    tmp = write_checkpoint()
+    if exported:
+        shutil.copytree(exported, Path(tmp) / EXPORT_DIR)
     ctx.report({**final, "final": 1}, tmp)
     if exported:
         shutil.rmtree(export_dir.parent, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""The `lmrec` command: demo, prepare, train, evaluate, models (more per subsystem).
+
+Every subcommand validates its config before asking Ray for anything; a config
+error prints the offending key and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from lmrec.config import ConfigError, load_config
+
+
+def _size_help(num_items: int = 10_000) -> str:
+    from lmrec.models.sizes import size_table
+
+    rows = size_table(num_items)
+    lines = [f"model sizes (parameters with a {num_items:,}-item catalog):"]
+    for r in rows:
+        lines.append(
+            f"  {r['size']:<6} {r['layers']:>2} layers x {r['hidden']:>4} wide, {r['heads']:>2} heads: "
+            f"{r['backbone_params'] / 1e6:8.1f}M backbone, {r['total_params'] / 1e6:8.1f}M total"
+        )
+    return "\n".join(lines)
+
+
+def _fmt_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
+    keys = sorted(k for k in metrics if "/" in k and isinstance(metrics[k], (int, float)))
+    width = max((len(k) for k in keys), default=10)
+    return "\n".join(f"{prefix}{k:<{width}}  {metrics[k]:.4f}" for k in keys)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print(_size_help(args.num_items))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lmrec.data.config import DataConfig
+    from lmrec.data.prepare import prepare_dataset
+    from lmrec.training.trainer import ensure_ray
+
+    overrides = [f"dataset={args.dataset}"] + (["data_dir=" + args.data_dir] if args.data_dir else []) + args.overrides
+    cfg = load_config(DataConfig, args.config, overrides)
+    ensure_ray()
+    prepared = prepare_dataset(cfg, force=args.force)
+    m = prepared.manifest
+    print(f"{'cached' if prepared.cached else 'prepared'}: {prepared.path}")
+    print(f"users {m['num_users']:,}  items {m['num_items']:,}  interactions {m['num_interactions']:,}  "
+          f"(raw {m['raw_interactions']:,}; k-core iterations {m['kcore_iterations']})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmrec.training.config import TrainJobConfig
+    from lmrec.training.trainer import run_train_job, write_metrics_json
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    cfg = load_config(TrainJobConfig, args.config, overrides)  # fails here, before Ray, on bad keys
+    result = run_train_job(cfg)
+    print("\nfinal metrics:")
+    print(_fmt_metrics(result.metrics, "  "))
+    print(f"MLflow run: {result.run_id}   model: {result.model_uri or '(not registered)'}")
+    print(f"checkpoint: {result.checkpoint_path}")
+    write_metrics_json({**result.metrics, "run_id": result.run_id, "model_uri": result.model_uri}, args.metrics_out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lmrec.evaluate_cli import evaluate_main
+
+    return evaluate_main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lmrec.demo import run_demo
+
+    return run_demo(args)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmrec", description="Train, compress, tune and serve sequential recommenders on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="prepare -> train (2 workers, FSDP) -> evaluate -> register, end to end",
+                       description="End-to-end demo on ML-100k (or synthetic data when MovieLens is absent).")
+    s.add_argument("--data-dir", help="folder holding movielens/ml-100k (default: LMREC_DATA_DIR, then ../shared/data)")
+    s.add_argument("--epochs", type=int, default=None, help="training epochs (default from the demo config)")
+    s.add_argument("--workers", type=int, default=2, help="Ray Train workers (FSDP over gloo on CPU)")
+    s.add_argument("--no-serve", action="store_true", help="stop after registering (skip the serving step)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("prepare", help="prepare a dataset (Ray Data; cached by config hash)")
+    s.add_argument("--dataset", default="ml-100k", help="ml-100k | ml-1m | ml-20m | ml-25m | synthetic | sasrec:<Name>")
+    s.add_argument("--config", help="YAML of a DataConfig")
+    s.add_argument("--data-dir")
+    s.add_argument("--force", action="store_true", help="re-run even if cached")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train on Ray Train (config YAML + dotted overrides)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a SeqRec model with Ray Train.\n\n" + _size_help(),
+                       epilog="example: lmrec train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3 model.size=small")
+    s.add_argument("--config", help="YAML under jobs/configs/train/")
+    s.add_argument("--data-dir")
+    s.add_argument("--metrics-out", help="write final metrics JSON here")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a registered model or a checkpoint; writes metrics JSON",
+                       description="Full-ranking (history excluded) and sampled (100 negatives) metrics.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-uri", help="models:/lmrec-seqrec@candidate, models:/name/3, runs:/<id>/model or a folder")
+    src.add_argument("--checkpoint", help="a Ray Train checkpoint folder written by lmrec")
+    s.add_argument("--dataset", help="dataset to evaluate on (default: the one the model was trained on)")
+    s.add_argument("--data-dir")
+    s.add_argument("--split", choices=["valid", "test"], default="test")
+    s.add_argument("--protocols", default="full,sampled")
+    s.add_argument("--ks", default="5,10,20")
+    s.add_argument("--max-users", type=int)
+    s.add_argument("--out", default="metrics.json", help="metrics JSON path")
+    s.add_argument("overrides", nargs="*", help="data.* overrides for preparing the dataset")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("models", help="list model sizes with parameter counts")
+    s.add_argument("--num-items", type=int, default=10_000)
+    s.set_defaults(func=cmd_models)
+
+    for register in _EXTENSIONS:
+        register(sub)
+    return p
+
+
+# Subsystems (serving, tuning, compression, cluster) add subcommands here.
+_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"lmrec {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        # Missing data, unsafe artifacts, catalog mismatches: user errors, not tracebacks.
+        from lmrec.evaluate_cli import CatalogMismatch
+        from lmrec.models.artifacts import UnsafeArtifactError
+
+        if isinstance(exc, (FileNotFoundError, CatalogMismatch, UnsafeArtifactError)):
+            print(f"lmrec {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

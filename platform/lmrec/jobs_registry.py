@@ -1,0 +1,18 @@
+"""Which config class validates the YAMLs of each `jobs/configs/<job>/` folder."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+CONFIG_CLASSES: dict[str, str] = {
+    "train": "lmrec.training.config:TrainJobConfig",
+}
+
+
+def config_class(job: str) -> Any:
+    """The dataclass for `jobs/configs/<job>/*.yaml`."""
+    if job not in CONFIG_CLASSES:
+        raise KeyError(f"no config class registered for jobs/configs/{job}/")
+    module, name = CONFIG_CLASSES[job].split(":")
+    return getattr(importlib.import_module(module), name)

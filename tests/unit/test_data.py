@@ -1,0 +1,175 @@
+"""Readers, downloads, synthetic generator, in-process preparation and batching."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lmrec.data.config import DataConfig, SyntheticConfig
+from lmrec.data.download import DatasetNotFound, download_zip, locate_dataset
+from lmrec.data.prepare import prepare_local
+from lmrec.data.readers import (
+    MOVIELENS_1M, MOVIELENS_100K, MOVIELENS_CSV, SASREC, DatasetSpec, ParseError, dataset_spec, read_interactions,
+)
+from lmrec.data.sequences import SequenceData, left_pad, shard_batches, train_examples, trim_padding
+from lmrec.data.synthetic import _World, generate
+from lmrec.paths import data_dir
+
+
+def test_readers_parse_each_format(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    (tmp_path / "ratings.dat").write_bytes("1::1193::5::978300760\n1::661::3::978302109\n".encode("latin-1"))
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n")
+    (tmp_path / "b.txt").write_text("1 1\n1 2\n2 3\n")
+    t = read_interactions(tmp_path / "u.data", MOVIELENS_100K)
+    assert t.to_pylist()[0] == {"user": 196, "item": 242, "ts": 881250949, "rating": 3.0}
+    t = read_interactions(tmp_path / "ratings.dat", MOVIELENS_1M)
+    assert t.column("item").to_pylist() == [1193, 661] and t.column("ts").to_pylist() == [978300760, 978302109]
+    t = read_interactions(tmp_path / "ratings.csv", MOVIELENS_CSV)
+    assert t.to_pylist() == [{"user": 1, "item": 2, "ts": 1112486027, "rating": 3.5}]
+    t = read_interactions(tmp_path / "b.txt", SASREC)
+    assert t.column("ts").to_pylist() == [0, 1, 2]  # line order stands in for time
+
+
+def test_bad_lines_are_reported_with_their_line_number(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::2::3::4\n1::2::3\n")
+    with pytest.raises(ParseError, match="line 2"):
+        read_interactions(tmp_path / "ratings.dat", MOVIELENS_1M)
+    (tmp_path / "u.data").write_text("1\tx\t3\t4\n")
+    with pytest.raises(ParseError):
+        read_interactions(tmp_path / "u.data", MOVIELENS_100K)
+
+
+def _zip_with(member: str, payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(member, payload)
+        zf.writestr(member.rsplit("/", 1)[0] + "/README", b"readme")
+    return buf.getvalue()
+
+
+def test_download_verifies_checksum_and_extracts(tmp_path: Path) -> None:
+    blob = _zip_with("ml-100k/u.data", b"1\t2\t3\t4\n")
+    md5 = hashlib.md5(blob).hexdigest()
+    spec = DatasetSpec("ml-100k", "movielens/ml-100k/u.data", MOVIELENS_100K, "https://example.invalid/ml-100k.zip", md5, "ml-100k/u.data")
+    fetched: list[str] = []
+
+    def fetch(url: str, dest: Path, timeout: float) -> None:  # stands in for the network: a local file
+        fetched.append(url)
+        dest.write_bytes(blob)
+
+    path = locate_dataset(spec, tmp_path / "data", download=True, fetch=fetch)
+    assert path == tmp_path / "data" / "movielens" / "ml-100k" / "u.data"
+    assert path.read_bytes() == b"1\t2\t3\t4\n" and (path.parent / "README").exists()
+    assert locate_dataset(spec, tmp_path / "data", download=True, fetch=fetch) == path and len(fetched) == 1
+
+    bad = DatasetSpec(spec.name, "movielens/x/u.data", spec.fmt, spec.url, "0" * 32, spec.member)
+    with pytest.raises(DatasetNotFound, match="checksum mismatch"):
+        download_zip(bad, tmp_path / "other", fetch=fetch)
+    assert not (tmp_path / "other" / "movielens" / "x" / "u.data").exists()
+
+
+def test_official_specs_point_at_grouplens_with_md5() -> None:
+    for name in ("ml-100k", "ml-1m", "ml-20m", "ml-25m"):
+        spec = dataset_spec(name)
+        assert spec.url == f"https://files.grouplens.org/datasets/movielens/{name}.zip"
+        assert spec.md5 and len(spec.md5) == 32
+    assert dataset_spec("ml-1m").md5 == "c4d9eecfca2ab87c1945afe126590906"
+
+
+def test_offline_missing_dataset_says_where_to_put_files(tmp_path: Path) -> None:
+    def offline(url: str, dest: Path, timeout: float) -> None:
+        raise OSError("network unreachable")
+
+    with pytest.raises(DatasetNotFound) as info:
+        locate_dataset(dataset_spec("ml-1m"), tmp_path, download=True, fetch=offline)
+    msg = str(info.value)
+    assert "ratings.dat" in msg and "c4d9eecfca2ab87c1945afe126590906" in msg and "LMREC_DATA_DIR" in msg
+    with pytest.raises(DatasetNotFound, match="not found"):
+        locate_dataset(dataset_spec("sasrec:Nope"), tmp_path, download=True)
+
+
+def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMREC_DATA_DIR", str(tmp_path / "env"))
+    assert data_dir(tmp_path / "explicit") == (tmp_path / "explicit").resolve()
+    assert data_dir() == (tmp_path / "env").resolve()
+    monkeypatch.delenv("LMREC_DATA_DIR")
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
+    if shared.is_dir():
+        assert data_dir() == shared.resolve()
+
+
+def test_synthetic_is_deterministic_power_law_and_sequential() -> None:
+    cfg = SyntheticConfig(num_users=500, num_items=300, num_clusters=10, mean_seq_len=20, seed=3)
+    a, b = generate(cfg), generate(cfg)
+    assert a.equals(b)
+    items = a.column("item").to_numpy()
+    counts = np.sort(np.bincount(items)[1:])[::-1]
+    assert counts[:10].sum() > 5 * counts[-100:].sum()  # heavy head, long tail
+    world = _World(cfg)
+    clusters = world.cluster_of[items - 1]
+    users = a.column("user").to_numpy()
+    same_user = users[1:] == users[:-1]
+    follow = (clusters[1:] == clusters[:-1]) | (clusters[1:] == world.successor[clusters[:-1]])
+    # stay (0.5) + successor (0.4) + chance; far above the ~2/10 a random order would give
+    assert follow[same_user].mean() > 0.8
+    lengths = np.bincount(users)[1:]
+    assert lengths.min() >= cfg.min_seq_len and lengths.max() <= cfg.max_seq_len
+
+
+def _interactions(rows: list[tuple[int, int, int]]) -> pa.Table:
+    u, i, t = zip(*rows)
+    return pa.table({"user": pa.array(u, pa.int64()), "item": pa.array(i, pa.int64()), "ts": pa.array(t, pa.int64()),
+                     "rating": pa.array([1.0] * len(rows), pa.float32())})
+
+
+def test_prepare_local_kcore_order_ties_and_split(tmp_path: Path) -> None:
+    rows = [
+        (1, 10, 5), (1, 30, 1), (1, 20, 1), (1, 40, 9),  # tie at ts=1: item 20 before 30
+        (2, 10, 1), (2, 20, 2), (2, 30, 3), (2, 40, 4),
+        (3, 10, 1), (3, 99, 2), (3, 20, 3),  # item 99 has one interaction -> dropped, then user 3 has 2 < 3
+    ]
+    cfg = DataConfig(dataset="synthetic", min_user_interactions=3, min_item_interactions=2)
+    prep = prepare_local(cfg, _interactions(rows), tmp_path / "p")
+    m = prep.manifest
+    assert m["num_users"] == 2 and m["num_items"] == 4 and m["item_ids"] == [10, 20, 30, 40]
+    assert m["kcore_iterations"] >= 2 and m["raw_interactions"] == 11
+    data = SequenceData.load(prep.path)
+    # user 1 chronological: 20(ts1) 30(ts1) 10(ts5) 40(ts9) -> idx 2 3 1 4
+    assert data.sequence(0).tolist() == [2, 3, 1, 4]
+    assert data.history(0, "valid").tolist() == [2, 3] and data.target(0, "valid") == 1
+    assert data.history(0, "test").tolist() == [2, 3, 1] and data.target(0, "test") == 4
+    import pyarrow.parquet as pq
+
+    seq = pq.read_table(prep.path / "sequences.parquet")
+    assert seq.column("valid_item").to_pylist() == [1, 3] and seq.column("test_item").to_pylist() == [4, 4]
+
+
+def test_training_examples_windows_and_padding() -> None:
+    items = np.arange(1, 13, dtype=np.int32)  # one user, 12 items: train part = 1..10
+    data = SequenceData(items, np.array([0, 12]), np.ones(12, np.float32), np.arange(12), np.array([7]), 12, {})
+    x, y = train_examples(data, max_len=4)
+    assert x.tolist() == [[6, 7, 8, 9]] and y.tolist() == [[7, 8, 9, 10]]
+    x, y = train_examples(data, max_len=4, sliding_window=True)
+    assert x.tolist() == [[6, 7, 8, 9], [2, 3, 4, 5], [0, 0, 0, 1]]
+    assert y.tolist() == [[7, 8, 9, 10], [3, 4, 5, 6], [0, 0, 0, 2]]
+    assert left_pad([np.array([1, 2])], 4).tolist() == [[0, 0, 1, 2]]
+    a, b = trim_padding(np.array([[0, 0, 1, 2], [0, 3, 4, 5]]), np.array([[0, 0, 2, 3], [0, 4, 5, 6]]))
+    assert a.tolist() == [[0, 1, 2], [3, 4, 5]] and b.shape == (2, 3)
+
+
+def test_shard_batches_cover_everything_in_lockstep() -> None:
+    n, bs, world = 103, 8, 3
+    shards = [shard_batches(n, bs, r, world, epoch=2, seed=1) for r in range(world)]
+    assert len({s.shape for s in shards}) == 1  # same number of steps on every rank
+    seen = np.concatenate([s.ravel() for s in shards])
+    assert set(seen.tolist()) == set(range(n))
+    again = shard_batches(n, bs, 1, world, epoch=2, seed=1)
+    assert np.array_equal(again, shards[1])
+    assert not np.array_equal(shard_batches(n, bs, 1, world, epoch=3, seed=1), shards[1])
