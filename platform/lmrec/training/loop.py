@@ -434,7 +434,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         setup,
         export_dir,
         data.manifest["item_ids"],
-        {"dataset": data.manifest["dataset"], "dataset_hash": data.manifest["config_hash"],
+        {"dataset": data.manifest["dataset"], "dataset_hash": data.manifest["config_hash"], "data_config": to_dict(cfg.data),
          "metrics": {k: v for k, v in final.items() if "/" in k}, "train_run_id": cfg.tracking.run_id,
          "global_step": state.global_step},
         ctx.rank,
