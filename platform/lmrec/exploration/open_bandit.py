@@ -159,6 +159,14 @@ def bts_action_dist(
 # ------------------------------------------------------------------ reward model features
 
 
+def _user_onehot(log: OBDLog, rows: np.ndarray) -> np.ndarray:
+    offsets = np.concatenate([[0], np.cumsum(log.user_levels)])
+    user = np.zeros((len(rows), int(offsets[-1])))
+    for f in range(len(log.user_levels)):
+        user[np.arange(len(rows)), offsets[f] + log.user_codes[rows, f]] = 1.0
+    return user
+
+
 def obd_features(log: OBDLog, position: Optional[int] = None, use_affinity: bool = False) -> FeatureFn:
     """features(rows, actions): user one-hot, item features, item one-hot, position one-hot.
 
@@ -166,19 +174,14 @@ def obd_features(log: OBDLog, position: Optional[int] = None, use_affinity: bool
     each sample's logged position. Affinities are mostly zero in the sample and
     make every context unique, so they are off by default.
     """
-    offsets = np.concatenate([[0], np.cumsum(log.user_levels)])
-    n_user = int(offsets[-1])
 
     def fn(rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
         m = len(rows)
-        user = np.zeros((m, n_user))
-        for f in range(len(log.user_levels)):
-            user[np.arange(m), offsets[f] + log.user_codes[rows, f]] = 1.0
         item_onehot = np.zeros((m, log.n_actions))
         item_onehot[np.arange(m), actions] = 1.0
         pos = np.zeros((m, log.len_list))
         pos[np.arange(m), log.positions[rows] if position is None else position] = 1.0
-        parts = [user, log.item_features[actions], item_onehot, pos]
+        parts = [_user_onehot(log, rows), log.item_features[actions], item_onehot, pos]
         if use_affinity:
             parts.append(log.affinity[rows, actions][:, None])
         return np.hstack(parts)
@@ -186,43 +189,66 @@ def obd_features(log: OBDLog, position: Optional[int] = None, use_affinity: bool
     return fn
 
 
+def obd_predictor(log: OBDLog, position: Optional[int] = None, use_affinity: bool = False) -> Any:
+    """Logits of every item for `rows`, from the blocks of `obd_features` (no n x A feature matrix)."""
+    n_user = int(sum(log.user_levels))
+    d_item = log.item_features.shape[1]
+
+    def predict(model: Any, rows: np.ndarray) -> np.ndarray:
+        w = model.coef_
+        w_user, w_if = w[:n_user], w[n_user : n_user + d_item]
+        w_item = w[n_user + d_item : n_user + d_item + log.n_actions]
+        w_pos = w[n_user + d_item + log.n_actions : n_user + d_item + log.n_actions + log.len_list]
+        per_item = log.item_features @ w_if + w_item  # (A,)
+        pos = log.positions[rows] if position is None else np.full(len(rows), position)
+        per_row = _user_onehot(log, rows) @ w_user + w_pos[pos] + model.intercept_  # (m,)
+        out = per_row[:, None] + per_item[None, :]
+        if use_affinity:
+            out = out + w[-1] * log.affinity[rows]
+        return out
+
+    return predict
+
+
 @dataclass
 class OBDRewards:
     """Cross-fitted reward predictions on one log, plus position-free policy scores."""
 
     fit: CrossFitRewards  # at each sample's logged position (for DM/DR)
-    scores: np.ndarray  # (n, n_actions) logits at position 0 (for policies to rank on)
+    scores: Optional[np.ndarray]  # (n, n_actions) logits at position 0 (for policies to rank on)
 
 
 L2_GRID = (1.0, 10.0, 100.0, 1000.0)
 
 
-def fit_obd_rewards(log: OBDLog, n_folds: int = 3, l2: float | Literal["auto"] = "auto", seed: int = 12345) -> OBDRewards:
+def fit_obd_rewards(
+    log: OBDLog, n_folds: int = 3, l2: float | Literal["auto"] = "auto", seed: int = 12345, with_scores: bool = True,
+) -> OBDRewards:
     """Our logistic regression, cross-fitted over `n_folds` folds (OBP's quickstart uses 3).
 
     `l2="auto"` picks the strength from `L2_GRID` by out-of-fold log-loss on this log.
     """
-    feats = obd_features(log)
+    feats, predict = obd_features(log), obd_predictor(log)
     if l2 == "auto":
-        fit = select_cross_fit(feats, log.actions, log.rewards, log.n_actions, L2_GRID, n_folds, seed)
+        fit = select_cross_fit(feats, log.actions, log.rewards, log.n_actions, L2_GRID, n_folds, seed, predict=predict)
     else:
-        fit = cross_fit_rewards(feats, log.actions, log.rewards, log.n_actions, n_folds, float(l2), seed)
+        fit = cross_fit_rewards(feats, log.actions, log.rewards, log.n_actions, n_folds, float(l2), seed, predict=predict)
     # Scores at position 0 from the same folds: the position term only shifts every item equally.
-    scores = _position_free_scores(log, fit, n_folds, fit.l2, seed)
+    scores = _position_free_scores(log, fit, n_folds, fit.l2) if with_scores else None
     return OBDRewards(fit, scores)
 
 
-def _position_free_scores(log: OBDLog, fit: CrossFitRewards, n_folds: int, l2: float, seed: int) -> np.ndarray:
-    from lmrec.exploration.reward_model import LogisticRegression, _predict_all
+def _position_free_scores(log: OBDLog, fit: CrossFitRewards, n_folds: int, l2: float) -> np.ndarray:
+    from lmrec.exploration.reward_model import LogisticRegression
 
     scores = np.empty((log.n, log.n_actions))
     rows = np.arange(log.n)
-    feats, feats0 = obd_features(log), obd_features(log, position=0)
+    feats, predict0 = obd_features(log), obd_predictor(log, position=0)
     for f in range(max(1, n_folds)):
         test = rows[fit.folds == f]
         train = rows[fit.folds != f] if n_folds > 1 else rows
         model = LogisticRegression(l2=l2).fit(feats(train, log.actions[train]), log.rewards[train])
-        scores[test] = _predict_all(model, feats0, test, log.n_actions, logits=True)
+        scores[test] = predict0(model, test)
     return scores
 
 
@@ -272,7 +298,7 @@ def evaluate_bts_from_random(
     if dist is None:
         dist = bts_action_dist(campaign, random_log.len_list, n_sim, seed, method)
     need_model = any(e in ("dm", "dr") for e in estimators)
-    rewards = fit_obd_rewards(random_log, n_folds, l2, seed) if need_model else None
+    rewards = fit_obd_rewards(random_log, n_folds, l2, seed, with_scores=False) if need_model else None
     data = ope_data(random_log, dist, rewards)
     est = evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed)
     settings = dict(campaign=campaign, n_sim=n_sim, seed=seed, method=method, n_folds=n_folds,

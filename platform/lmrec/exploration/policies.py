@@ -196,13 +196,14 @@ class PolicyState:
 
 
 def _reduce(ids: np.ndarray, n: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum counts of duplicate ids; result sorted by id."""
+    """Sum counts of duplicate ids, drop items with no impressions; result sorted by id."""
     if len(ids) == 0:
         return ids.copy(), n.copy(), c.copy()
     uniq, inv = np.unique(ids, return_inverse=True)
-    return uniq, np.bincount(inv, weights=n, minlength=len(uniq)).astype(np.int64), np.bincount(
-        inv, weights=c, minlength=len(uniq)
-    ).astype(np.int64)
+    nn = np.bincount(inv, weights=n, minlength=len(uniq)).astype(np.int64)
+    cc = np.bincount(inv, weights=c, minlength=len(uniq)).astype(np.int64)
+    keep = nn > 0
+    return uniq[keep], nn[keep], cc[keep]
 
 
 def feedback_state(items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray) -> PolicyState:

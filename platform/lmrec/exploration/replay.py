@@ -144,7 +144,10 @@ def build_replay_events(
     batch_size: int = 256,
     seed: int = 0,
 ) -> ReplayEvents:
-    """Decision points with ts in [start_ts, end_ts), their top-N unseen candidates and click labels."""
+    """Decision points with ts in [start_ts, end_ts), their top-N unseen candidates and click labels.
+
+    A decision point where the user has fewer than N unseen catalog items left is skipped.
+    """
     users, items, ts, ratings, starts = _user_sequences(interactions)
     points: list[tuple[int, int, int]] = []  # (ts, user row start, j)
     for u in range(len(starts) - 1):
@@ -163,6 +166,7 @@ def build_replay_events(
     out_c = np.zeros((e, n), dtype=np.int64)
     out_s = np.zeros((e, n), dtype=np.float32)
     out_k = np.zeros((e, n), dtype=bool)
+    enough = np.ones(e, dtype=bool)  # False where the user has fewer than N unseen items left
     for b0 in range(0, e, batch_size):
         chunk = points[b0 : b0 + batch_size]
         hists = [items[lo:j] for _, lo, j in chunk]
@@ -172,6 +176,7 @@ def build_replay_events(
             pos = np.clip(np.searchsorted(catalog, seen, sorter=cat_order), 0, len(catalog) - 1)
             hit = catalog[cat_order[pos]] == seen
             scores[i, cat_order[pos[hit]]] = -np.inf  # never recommend what the user already rated
+        enough[b0 : b0 + len(chunk)] = np.isfinite(scores).sum(axis=1) >= n
         top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
         for i, (_, lo, j) in enumerate(chunk):
@@ -182,7 +187,7 @@ def build_replay_events(
             out_k[b0 + i] = np.isin(cands, window)
     ev_ts = np.array([p[0] for p in points], dtype=np.int64)
     ev_users = np.array([users[p[1]] for p in points], dtype=np.int64)
-    return ReplayEvents(ev_ts, ev_users, out_c, out_s, out_k)
+    return ReplayEvents(ev_ts, ev_users, out_c, out_s, out_k).subset(enough)
 
 
 def fit_calibration(events: ReplayEvents, l2: float = 1.0) -> tuple[float, float]:

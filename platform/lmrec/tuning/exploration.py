@@ -377,23 +377,32 @@ def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
 # ------------------------------------------------------------------ search
 
 
-def define_space(space: SearchSpace) -> Any:
-    """Optuna define-by-run space: the parameters sampled depend on the policy type."""
+class DefineSpace:
+    """Optuna define-by-run space: the parameters sampled depend on the policy type.
 
-    def define(trial: Any) -> None:
-        t = trial.suggest_categorical("policy", list(space.policies))
+    A module-level class (not a closure) because Tune pickles the searcher to checkpoint it.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = to_dict(space)
+
+    def __call__(self, trial: Any) -> None:
+        sp = self.space
+        t = trial.suggest_categorical("policy", list(sp["policies"]))
         if t == "epsilon_greedy":
-            trial.suggest_float("epsilon", space.epsilon[0], space.epsilon[1], log=True)
+            trial.suggest_float("epsilon", sp["epsilon"][0], sp["epsilon"][1], log=True)
         elif t == "softmax":
-            trial.suggest_float("temperature", space.temperature[0], space.temperature[1], log=True)
+            trial.suggest_float("temperature", sp["temperature"][0], sp["temperature"][1], log=True)
         elif t == "ucb":
-            trial.suggest_float("ucb_c", space.ucb_c[0], space.ucb_c[1], log=True)
-            trial.suggest_float("prior_strength", space.prior_strength[0], space.prior_strength[1], log=True)
+            trial.suggest_float("ucb_c", sp["ucb_c"][0], sp["ucb_c"][1], log=True)
+            trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
         elif t == "thompson":
-            trial.suggest_float("prior_strength", space.prior_strength[0], space.prior_strength[1], log=True)
+            trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
         return None
 
-    return define
+
+def define_space(space: SearchSpace) -> DefineSpace:
+    return DefineSpace(space)
 
 
 def baseline_points(space: SearchSpace) -> list[dict[str, Any]]:
@@ -542,7 +551,7 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
                       reduction_factor=sc.reduction_factor)
         if use_asha else FIFOScheduler()
     )
-    searcher = OptunaSearch(space=define_space(cfg.space),  # metric and mode come from TuneConfig
+    searcher = OptunaSearch(space=define_space(cfg.space), metric=METRIC, mode="max",
                             points_to_evaluate=baseline_points(cfg.space) if sc.include_baselines else None,
                             sampler=_tpe_sampler(sc.seed))
     trainable = tune.with_resources(
@@ -556,7 +565,7 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent),
-                                    scheduler=scheduler, num_samples=sc.num_samples),
+                                    scheduler=scheduler, num_samples=sc.num_samples, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=sc.storage_path or str(default_storage_path()),
                                   callbacks=[callback], verbose=1),
     )
