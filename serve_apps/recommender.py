@@ -15,7 +15,6 @@ Nothing runs at import: `build_app(args)` validates `args` (a ServeConfig mappin
 errors name the key) and returns the bound application.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hmac
@@ -58,6 +57,21 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     """Malformed JSON, wrong types, unknown fields: 422 with the offending locations."""
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
     return _error(422, "invalid request", errors)
+
+
+def _read_api_key(cfg: ServeConfig) -> Optional[str]:
+    """The API key from an env var or a file (never from the config itself)."""
+    if cfg.api_key_env:
+        value = os.environ.get(cfg.api_key_env)
+        if not value:
+            raise RuntimeError(f"api_key_env={cfg.api_key_env!r} is set but that environment variable is empty")
+        return value
+    if cfg.api_key_file:
+        value = Path(cfg.api_key_file).expanduser().read_text().strip()
+        if not value:
+            raise RuntimeError(f"api_key_file {cfg.api_key_file} is empty")
+        return value
+    return None
 
 
 # ---------------------------------------------------------------- FeedbackLog
@@ -503,21 +517,6 @@ class Ingress:
     async def version(self) -> Any:
         st = await self.ranker.status.remote()
         return {**{k: st.get(k) for k in VersionResponse.model_fields if k in st}, "lmrec_version": lmrec.__version__}
-
-
-def _read_api_key(cfg: ServeConfig) -> Optional[str]:
-    """The API key from an env var or a file (never from the config itself)."""
-    if cfg.api_key_env:
-        value = os.environ.get(cfg.api_key_env)
-        if not value:
-            raise RuntimeError(f"api_key_env={cfg.api_key_env!r} is set but that environment variable is empty")
-        return value
-    if cfg.api_key_file:
-        value = Path(cfg.api_key_file).expanduser().read_text().strip()
-        if not value:
-            raise RuntimeError(f"api_key_file {cfg.api_key_file} is empty")
-        return value
-    return None
 
 
 def build_app(args: dict[str, Any]) -> Application:
