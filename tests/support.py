@@ -129,8 +129,12 @@ def stop_ray_head(temp_dir: str) -> None:
     """Kill every process of the head started with `temp_dir` (and their children)."""
     import psutil
 
+    me = psutil.Process()
+    spared = {me.pid, *(p.pid for p in me.parents())}  # never this process or its shell
     procs = []
     for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.info["pid"] in spared:
+            continue
         try:
             if any(temp_dir in part for part in (p.info["cmdline"] or [])):
                 procs.append(p)
@@ -143,6 +147,7 @@ def stop_ray_head(temp_dir: str) -> None:
             family.update(p.children(recursive=True))
         except psutil.NoSuchProcess:
             pass
+    family = {p for p in family if p.pid not in spared}
     for p in family:
         try:
             p.terminate()
