@@ -526,7 +526,10 @@ def build_app(args: dict[str, Any]) -> Application:
         # Fail at build time, before anything is deployed, when the secret is missing.
         raise ValueError(f"api_key_env: environment variable {cfg.api_key_env!r} is not set")
     plain = to_dict(cfg)
-    feedback_log = FeedbackLog.bind(plain)
-    ranker = Ranker.options(user_config={"max_batch_size": cfg.batch.max_batch_size,
-                                         "batch_wait_timeout_s": cfg.batch.batch_wait_timeout_s}).bind(plain, feedback_log)
-    return Ingress.bind(plain, ranker, feedback_log)
+    opts = cfg.deployments
+    feedback_log = FeedbackLog.options(**opts.get("FeedbackLog", {})).bind(plain)
+    ranker = Ranker.options(
+        user_config={"max_batch_size": cfg.batch.max_batch_size, "batch_wait_timeout_s": cfg.batch.batch_wait_timeout_s},
+        **opts.get("Ranker", {}),
+    ).bind(plain, feedback_log)
+    return Ingress.options(**opts.get("Ingress", {})).bind(plain, ranker, feedback_log)

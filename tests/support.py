@@ -80,7 +80,7 @@ def start_mlflow_server(root: Path) -> MlflowServer:
     log = open(root / "mlflow-server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    wait_http(f"{uri}/health", timeout=120, proc=proc)
+    wait_http(f"{uri}/health", timeout=300, proc=proc)
     return MlflowServer(uri, proc, root)
 
 
@@ -118,7 +118,7 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
         raise RuntimeError(f"ray start failed:\n{out.stdout}\n{out.stderr}")
     url = f"http://127.0.0.1:{dash}"
     try:
-        wait_http(f"{url}/api/version", timeout=120)
+        wait_http(f"{url}/api/version", timeout=300)
     except BaseException:
         stop_ray_head(temp_dir)
         raise

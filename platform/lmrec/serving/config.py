@@ -94,6 +94,10 @@ class ServeConfig:
     api_key_env: Optional[str] = None  # name of an env var holding the API key
     api_key_file: Optional[str] = None  # or a file holding it; either turns the key check on
     api_key_header: str = "X-API-Key"
+    # Per-deployment Serve options (num_replicas, autoscaling_config, ray_actor_options,
+    # max_ongoing_requests) for Ingress / Ranker / FeedbackLog when deploying from Python;
+    # a serve-deploy YAML sets the same under `deployments:`.
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         check(bool(self.model_uri), "model_uri", "must not be empty")
@@ -103,3 +107,12 @@ class ServeConfig:
         check(self.max_k >= 1, "max_k", "must be >= 1")
         check(self.exploration.num_candidates >= 1, "exploration.num_candidates", "must be >= 1")
         check(bool(self.api_key_header), "api_key_header", "must not be empty")
+        allowed = {"num_replicas", "autoscaling_config", "ray_actor_options", "max_ongoing_requests",
+                   "graceful_shutdown_timeout_s", "health_check_period_s"}
+        for name, opts in self.deployments.items():
+            check(name in ("Ingress", "Ranker", "FeedbackLog"), f"deployments.{name}",
+                  "unknown deployment; choose Ingress, Ranker or FeedbackLog")
+            bad = sorted(set(opts) - allowed)
+            check(not bad, f"deployments.{name}.{bad[0] if bad else ''}", f"unknown option; allowed: {sorted(allowed)}")
+            check(name != "FeedbackLog" or opts.get("num_replicas", 1) == 1 and "autoscaling_config" not in opts,
+                  f"deployments.{name}", "the feedback log has exactly one replica (it owns the Parquet files)")
