@@ -186,8 +186,26 @@ class ReplayScenarioConfig:
         check(self.train.num_workers == 1, "train.num_workers", "the replay model trains in-process: use 1")
 
 
-def _tracking_default() -> TrackingConfig:
-    return TrackingConfig(experiment="lmrec-exploration", model_name=POLICY_REGISTRY_NAME, alias="candidate")
+@dataclass
+class ExplorationTracking:
+    """Where the search is tracked and under which registered name and alias its best policy goes.
+
+    Its own section (not TrackingConfig) so that a partial override such as
+    `tracking.alias=x` keeps these defaults instead of the SeqRec model's.
+    """
+
+    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
+    experiment: str = "lmrec-exploration"
+    run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # nest the search under another run (a pipeline)
+    register: bool = True
+    model_name: str = POLICY_REGISTRY_NAME
+    alias: str = "candidate"
+
+    def validate(self) -> None:
+        check(bool(self.experiment), "experiment", "must not be empty")
+        check(bool(self.model_name), "model_name", "must not be empty")
+        check(self.alias.replace("-", "").replace("_", "").isalnum(), "alias", f"invalid alias {self.alias!r}")
 
 
 @dataclass
@@ -200,7 +218,7 @@ class TuneExplorationConfig:
     replay: ReplayScenarioConfig = field(default_factory=ReplayScenarioConfig)
     space: SearchSpace = field(default_factory=SearchSpace)
     search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=_tracking_default)
+    tracking: ExplorationTracking = field(default_factory=ExplorationTracking)
     out: Optional[str] = None  # also write the summary JSON (and best policy JSON next to it) here
 
     def validate(self) -> None:

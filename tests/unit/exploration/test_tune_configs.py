@@ -99,3 +99,9 @@ def test_search_space_is_conditional_on_the_policy() -> None:
 
     pickle.loads(pickle.dumps(space))  # Tune checkpoints the searcher by pickling it
     assert baseline_points(cfg.space) == [{"policy": "greedy"}, {"policy": "epsilon_greedy", "epsilon": 0.1}]
+
+
+def test_partial_tracking_override_keeps_the_policy_registry_name() -> None:
+    cfg = load_config(TuneExplorationConfig, None, ["tracking.alias=champion"])
+    assert cfg.tracking.model_name == "lmrec-exploration-policy" and cfg.tracking.experiment == "lmrec-exploration"
+    assert cfg.tracking.alias == "champion"
