@@ -79,7 +79,7 @@ def test_tune_search_on_logs_nests_trials_and_saves_the_best_policy(ray_cluster,
     from mlflow import MlflowClient
 
     cfg = load_config(TuneExplorationConfig, None, [
-        "scenario=logs", f"logs.path={feedback_logs}", "logs.n_bootstrap=50", "logs.n_sim=100",
+        "scenario=logs", f"logs.path={feedback_logs}", "logs.n_bootstrap=50", "logs.n_sim=100", "logs.l2=1.0",
         "search.num_samples=4", "search.max_concurrent=2", "search.eval_repeats=1",
         "tracking.experiment=it-exploration", "tracking.alias=it",
     ])
