@@ -48,3 +48,39 @@ def synthetic_prepared(ray_cluster: RayHead):
 
     cfg = DataConfig(dataset="synthetic", synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20))
     return cfg, prepare_dataset(cfg)
+
+
+SERVE_MODEL = "it-serve-seqrec"
+
+
+@pytest.fixture(scope="session")
+def serve_model(synthetic_prepared, ray_cluster, tmp_path_factory):
+    """A small model trained on the shared cluster and registered as SERVE_MODEL@champion."""
+    from lmrec.config import load_config
+    from lmrec.tracking.mlflow_utils import set_alias
+    from lmrec.training.config import TrainJobConfig
+    from lmrec.training.trainer import run_train_job
+
+    data_cfg, _ = synthetic_prepared
+    job = load_config(TrainJobConfig, None, [
+        "train.epochs=2", "train.num_workers=1", "train.strategy=none", "train.batch_size=32", "train.lr=0.003",
+        "eval.protocols=[full]", "eval.every_epochs=0", "eval.max_users=100", "tracking.experiment=it-serve",
+        f"tracking.model_name={SERVE_MODEL}", f"train.storage_path={tmp_path_factory.mktemp('serve-storage')}",
+    ])
+    job.data = data_cfg
+    result = run_train_job(job)
+    set_alias(SERVE_MODEL, "champion", result.model_version)
+    return result
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_cluster) -> Iterator[str]:
+    """Ray Serve's HTTP ingress on a free loopback port, for every app of the session."""
+    from ray import serve
+
+    from support import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()

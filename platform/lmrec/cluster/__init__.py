@@ -1,0 +1,1 @@
+"""Cluster helpers: local Ray heads and MLflow servers (tests, benchmarks), job submission."""

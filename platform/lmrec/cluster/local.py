@@ -1,0 +1,166 @@
+"""Local real services on loopback: a Ray head (`ray start --head`) and an MLflow server.
+
+Used by the integration tests (one of each per session) and by benchmarks that need
+several differently configured clusters in one run. Teardown kills only the processes
+of the head it started (matched by its own temp dir), never other Ray instances.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+BIN = Path(sys.executable).parent
+
+
+def free_port(low: int = 20000, high: int = 60000) -> int:
+    """A free TCP port on loopback, outside Ray's default worker range (10002-19999)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if low <= port < high:
+            return port
+    raise RuntimeError("no free port found")
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: Optional[subprocess.Popen] = None) -> None:
+    deadline = time.time() + timeout
+    last: Exception | None = None
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} while waiting for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:  # answering at all (401 without a token) means it is up
+            if exc.code < 500:
+                return
+            last = exc
+        except Exception as exc:  # noqa: BLE001 (still starting)
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not up after {timeout}s: {last}")
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    proc: subprocess.Popen
+    root: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def start_mlflow_server(root: Path) -> MlflowServer:
+    """`mlflow server` with a SQLite store and served artifacts, on a free loopback port."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    log = open(root / "mlflow-server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health", timeout=300, proc=proc)
+    return MlflowServer(uri, proc, root)
+
+
+@dataclass
+class RayHead:
+    address: str  # GCS address for ray.init
+    dashboard_url: str  # Jobs API / dashboard
+    temp_dir: str
+    port: int
+
+    def stop(self) -> None:
+        stop_ray_head(self.temp_dir)
+
+
+def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> RayHead:
+    """`ray start --head` on loopback with its own temp dir (so teardown kills only it)."""
+    port = free_port()
+    dash = free_port()
+    # A short path: Ray's unix socket paths must stay under ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="lr", dir="/tmp")
+    cmd = [
+        str(BIN / "ray"), "start", "--head",
+        f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+    env = dict(env if env is not None else os.environ)
+    # Job drivers run `python ...` from the head's environment: the project's venv, as on a cluster node.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        stop_ray_head(temp_dir)
+        raise RuntimeError(f"ray start failed:\n{out.stdout}\n{out.stderr}")
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        wait_http(f"{url}/api/version", timeout=300)
+    except BaseException:
+        stop_ray_head(temp_dir)
+        raise
+    return RayHead(f"127.0.0.1:{port}", url, temp_dir, port)
+
+
+def stop_ray_head(temp_dir: str) -> None:
+    """Kill every process of the head started with `temp_dir` (and their children)."""
+    import psutil
+
+    me = psutil.Process()
+    spared = {me.pid, *(p.pid for p in me.parents())}  # never this process or its shell
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.info["pid"] in spared:
+            continue
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    family = set()
+    for p in procs:
+        family.add(p)
+        try:
+            family.update(p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    family = {p for p in family if p.pid not in spared}
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(family), timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Autoscaling on real Ray Serve: load drives the Ranker's replica count up, and it falls
+back to the minimum once the load stops (short delays from the test config)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+
+from conftest import SERVE_MODEL
+from lmrec.serving import launch
+
+pytestmark = pytest.mark.integration
+
+
+def _ranker_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments["Ranker"]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def _starting(app: str) -> int:
+    from ray import serve
+
+    return int(serve.status().applications[app].deployments["Ranker"].replica_states.get("STARTING", 0))
+
+
+def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_path: Path) -> None:
+    from ray import serve
+
+    args = {
+        "model_uri": f"models:/{SERVE_MODEL}@champion",
+        "feedback": {"log_dir": str(tmp_path / "fb")},
+        "cache": {"enabled": False},  # every request reaches the model
+        "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
+        "deployments": {"Ranker": {
+            "max_ongoing_requests": 8,
+            "ray_actor_options": {"num_cpus": 0.5},
+            "autoscaling_config": {
+                "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
+                "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2,
+            },
+        }},
+    }
+    serve.run(launch.build_app(args), name="it-scale", route_prefix="/scale")
+    url = f"{serve_http}/scale"
+    deadline = time.time() + 120
+    while requests.get(f"{url}/healthz").status_code != 200:
+        assert time.time() < deadline, "app never became healthy"
+        time.sleep(0.5)
+    assert _ranker_replicas("it-scale") == 1
+
+    observed: list[int] = []
+
+    async def drive(max_seconds: float) -> int:
+        """Load until a second replica is RUNNING (a new replica imports torch: slow on 2 cores)."""
+        stop = time.monotonic() + max_seconds
+        done = asyncio.Event()
+        ok = 0
+
+        async def worker(session: aiohttp.ClientSession, i: int) -> None:
+            nonlocal ok
+            while time.monotonic() < stop and not done.is_set():
+                async with session.post(f"{url}/recommend", json={"history": [1 + i % 7, 2, 3], "k": 5}) as r:
+                    ok += r.status == 200
+
+        async def watch() -> None:
+            while time.monotonic() < stop:
+                observed.append(_ranker_replicas("it-scale"))
+                if observed[-1] >= 2 and len(observed) >= 5:
+                    await asyncio.sleep(2.0)  # a little load on the scaled-up deployment
+                    done.set()
+                    return
+                await asyncio.sleep(1.0)
+
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(watch(), *(worker(session, i) for i in range(24)))
+        return ok
+
+    served = asyncio.run(drive(120.0))
+    assert served > 100
+    assert max(observed) >= 2, f"replicas never rose above 1 under load: {observed}"
+
+    deadline = time.time() + 90
+    while _ranker_replicas("it-scale") > 1 or _starting("it-scale"):
+        assert time.time() < deadline, "replicas did not fall back after the load stopped"
+        time.sleep(1.0)
+    serve.delete("it-scale")
