@@ -7,6 +7,7 @@
 - `open_bandit`: the Open Bandit Dataset reader and the Bernoulli-TS check.
 - `log_ope`: evaluate a policy on our own logs; `replay`: the MovieLens replay simulator.
 - `objectives`: what the Tune search maximises; `artifacts`: policy JSON in MLflow.
+- `simulate`: a synthetic slate bandit with a known click model; `benchmark`: the OBD tables.
 """
 
 from lmrec.exploration.estimators import ESTIMATORS, Estimate, OPEData, dm, dr, evaluate, ips, snips

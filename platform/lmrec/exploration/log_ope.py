@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from lmrec.exploration.estimators import ESTIMATORS, Estimate, OPEData, evaluate
 from lmrec.exploration.logs import FeedbackLogError, slate_candidate_index, validate_table
-from lmrec.exploration.policies import Policy
+from lmrec.exploration.policies import Policy, PolicyState
 from lmrec.exploration.reward_model import CrossFitRewards, FeatureFn, cross_fit_rewards, select_cross_fit
 
 
@@ -135,3 +135,15 @@ def evaluate_policy_on_logs(
     data = OPEData(logged.reward, logged.pscore, pi_e, at_pos if need_model else None,
                    rewards.q_hat if need_model and rewards else None, rewards.q_logged if need_model and rewards else None)
     return evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed, max_weight=max_weight)
+
+
+def state_from_logs(table: pa.Table, policy: Policy, source: str = "<logs>", drop_unrewarded: bool = True) -> PolicyState:
+    """The policy state that a feedback log amounts to: every shown item is one impression,
+    its joined reward a click or not, and (for `feedback: lift`) the model's click probability
+    from its logged score the expected click. Use it to warm-start or rebuild serving state."""
+    from lmrec.exploration.policies import feedback_state
+
+    logged = LoggedSlates.from_table(table, source, drop_unrewarded)
+    items = logged.candidates[logged.row, logged.action]
+    expected = policy.click_probability(logged.scores[logged.row, logged.action])
+    return feedback_state(items, (logged.reward > 0).astype(float), expected)

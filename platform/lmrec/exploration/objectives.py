@@ -24,7 +24,7 @@ from lmrec.exploration.policies import PolicyConfig, build_policy
 from lmrec.exploration.replay import ReplayEvents, run_replay
 from lmrec.exploration.reward_model import CrossFitRewards
 
-SEARCHED_PARAMS = ("epsilon", "temperature", "ucb_c", "prior_strength")
+SEARCHED_PARAMS = ("epsilon", "temperature", "ucb_c", "prior_strength", "feedback")
 Report = Callable[[dict[str, float]], None]
 
 

@@ -146,13 +146,9 @@ def bts_action_dist(
     if method == "exact":
         return beta_topk_marginals_exact(alpha, beta, len_list)
     rng = np.random.default_rng(seed)
-
-    def draw(zz: np.ndarray, nn: np.ndarray, cc: np.ndarray, g: np.random.Generator, size: tuple[int, ...]) -> np.ndarray:
-        return g.beta(alpha, beta, size=size)
-
     n = len(alpha)
-    zeros = np.zeros((1, n))
-    dist = _mc_marginals(draw, zeros, zeros, zeros, np.ones((1, n), dtype=bool), len_list, n_sim, rng)[0]
+    ones = np.ones((1, n), dtype=bool)
+    dist = _mc_marginals(lambda ins, g, size: g.beta(alpha, beta, size=size), [np.zeros((1, n))], ones, len_list, n_sim, rng)[0]
     return dist.T
 
 

@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class PolicyConfig:
     ucb_c: float = 1.0  # ucb: bonus c * sqrt(log(t + 1) / n)
     prior_strength: float = 10.0  # ucb, thompson: pseudo-impressions the model score is worth
     prior: Literal["sigmoid", "identity"] = "sigmoid"  # z -> prior click probability
+    feedback: Literal["counts", "lift"] = "counts"  # ucb, thompson: pool raw clicks, or clicks relative to the model
     score_scale: float = 1.0
     score_shift: float = 0.0
     n_sim: int = 1000  # Monte Carlo draws for the marginals of sampling policies (OPE, action_dist)
@@ -92,29 +93,37 @@ class PolicyConfig:
 # ------------------------------------------------------------------ state
 
 
-class PolicyState:
-    """Per-item impressions and clicks, stored as sorted arrays (vectorised lookups).
+MICRO = 1_000_000  # expected clicks are stored in micro-clicks (int64) so that merging stays exact
 
-    `merge` adds counts, so it is associative and commutative: merging the states
-    built from two replicas' feedback equals the state built from all of it.
+
+class PolicyState:
+    """Per-item impressions, clicks and expected clicks, as sorted integer arrays.
+
+    Expected clicks (the model's click probability summed over an item's
+    impressions, in micro-clicks) let `feedback: lift` policies learn how far
+    an item's real clicks are from what the model predicted. `merge` adds all
+    counts, so it is associative and commutative: merging the states built from
+    two replicas' feedback equals the state built from all of it.
     """
 
-    __slots__ = ("ids", "impressions", "clicks")
+    __slots__ = ("ids", "impressions", "clicks", "expected")
 
     def __init__(
         self,
         ids: Optional[np.ndarray] = None,
         impressions: Optional[np.ndarray] = None,
         clicks: Optional[np.ndarray] = None,
+        expected: Optional[np.ndarray] = None,
     ) -> None:
         ids = np.asarray([] if ids is None else ids, dtype=np.int64)
         n = np.asarray([] if impressions is None else impressions, dtype=np.int64)
         c = np.asarray([] if clicks is None else clicks, dtype=np.int64)
-        if not (ids.shape == n.shape == c.shape and ids.ndim == 1):
-            raise ValueError(f"ids, impressions, clicks must be 1-D and equally long, got {ids.shape}, {n.shape}, {c.shape}")
-        if np.any(n < 0) or np.any(c < 0) or np.any(c > n):
-            raise ValueError("counts must satisfy 0 <= clicks <= impressions")
-        self.ids, self.impressions, self.clicks = _reduce(ids, n, c)
+        e = np.zeros(len(ids), dtype=np.int64) if expected is None else np.asarray(expected, dtype=np.int64)
+        if not (ids.shape == n.shape == c.shape == e.shape and ids.ndim == 1):
+            raise ValueError(f"ids, impressions, clicks, expected must be 1-D and equally long, got {ids.shape}, {n.shape}, {c.shape}, {e.shape}")
+        if np.any(n < 0) or np.any(c < 0) or np.any(c > n) or np.any(e < 0) or np.any(e > n * MICRO):
+            raise ValueError("counts must satisfy 0 <= clicks <= impressions and 0 <= expected <= impressions")
+        self.ids, self.impressions, self.clicks, self.expected = _reduce(ids, n, c, e)
 
     @property
     def total(self) -> int:
@@ -124,23 +133,30 @@ class PolicyState:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def lookup(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(impressions, clicks) of `items` (any shape); unseen items get 0, 0."""
+    def stats(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(impressions, clicks, expected clicks as floats) of `items` (any shape); unseen items get zeros."""
         items = np.asarray(items, dtype=np.int64)
         if len(self.ids) == 0:
             z = np.zeros(items.shape, dtype=np.int64)
-            return z, z.copy()
+            return z, z.copy(), np.zeros(items.shape)
         pos = np.clip(np.searchsorted(self.ids, items), 0, len(self.ids) - 1)
         found = self.ids[pos] == items
-        return np.where(found, self.impressions[pos], 0), np.where(found, self.clicks[pos], 0)
+        return (np.where(found, self.impressions[pos], 0), np.where(found, self.clicks[pos], 0),
+                np.where(found, self.expected[pos], 0) / MICRO)
 
-    def update(self, items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray) -> None:
-        """Add one impression per shown item and a click where its reward is 1."""
-        self._add(feedback_state(items, rewards))
+    def lookup(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(impressions, clicks) of `items` (any shape); unseen items get 0, 0."""
+        n, c, _ = self.stats(items)
+        return n, c
+
+    def update(self, items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray,
+               expected: Optional[Sequence[float] | np.ndarray] = None) -> None:
+        """Add one impression per shown item, a click where its reward is 1, and its expected click."""
+        self._add(feedback_state(items, rewards, expected))
 
     def _add(self, other: "PolicyState") -> None:
         merged = self.merge(other)
-        self.ids, self.impressions, self.clicks = merged.ids, merged.impressions, merged.clicks
+        self.ids, self.impressions, self.clicks, self.expected = merged.ids, merged.impressions, merged.clicks, merged.expected
 
     def merge(self, *others: "PolicyState") -> "PolicyState":
         """A new state holding the summed counts of `self` and `others`."""
@@ -149,6 +165,7 @@ class PolicyState:
             np.concatenate([p.ids for p in parts]),
             np.concatenate([p.impressions for p in parts]),
             np.concatenate([p.clicks for p in parts]),
+            np.concatenate([p.expected for p in parts]),
         )
 
     def __add__(self, other: "PolicyState") -> "PolicyState":
@@ -156,36 +173,38 @@ class PolicyState:
 
     def subtract(self, other: "PolicyState") -> "PolicyState":
         """Counts of `self` minus `other` (a replica's delta since a snapshot)."""
-        n, c = other.lookup(self.ids)
         extra = np.setdiff1d(other.ids, self.ids)
         if len(extra):
             raise ValueError(f"cannot subtract: {len(extra)} item(s) are in `other` only (e.g. {int(extra[0])})")
-        return PolicyState(self.ids, self.impressions - n, self.clicks - c)
+        pos = np.searchsorted(other.ids, self.ids).clip(0, max(0, len(other.ids) - 1))
+        found = (other.ids[pos] == self.ids) if len(other.ids) else np.zeros(len(self.ids), dtype=bool)
+        get = lambda a: np.where(found, a[pos], 0) if len(other.ids) else np.zeros(len(self.ids), dtype=np.int64)  # noqa: E731
+        return PolicyState(self.ids, self.impressions - get(other.impressions), self.clicks - get(other.clicks),
+                           self.expected - get(other.expected))
 
     def copy(self) -> "PolicyState":
-        return PolicyState(self.ids.copy(), self.impressions.copy(), self.clicks.copy())
+        return PolicyState(self.ids.copy(), self.impressions.copy(), self.clicks.copy(), self.expected.copy())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PolicyState):
             return NotImplemented
-        return (
-            np.array_equal(self.ids, other.ids)
-            and np.array_equal(self.impressions, other.impressions)
-            and np.array_equal(self.clicks, other.clicks)
-        )
+        return all(np.array_equal(getattr(self, a), getattr(other, a)) for a in self.__slots__)
 
     def __repr__(self) -> str:
         return f"PolicyState(items={len(self)}, impressions={self.total}, clicks={int(self.clicks.sum())})"
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"items": self.ids.tolist(), "impressions": self.impressions.tolist(), "clicks": self.clicks.tolist()}
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": self.ids.tolist(), "impressions": self.impressions.tolist(), "clicks": self.clicks.tolist(),
+                "expected_micro": self.expected.tolist()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicyState":
         missing = {"items", "impressions", "clicks"} - set(data)
         if missing:
             raise ValueError(f"policy state is missing {sorted(missing)}")
-        return cls(np.asarray(data["items"]), np.asarray(data["impressions"]), np.asarray(data["clicks"]))
+        e = data.get("expected_micro")
+        return cls(np.asarray(data["items"]), np.asarray(data["impressions"]), np.asarray(data["clicks"]),
+                   None if e is None else np.asarray(e))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -195,26 +214,37 @@ class PolicyState:
         return cls.from_dict(json.loads(text))
 
 
-def _reduce(ids: np.ndarray, n: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum counts of duplicate ids, drop items with no impressions; result sorted by id."""
+def _reduce(ids: np.ndarray, n: np.ndarray, c: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sum counts of duplicate ids (exactly, in integers), drop items with no impressions; sorted by id."""
     if len(ids) == 0:
-        return ids.copy(), n.copy(), c.copy()
-    uniq, inv = np.unique(ids, return_inverse=True)
-    nn = np.bincount(inv, weights=n, minlength=len(uniq)).astype(np.int64)
-    cc = np.bincount(inv, weights=c, minlength=len(uniq)).astype(np.int64)
+        return ids.copy(), n.copy(), c.copy(), e.copy()
+    order = np.argsort(ids, kind="stable")
+    ids, n, c, e = ids[order], n[order], c[order], e[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1])
+    uniq = ids[starts]
+    nn, cc, ee = np.add.reduceat(n, starts), np.add.reduceat(c, starts), np.add.reduceat(e, starts)  # int64 sums
     keep = nn > 0
-    return uniq[keep], nn[keep], cc[keep]
+    return uniq[keep], nn[keep], cc[keep], ee[keep]
 
 
-def feedback_state(items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray) -> PolicyState:
-    """The state that one batch of (shown item, binary reward) feedback amounts to."""
+def feedback_state(
+    items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray,
+    expected: Optional[Sequence[float] | np.ndarray] = None,
+) -> PolicyState:
+    """The state that one batch of (shown item, binary reward[, expected click]) feedback amounts to."""
     items = np.asarray(items, dtype=np.int64).ravel()
     r = np.asarray(rewards, dtype=np.float64).ravel()
     if items.shape != r.shape:
         raise ValueError(f"{len(items)} items but {len(r)} rewards")
     if np.any((r != 0) & (r != 1)):
         raise ValueError("Beta-Bernoulli statistics need binary rewards (0 or 1)")
-    return PolicyState(items, np.ones(len(items), dtype=np.int64), r.astype(np.int64))
+    e = None
+    if expected is not None:
+        p = np.asarray(expected, dtype=np.float64).ravel()
+        if p.shape != items.shape or np.any((p < 0) | (p > 1)):
+            raise ValueError("expected clicks must be probabilities, one per shown item")
+        e = np.rint(p * MICRO).astype(np.int64)
+    return PolicyState(items, np.ones(len(items), dtype=np.int64), r.astype(np.int64), e)
 
 
 def merge_states(*states: PolicyState) -> PolicyState:
@@ -284,6 +314,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ policies
 
 
+class Stats(NamedTuple):
+    """Item statistics aligned with a score array: impressions, clicks, expected clicks."""
+
+    n: np.ndarray
+    c: np.ndarray
+    e: np.ndarray
+
+    def row(self) -> "Stats":
+        return Stats(self.n[None], self.c[None], self.e[None])
+
+
 class Policy:
     """Base class: subclasses define how a batch of scores becomes slates and marginals.
 
@@ -308,19 +349,22 @@ class Policy:
 
     # ---- scores -> what the policy ranks on
     def logits(self, scores: np.ndarray) -> np.ndarray:
-        return self.config.score_scale * scores + self.config.score_shift
+        return self.config.score_scale * np.asarray(scores, dtype=np.float64) + self.config.score_shift
 
     def prior_mean(self, z: np.ndarray) -> np.ndarray:
         if self.config.prior == "identity":
             return np.clip(z, 1e-6, 1 - 1e-6)
         return np.clip(_sigmoid(z), 1e-6, 1 - 1e-6)
 
-    def _stats(self, candidates: Optional[np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def click_probability(self, scores: np.ndarray) -> np.ndarray:
+        """The model's click probability for raw `scores` (what `expected` clicks sum)."""
+        return self.prior_mean(self.logits(scores))
+
+    def _stats(self, candidates: Optional[np.ndarray], shape: tuple[int, ...]) -> Stats:
         if candidates is None:
             z = np.zeros(shape, dtype=np.int64)
-            return z, z.copy()
-        cand = np.asarray(candidates, dtype=np.int64).reshape(shape)
-        return self.state.lookup(cand)
+            return Stats(z, z.copy(), np.zeros(shape))
+        return Stats(*self.state.stats(np.asarray(candidates, dtype=np.int64).reshape(shape)))
 
     # ---- public API
     def action_dist(
@@ -342,8 +386,7 @@ class Policy:
         nvalid = valid.sum(axis=1)
         if np.any(nvalid < k):
             raise ValueError(f"slate size {k} exceeds the valid candidates of {int((nvalid < k).sum())} row(s) (min {int(nvalid.min())})")
-        n, c = self._stats(candidates, s.shape)
-        out = self._dist(self.logits(s), n, c, valid, k, rng or self.rng)
+        out = self._dist(self.logits(s), self._stats(candidates, s.shape), valid, k, rng or self.rng)
         return out[0] if single else out
 
     def choose(
@@ -365,13 +408,22 @@ class Policy:
             raise ValueError("no candidates to choose from")
         k = min(self.config.slate_size if k is None else int(k), len(cand))
         gen = rng if rng is not None else self.rng_for(key)
-        n, c = self.state.lookup(cand)
-        idx, prop = self._sample(self.logits(s), n, c, k, gen, with_propensities)
+        idx, prop = self._sample(self.logits(s), Stats(*self.state.stats(cand)), k, gen, with_propensities)
         return Slate(cand[idx], idx, prop)
 
-    def update(self, items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray) -> None:
-        """Learn from feedback: one impression per shown item, a click where reward is 1."""
-        fb = feedback_state(items, rewards)
+    def update(
+        self, items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray,
+        scores: Optional[Sequence[float] | np.ndarray] = None,
+    ) -> None:
+        """Learn from feedback: one impression per shown item, a click where reward is 1.
+
+        `scores` (the model's raw scores of the shown items) add the model's expected
+        clicks, which `feedback: lift` policies compare the real clicks against.
+        """
+        if scores is None and self.config.feedback == "lift":
+            raise ValueError("a policy with feedback 'lift' needs the shown items' scores to learn from clicks")
+        expected = None if scores is None else self.click_probability(np.asarray(scores, dtype=np.float64).ravel())
+        fb = feedback_state(items, rewards, expected)
         self.state._add(fb)
         self.delta._add(fb)
 
@@ -398,12 +450,22 @@ class Policy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config}, {self.state})"
 
+    # ---- feedback models shared by UCB and Thompson
+    def lift_posterior(self, st: Stats) -> tuple[np.ndarray, np.ndarray]:
+        """Gamma(shape, rate) posterior of each item's click lift over the model (prior mean 1).
+
+        lift = real clicks / clicks the model expected; prior Gamma(w, w) is worth w
+        expected clicks, so an item needs evidence before its model score is overruled.
+        """
+        w = self.config.prior_strength
+        return w + st.c, w + st.e
+
     # ---- subclass hooks
-    def _dist(self, z: np.ndarray, n: np.ndarray, c: np.ndarray, valid: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    def _dist(self, z: np.ndarray, st: Stats, valid: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
     def _sample(
-        self, z: np.ndarray, n: np.ndarray, c: np.ndarray, k: int, rng: np.random.Generator, with_prop: bool
+        self, z: np.ndarray, st: Stats, k: int, rng: np.random.Generator, with_prop: bool
     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         raise NotImplementedError
 
@@ -411,15 +473,15 @@ class Policy:
 class _DeterministicPolicy(Policy):
     """Shows the top K of a ranking key; every propensity is 1."""
 
-    def _keys(self, z: np.ndarray, n: np.ndarray, c: np.ndarray) -> np.ndarray:
+    def _keys(self, z: np.ndarray, st: Stats) -> np.ndarray:
         raise NotImplementedError
 
-    def _dist(self, z, n, c, valid, k, rng):
-        keys = np.where(valid, self._keys(z, n, c), -np.inf)
+    def _dist(self, z, st, valid, k, rng):
+        keys = np.where(valid, self._keys(z, st), -np.inf)
         return _one_hot_marginals(_topk_order(keys, k), z.shape[1])
 
-    def _sample(self, z, n, c, k, rng, with_prop):
-        idx = _topk_order(self._keys(z[None], n[None], c[None]), k)[0]
+    def _sample(self, z, st, k, rng, with_prop):
+        idx = _topk_order(self._keys(z[None], st.row()), k)[0]
         return idx, (np.ones(k) if with_prop else None)
 
 
@@ -428,27 +490,34 @@ class GreedyPolicy(_DeterministicPolicy):
 
     type = "greedy"
 
-    def _keys(self, z, n, c):
+    def _keys(self, z, st):
         return z
 
 
 class UCBPolicy(_DeterministicPolicy):
     """Optimism: mean + c * sqrt(log(t + 1) / n); items never shown rank first when c > 0.
 
-    The mean blends the model's prior click probability, worth `prior_strength`
-    impressions, with observed clicks: (w * p + clicks) / (w + n).
+    feedback "counts": mean = (w * p + clicks) / (w + n), the model's click
+    probability p worth w impressions, pooled with the item's observed clicks.
+    feedback "lift": mean = p * (w + clicks) / (w + expected clicks), the user's own
+    p scaled by the item's learned lift; c = 0 is greedy with learning.
     """
 
     type = "ucb"
 
-    def _keys(self, z, n, c):
-        w = self.config.prior_strength
-        mean = (w * self.prior_mean(z) + c) / (w + n)
+    def _keys(self, z, st):
+        p = self.prior_mean(z)
+        if self.config.feedback == "lift":
+            shape, rate = self.lift_posterior(st)
+            mean = p * shape / rate
+        else:
+            w = self.config.prior_strength
+            mean = (w * p + st.c) / (w + st.n)
         if self.config.ucb_c == 0:
             return mean
         t = max(self.state.total, 1)
         with np.errstate(divide="ignore"):
-            bonus = np.where(n > 0, self.config.ucb_c * np.sqrt(np.log(t + 1.0) / np.maximum(n, 1)), np.inf)
+            bonus = np.where(st.n > 0, self.config.ucb_c * np.sqrt(np.log(t + 1.0) / np.maximum(st.n, 1)), np.inf)
         # Unseen items (bonus inf) are ordered among themselves by their mean.
         return np.where(np.isinf(bonus), 1e6 + mean, mean + bonus)
 
@@ -461,13 +530,13 @@ class EpsilonGreedyPolicy(Policy):
 
     type = "epsilon_greedy"
 
-    def _dist(self, z, n, c, valid, k, rng):
+    def _dist(self, z, st, valid, k, rng):
         eps = self.config.epsilon
         greedy = _one_hot_marginals(_topk_order(np.where(valid, z, -np.inf), k), z.shape[1])
         uniform = valid[:, None, :] / valid.sum(axis=1)[:, None, None]
         return (1 - eps) * greedy + eps * np.broadcast_to(uniform, greedy.shape)
 
-    def _sample(self, z, n, c, k, rng, with_prop):
+    def _sample(self, z, st, k, rng, with_prop):
         eps, nc = self.config.epsilon, len(z)
         greedy = _topk_order(z[None], k)[0]
         explore = eps > 0 and rng.random() < eps
@@ -486,21 +555,19 @@ class SoftmaxPolicy(Policy):
 
     type = "softmax"
 
-    def _perturbed(self, z: np.ndarray, rng: np.random.Generator, size: tuple[int, ...]) -> np.ndarray:
-        return z / self.config.temperature + rng.gumbel(size=size)
-
-    def _dist(self, z, n, c, valid, k, rng):
+    def _dist(self, z, st, valid, k, rng):
         zt = np.where(valid, z / self.config.temperature, -np.inf)
         if k == 1:
             e = np.exp(zt - zt.max(axis=1, keepdims=True))
             return (e / e.sum(axis=1, keepdims=True))[:, None, :]
-        return _mc_marginals(lambda zz, nn, cc, g, size: self._perturbed(zz, g, size), z, n, c, valid, k, self.config.n_sim, rng)
+        return _mc_marginals(lambda ins, g, size: ins[0] + g.gumbel(size=size), [z / self.config.temperature], valid, k,
+                             self.config.n_sim, rng)
 
-    def _sample(self, z, n, c, k, rng, with_prop):
-        idx = _topk_order(self._perturbed(z, rng, z.shape)[None], k)[0]
+    def _sample(self, z, st, k, rng, with_prop):
+        zt = z / self.config.temperature
+        idx = _topk_order((zt + rng.gumbel(size=z.shape))[None], k)[0]
         if not with_prop:
             return idx, None
-        zt = z / self.config.temperature
         if k == 1:
             e = np.exp(zt - zt.max())
             return idx, (e / e.sum())[idx]
@@ -514,54 +581,71 @@ class SoftmaxPolicy(Policy):
 
 
 class ThompsonPolicy(Policy):
-    """Thompson sampling with Beta-Bernoulli posteriors whose prior mean is the model's.
+    """Thompson sampling; the model's click probability p is the prior mean.
 
-    Item j's posterior is Beta(w * p_j + clicks_j, w * (1 - p_j) + impressions_j - clicks_j)
-    with p_j = prior_mean(score_j) and w = prior_strength; a slate is the top K of one
-    posterior draw per item. Marginals are Monte Carlo over n_sim draws.
+    feedback "counts" (Beta-Bernoulli): item j's key is a draw from
+    Beta(w * p_j + clicks_j, w * (1 - p_j) + impressions_j - clicks_j), w = prior_strength.
+    feedback "lift": the key is p_j * lift_j with lift_j ~ Gamma(w + clicks_j, rate w +
+    expected_j), so the user's own p is kept and the item's feedback rescales it.
+    A slate is the top K of one draw per item; marginals are Monte Carlo over n_sim draws.
     """
 
     type = "thompson"
 
     def posterior(self, z: np.ndarray, n: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(alpha, beta) of each candidate's Beta posterior."""
+        """(alpha, beta) of each candidate's Beta posterior (feedback "counts")."""
         w = self.config.prior_strength
         p = self.prior_mean(z)
         return w * p + c, w * (1 - p) + (n - c)
 
-    def _dist(self, z, n, c, valid, k, rng):
-        def draw(zz, nn, cc, g, size):
-            a, b = self.posterior(zz, nn, cc)
-            return g.beta(a, b, size=size)
+    def _params(self, z: np.ndarray, st: Stats) -> list[np.ndarray]:
+        if self.config.feedback == "lift":
+            shape, rate = self.lift_posterior(st)
+            return [self.prior_mean(z) / rate, shape]  # key = p * Gamma(shape, 1) / rate
+        return list(self.posterior(z, st.n, st.c))
 
-        return _mc_marginals(draw, z, n, c, valid, k, self.config.n_sim, rng)
+    def _draw(self, params: list[np.ndarray], g: np.random.Generator, size: Any) -> np.ndarray:
+        if self.config.feedback == "lift":
+            return params[0] * g.standard_gamma(params[1], size=size)
+        return g.beta(params[0], params[1], size=size)
 
-    def _sample(self, z, n, c, k, rng, with_prop):
-        a, b = self.posterior(z, n, c)
-        idx = _topk_order(rng.beta(a, b)[None], k)[0]
+    def _dist(self, z, st, valid, k, rng):
+        return _mc_marginals(self._draw, self._params(z, st), valid, k, self.config.n_sim, rng)
+
+    def _sample(self, z, st, k, rng, with_prop):
+        params = self._params(z, st)
+        idx = _topk_order(self._draw(params, rng, z.shape)[None], k)[0]
         if not with_prop:
             return idx, None
         from scipy import special
 
         u = _quantile_points(self.config.quad_points)
-        x = special.betaincinv(a[idx][:, None], b[idx][:, None], u[None, :])  # quantiles of each shown item's draw
+        a, b = params
+        if self.config.feedback == "lift":  # key_l = a_l * Gamma(b_l): quantile a * P^-1(b, u), tail Q(b, x / a)
+            x = a[idx][:, None] * special.gammaincinv(b[idx][:, None], u[None, :])
 
-        def sf(xx: np.ndarray) -> np.ndarray:
-            return special.betainc(b, a, 1.0 - xx[..., None])  # = P(Beta(a, b) > x); faster than betaincc
+            def sf(xx: np.ndarray) -> np.ndarray:
+                return special.gammaincc(b, xx[..., None] / a)
+        else:
+            x = special.betaincinv(a[idx][:, None], b[idx][:, None], u[None, :])  # quantiles of each shown item's draw
+
+            def sf(xx: np.ndarray) -> np.ndarray:
+                return special.betainc(b, a, 1.0 - xx[..., None])  # = P(Beta(a, b) > x); faster than betaincc
 
         return idx, _rank_probabilities(idx, x, sf)
 
 
-def _mc_marginals(draw, z, n, c, valid, k, n_sim, rng) -> np.ndarray:
+def _mc_marginals(draw: Any, inputs: list[np.ndarray], valid: np.ndarray, k: int, n_sim: int, rng: np.random.Generator) -> np.ndarray:
     """Monte Carlo (B, K, N) marginals of 'top K of one random draw per candidate'.
 
-    Rows with identical inputs are simulated once (contexts repeat in logged data).
-    `draw(z, n, c, rng, size)` returns perturbed keys of shape `size` = (b, S, N).
+    `inputs` are (B, N) parameter arrays; `draw(inputs sliced to (rows, 1, N), rng, size)`
+    returns keys of shape `size` = (rows, S, N). Rows with identical inputs are
+    simulated once (contexts repeat in logged data).
     """
-    b, nc = z.shape
-    stacked = np.concatenate([z, n, c, valid], axis=1)
+    b, nc = valid.shape
+    stacked = np.concatenate([*inputs, valid], axis=1)
     uniq, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
-    zu, nu, cu, vu = z[first], n[first], c[first], valid[first]
+    ins, vu = [a[first] for a in inputs], valid[first]
     counts = np.zeros((len(uniq), k, nc))
     rows_per_chunk = max(1, _MC_CHUNK_ELEMENTS // max(1, n_sim * nc))
     for lo in range(0, len(uniq), rows_per_chunk):
@@ -570,7 +654,7 @@ def _mc_marginals(draw, z, n, c, valid, k, n_sim, rng) -> np.ndarray:
         done = 0
         while done < n_sim:
             s = min(sims_per_chunk, n_sim - done)
-            keys = draw(zu[lo:hi, None, :], nu[lo:hi, None, :], cu[lo:hi, None, :], rng, (hi - lo, s, nc))
+            keys = draw([a[lo:hi, None, :] for a in ins], rng, (hi - lo, s, nc))
             keys = np.where(vu[lo:hi, None, :], keys, -np.inf)
             top = _topk_order(keys, k)  # (rows, s, k)
             rows = np.arange(hi - lo)[:, None]

@@ -256,7 +256,7 @@ def run_replay(
         clicks = events.clicks[i, slate.indices].astype(np.float64)
         rewards[i] = clicks.sum()
         if learn:
-            policy.update(slate.items, clicks)
+            policy.update(slate.items, clicks, scores=events.scores[i, slate.indices])
         if callback is not None and report_every and ((i + 1) % report_every == 0 or i + 1 == e):
             callback(i + 1, ReplayResult(rewards[: i + 1], oracle[: i + 1], slate_size).summary())
     return ReplayResult(rewards, oracle, slate_size, policy.config.to_dict())

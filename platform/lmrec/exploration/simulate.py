@@ -82,7 +82,7 @@ class SyntheticBandit:
             slate = policy.choose(cands[i], scores[i], self.slate_size, key=f"{seed}-{i}")
             clicks = (rng.random(len(slate.items)) < self.ctr(slate.items, np.arange(len(slate.items)))).astype(float)
             if learn:
-                policy.update(slate.items, clicks)
+                policy.update(slate.items, clicks, scores=scores[i, slate.indices])
             records.append(
                 FeedbackRecord(
                     request_id=f"req-{seed}-{i}", candidates=cands[i].tolist(), scores=scores[i].tolist(),

@@ -63,9 +63,13 @@ class SearchSpace:
     temperature: list[float] = field(default_factory=lambda: [0.05, 5.0])
     ucb_c: list[float] = field(default_factory=lambda: [0.001, 1.0])
     prior_strength: list[float] = field(default_factory=lambda: [1.0, 1000.0])
+    feedback: list[str] = field(default_factory=lambda: ["counts", "lift"])  # ucb, thompson
 
     def validate(self) -> None:
         check(len(self.policies) > 0, "policies", "must not be empty")
+        check(len(self.feedback) > 0, "feedback", "must not be empty")
+        for i, f in enumerate(self.feedback):
+            check(f in ("counts", "lift"), f"feedback[{i}]", f"must be 'counts' or 'lift', got {f!r}")
         for i, p in enumerate(self.policies):
             check(p in POLICY_TYPES, f"policies[{i}]", f"unknown policy {p!r}; choose from {list(POLICY_TYPES)}")
         _check_range(self.epsilon, "epsilon", upper=1.0)
@@ -186,8 +190,26 @@ class ReplayScenarioConfig:
         check(self.train.num_workers == 1, "train.num_workers", "the replay model trains in-process: use 1")
 
 
-def _tracking_default() -> TrackingConfig:
-    return TrackingConfig(experiment="lmrec-exploration", model_name=POLICY_REGISTRY_NAME, alias="candidate")
+@dataclass
+class ExplorationTracking:
+    """Where the search is tracked and under which registered name and alias its best policy goes.
+
+    Its own section (not TrackingConfig) so that a partial override such as
+    `tracking.alias=x` keeps these defaults instead of the SeqRec model's.
+    """
+
+    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
+    experiment: str = "lmrec-exploration"
+    run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # nest the search under another run (a pipeline)
+    register: bool = True
+    model_name: str = POLICY_REGISTRY_NAME
+    alias: str = "candidate"
+
+    def validate(self) -> None:
+        check(bool(self.experiment), "experiment", "must not be empty")
+        check(bool(self.model_name), "model_name", "must not be empty")
+        check(self.alias.replace("-", "").replace("_", "").isalnum(), "alias", f"invalid alias {self.alias!r}")
 
 
 @dataclass
@@ -200,7 +222,7 @@ class TuneExplorationConfig:
     replay: ReplayScenarioConfig = field(default_factory=ReplayScenarioConfig)
     space: SearchSpace = field(default_factory=SearchSpace)
     search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=_tracking_default)
+    tracking: ExplorationTracking = field(default_factory=ExplorationTracking)
     out: Optional[str] = None  # also write the summary JSON (and best policy JSON next to it) here
 
     def validate(self) -> None:
@@ -396,8 +418,10 @@ class DefineSpace:
         elif t == "ucb":
             trial.suggest_float("ucb_c", sp["ucb_c"][0], sp["ucb_c"][1], log=True)
             trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
+            trial.suggest_categorical("feedback", list(sp["feedback"]))
         elif t == "thompson":
             trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
+            trial.suggest_categorical("feedback", list(sp["feedback"]))
         return None
 
 
@@ -501,7 +525,8 @@ def compare_policies(scenario: Scenario, best: PolicyConfig, penalty: float, rep
 
 def _label(pc: PolicyConfig) -> str:
     extra = {"epsilon_greedy": f"epsilon={pc.epsilon:.3g}", "softmax": f"temperature={pc.temperature:.3g}",
-             "ucb": f"c={pc.ucb_c:.3g}, w={pc.prior_strength:.3g}", "thompson": f"w={pc.prior_strength:.3g}"}.get(pc.type, "")
+             "ucb": f"c={pc.ucb_c:.3g}, w={pc.prior_strength:.3g}, {pc.feedback}",
+             "thompson": f"w={pc.prior_strength:.3g}, {pc.feedback}"}.get(pc.type, "")
     return f"{pc.type}{', ' + extra if extra else ''}"
 
 
@@ -624,3 +649,17 @@ def _tpe_sampler(seed: int) -> Any:
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def replay_benchmark(cfg: TuneExplorationConfig, tuned: PolicyConfig, repeats: int = 5) -> dict[str, Any]:
+    """Tuned policy vs greedy vs epsilon = 0.1 on the held-out replay period of `cfg.replay`."""
+    from lmrec.training.trainer import ensure_ray
+
+    if cfg.replay.scorer == "seqrec" and not cfg.replay.model_uri:
+        ensure_ray()  # a cache miss prepares the model's training data with Ray Data
+    scenario = prepare_replay(cfg.replay)
+    calib = {k: scenario.base_policy[k] for k in ("score_scale", "score_shift")}
+    if any(abs(getattr(tuned, k) - v) > 1e-9 for k, v in calib.items()):
+        print(f"[lmrec.explore] note: the tuned policy's calibration differs from this scenario's {calib}", flush=True)
+    comparison = compare_policies(scenario, tuned, cfg.search.variance_penalty, repeats, cfg.search.seed)
+    return {"comparison": comparison, "scenario": scenario.info, "tuned": tuned.to_dict()}

@@ -21,12 +21,18 @@ from lmrec.exploration.policies import (
 )
 
 CONFIGS = {
-    "greedy": {},
-    "epsilon_greedy": {"epsilon": 0.3},
-    "softmax": {"temperature": 0.7},
-    "ucb": {"ucb_c": 0.5, "prior_strength": 5.0},
-    "thompson": {"prior_strength": 5.0},
+    "greedy": {"type": "greedy"},
+    "epsilon_greedy": {"type": "epsilon_greedy", "epsilon": 0.3},
+    "softmax": {"type": "softmax", "temperature": 0.7},
+    "ucb": {"type": "ucb", "ucb_c": 0.5, "prior_strength": 5.0},
+    "ucb_lift": {"type": "ucb", "ucb_c": 0.5, "prior_strength": 5.0, "feedback": "lift"},
+    "thompson": {"type": "thompson", "prior_strength": 5.0},
+    "thompson_lift": {"type": "thompson", "prior_strength": 5.0, "feedback": "lift"},
 }
+
+
+def _with_feedback(pol, items: np.ndarray, rewards: list[int]) -> None:  # type: ignore[no-untyped-def]
+    pol.update(items, rewards, scores=np.linspace(1.0, -1.0, len(items)))
 
 
 def _scores(b: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -34,11 +40,11 @@ def _scores(b: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(b, n)), rng.permutation(1000)[: b * n].reshape(b, n)
 
 
-@pytest.mark.parametrize("ptype", POLICY_TYPES)
-def test_marginals_are_distributions(ptype: str) -> None:
+@pytest.mark.parametrize("label", CONFIGS)
+def test_marginals_are_distributions(label: str) -> None:
     scores, cands = _scores(6, 12)
-    pol = build_policy({"type": ptype, "slate_size": 4, "n_sim": 2000, **CONFIGS[ptype]})
-    pol.state = feedback_state(cands[0, :5], [1, 0, 0, 1, 0])  # some items seen, others not
+    pol = build_policy({"slate_size": 4, "n_sim": 2000, **CONFIGS[label]})
+    _with_feedback(pol, cands[0, :5], [1, 0, 0, 1, 0])  # some items seen, others not
     dist = pol.action_dist(scores, candidates=cands)
     assert dist.shape == (6, 4, 12)
     assert np.all(dist >= 0)
@@ -57,11 +63,11 @@ def test_padding_is_never_shown() -> None:
         assert dist[:, :, 5:].sum() == 0.0, ptype
 
 
-@pytest.mark.parametrize("ptype", POLICY_TYPES)
-def test_choose_propensities_match_marginals(ptype: str) -> None:
+@pytest.mark.parametrize("label", CONFIGS)
+def test_choose_propensities_match_marginals(label: str) -> None:
     scores, cands = _scores(1, 10, seed=3)
-    pol = build_policy({"type": ptype, "slate_size": 3, "n_sim": 200_000, **CONFIGS[ptype]})
-    pol.state = feedback_state(cands[0, :4], [1, 1, 0, 0])
+    pol = build_policy({"slate_size": 3, "n_sim": 200_000, **CONFIGS[label]})
+    _with_feedback(pol, cands[0, :4], [1, 1, 0, 0])
     dist = pol.action_dist(scores[0], candidates=cands[0])
     for key in range(5):
         slate = pol.choose(cands[0], scores[0], key=key)
@@ -157,14 +163,15 @@ def test_thompson_exact_marginals_match_simulation() -> None:
 
 def test_state_merge_is_associative_and_equals_all_feedback() -> None:
     rng = np.random.default_rng(0)
-    batches = [(rng.integers(0, 30, 200), (rng.random(200) < 0.2).astype(float)) for _ in range(3)]
-    a, b, c = (feedback_state(i, r) for i, r in batches)
+    batches = [(rng.integers(0, 30, 200), (rng.random(200) < 0.2).astype(float), rng.random(200)) for _ in range(3)]
+    a, b, c = (feedback_state(i, r, e) for i, r, e in batches)
     left, right = merge_states(merge_states(a, b), c), merge_states(a, merge_states(b, c))
-    assert left == right == merge_states(c, a, b)
-    all_items = np.concatenate([i for i, _ in batches])
-    all_rewards = np.concatenate([r for _, r in batches])
-    assert left == feedback_state(all_items, all_rewards)
+    assert left == right == merge_states(c, a, b)  # exact: counts and micro-clicks are integers
+    all_items, all_rewards, all_expected = (np.concatenate([x[j] for x in batches]) for j in range(3))
+    assert left == feedback_state(all_items, all_rewards, all_expected)
     assert left.total == 600 and int(left.clicks.sum()) == int(all_rewards.sum())
+    _, _, e = left.stats(np.arange(30))
+    assert e.sum() == pytest.approx(all_expected.sum(), abs=1e-3)
 
 
 def test_replicas_merge_deltas_into_the_global_state() -> None:
@@ -188,10 +195,10 @@ def test_replicas_merge_deltas_into_the_global_state() -> None:
     assert global_state.subtract(replicas[0].state) == PolicyState()
 
 
-@pytest.mark.parametrize("ptype", POLICY_TYPES)
-def test_json_round_trip(ptype: str) -> None:
-    pol = build_policy({"type": ptype, "slate_size": 3, "seed": 11, **CONFIGS[ptype]})
-    pol.update([3, 4, 5, 3], [1, 0, 0, 1])
+@pytest.mark.parametrize("label", CONFIGS)
+def test_json_round_trip(label: str) -> None:
+    pol = build_policy({"slate_size": 3, "seed": 11, **CONFIGS[label]})
+    _with_feedback(pol, np.array([3, 4, 5, 3]), [1, 0, 0, 1])
     text = pol.to_json()
     json.loads(text)  # plain JSON
     back = policy_from_json(text)
@@ -221,6 +228,22 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError) as err:
         build_policy({"type": "bandit"})
     assert err.value.key == "type"
+
+
+def test_lift_learns_relative_to_the_model() -> None:
+    """Two items the model rates alike: one clicks at 3x the model's prediction, one at a third."""
+    pol = build_policy({"type": "ucb", "ucb_c": 0.0, "prior_strength": 5.0, "feedback": "lift", "slate_size": 1})
+    scores = np.array([0.0, 0.0])  # p = 0.5 for both
+    with pytest.raises(ValueError, match="needs the shown items' scores"):
+        pol.update([0], [1])
+    for _ in range(40):  # item 0: 40 impressions, 20 expected clicks, 20 clicks (lift ~1)
+        pol.update([0], [_ % 2], scores=[0.0])
+    for _ in range(40):  # item 1: shown with low scores (p ~ 0.12), clicked half the time (lift ~4)
+        pol.update([1], [_ % 2], scores=[-2.0])
+    assert pol.choose([0, 1], scores).items[0] == 1
+    counts = build_policy({"type": "ucb", "ucb_c": 0.0, "prior_strength": 5.0, "slate_size": 1}, pol.state)
+    n, c = counts.state.lookup(np.array([0, 1]))
+    assert list(n) == [40, 40] and list(c) == [20, 20]  # raw counts cannot tell them apart
 
 
 def test_feedback_must_be_binary_and_aligned() -> None:

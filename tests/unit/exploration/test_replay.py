@@ -79,9 +79,14 @@ def test_learning_from_feedback_beats_a_misleading_model() -> None:
     ev = _misleading_world()
     greedy = run_replay(ev, build_policy({"type": "greedy", "slate_size": 3}), 3).summary()["cum_reward"]
     learned = {}
-    for cfg in ({"type": "thompson", "prior_strength": 2.0}, {"type": "ucb", "ucb_c": 0.3, "prior_strength": 2.0}):
-        learned[cfg["type"]] = run_replay(ev, build_policy({**cfg, "slate_size": 3, "seed": 1}), 3).summary()["cum_reward"]
-    assert learned["thompson"] > 1.5 * greedy and learned["ucb"] > 1.5 * greedy
+    for name, cfg in {
+        "thompson": {"type": "thompson", "prior_strength": 2.0},
+        "ucb": {"type": "ucb", "ucb_c": 0.3, "prior_strength": 2.0},
+        "thompson_lift": {"type": "thompson", "prior_strength": 2.0, "feedback": "lift"},
+        "ucb_lift": {"type": "ucb", "ucb_c": 0.05, "prior_strength": 2.0, "feedback": "lift"},
+    }.items():
+        learned[name] = run_replay(ev, build_policy({**cfg, "slate_size": 3, "seed": 1}), 3).summary()["cum_reward"]
+    assert all(v > 1.5 * greedy for v in learned.values()), (greedy, learned)
     frozen = run_replay(ev, build_policy({"type": "thompson", "prior_strength": 2.0, "slate_size": 3, "seed": 1}), 3, learn=False)
     assert frozen.summary()["cum_reward"] < learned["thompson"]  # the gain comes from the updates
 

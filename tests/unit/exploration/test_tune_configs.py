@@ -76,8 +76,10 @@ class _FakeTrial:
         self.choice, self.asked = choice, {}
 
     def suggest_categorical(self, name: str, choices: list[str]) -> str:
-        assert self.choice in choices
         self.asked[name] = choices
+        if name != "policy":
+            return choices[0]
+        assert self.choice in choices
         return self.choice
 
     def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
@@ -89,13 +91,19 @@ def test_search_space_is_conditional_on_the_policy() -> None:
     cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "obd_random.yaml")
     space = define_space(cfg.space)
     expected = {"greedy": set(), "epsilon_greedy": {"epsilon"}, "softmax": {"temperature"},
-                "ucb": {"ucb_c", "prior_strength"}, "thompson": {"prior_strength"}}
+                "ucb": {"ucb_c", "prior_strength", "feedback"}, "thompson": {"prior_strength", "feedback"}}
     for policy, params in expected.items():
         trial = _FakeTrial(policy)
         space(trial)
         assert set(trial.asked) - {"policy"} == params
-        assert all(v[2] for k, v in trial.asked.items() if k != "policy")  # log-uniform
+        assert all(v[2] for k, v in trial.asked.items() if k not in ("policy", "feedback"))  # log-uniform
     import pickle
 
     pickle.loads(pickle.dumps(space))  # Tune checkpoints the searcher by pickling it
     assert baseline_points(cfg.space) == [{"policy": "greedy"}, {"policy": "epsilon_greedy", "epsilon": 0.1}]
+
+
+def test_partial_tracking_override_keeps_the_policy_registry_name() -> None:
+    cfg = load_config(TuneExplorationConfig, None, ["tracking.alias=champion"])
+    assert cfg.tracking.model_name == "lmrec-exploration-policy" and cfg.tracking.experiment == "lmrec-exploration"
+    assert cfg.tracking.alias == "champion"
