@@ -8,12 +8,17 @@
   feedback request with 2xx only after that, so an acknowledged record is never lost.
   Each event row is self-contained for off-policy evaluation;
   `lmrec.exploration.logs.join_rewards` fills impression rows from them.
-* The merged PolicyState (impressions and clicks per item) is what ranker replicas pull.
+* Exploration statistics: every shown item counts one impression (plus the model's
+  expected click for it, which lift policies learn against) when its slate is logged;
+  a positive feedback adds one click. Counting impressions at display time keeps
+  click rates honest when clients report only clicks. Ranker replicas pull the totals
+  as a PolicyState.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import threading
 import uuid
@@ -24,7 +29,9 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from lmrec.exploration.logs import FeedbackLogWriter, FeedbackRecord, write_table_atomic
-from lmrec.exploration.policies import PolicyState, feedback_state
+import numpy as np
+
+from lmrec.exploration.policies import MICRO, PolicyConfig, PolicyState, build_policy
 from lmrec.serving.config import FeedbackConfig
 from lmrec.serving.runtime import RequestError
 
@@ -54,7 +61,8 @@ class FeedbackStore:
         self._impressions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._seen: set[tuple[str, int]] = set()  # (request_id, item_id) already rewarded
         self._lock = threading.Lock()
-        self.state = PolicyState()
+        self._stats: dict[int, list[int]] = {}  # item id -> [impressions, clicks, expected micro-clicks]
+        self._click_models: dict[str, object] = {}  # policy params JSON -> policy (for click_probability)
         self.impressions_logged = 0
         self.events_written = 0
         self.clicks = 0
@@ -67,12 +75,41 @@ class FeedbackStore:
             for rec in records:
                 self._impressions[rec["request_id"]] = rec
                 self._impressions.move_to_end(rec["request_id"])
+                self._count_impression(rec)
             while len(self._impressions) > self.cfg.max_impressions:
                 self._impressions.popitem(last=False)
             self.impressions_logged += len(records)
         for rec in records:
             self.impression_writer.append(FeedbackRecord(**rec))
         return len(records)
+
+    def _count_impression(self, rec: dict[str, Any]) -> None:
+        """One impression per shown item, with the expected click under the serving policy's calibration."""
+        params = rec.get("policy_params") or {"type": "greedy"}
+        key = params if isinstance(params, str) else json.dumps(params, sort_keys=True)
+        model = self._click_models.get(key)
+        if model is None:
+            cfg = json.loads(key) if isinstance(key, str) else params
+            model = build_policy(PolicyConfig.from_dict(cfg))
+            self._click_models[key] = model
+        cand = list(rec["candidates"])
+        scores = np.asarray(rec["scores"], dtype=np.float64)
+        shown_scores = np.array([scores[cand.index(i)] if i in cand else 0.0 for i in rec["slate"]])
+        expected = model.click_probability(shown_scores)  # type: ignore[attr-defined]
+        for item, p in zip(rec["slate"], expected):
+            st = self._stats.setdefault(int(item), [0, 0, 0])
+            st[0] += 1
+            st[2] += int(round(float(p) * MICRO))
+
+    @property
+    def state(self) -> PolicyState:
+        """Merged statistics of everything logged so far (what replicas pull)."""
+        with self._lock:
+            if not self._stats:
+                return PolicyState()
+            ids = np.fromiter(self._stats.keys(), dtype=np.int64, count=len(self._stats))
+            arr = np.array(list(self._stats.values()), dtype=np.int64)
+        return PolicyState(ids, arr[:, 0], arr[:, 1], arr[:, 2])
 
     def has_impression(self, request_id: str) -> bool:
         with self._lock:
@@ -118,9 +155,11 @@ class FeedbackStore:
         day = rows[0]["timestamp"].strftime("%Y-%m-%d")
         name = f"part-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
         path = write_table_atomic(table, self.root / "feedback" / f"date={day}" / name)
-        delta = feedback_state([r["item_id"] for r in rows], [r["reward"] for r in rows])
         with self._lock:
-            self.state = self.state.merge(delta)
+            for r in rows:
+                if r["reward"] > 0:  # the impression was counted when the slate was logged
+                    st = self._stats.setdefault(int(r["item_id"]), [1, 0, 0])
+                    st[1] = min(st[1] + 1, st[0])
             self.events_written += len(rows)
             self.clicks += sum(1 for r in rows if r["reward"] > 0)
             self.event_files.append(path)
@@ -140,6 +179,6 @@ class FeedbackStore:
                 "feedback_events": self.events_written,
                 "clicks": self.clicks,
                 "ctr": self.clicks / self.events_written if self.events_written else 0.0,
-                "items_with_stats": len(self.state.ids),
+                "items_with_stats": len(self._stats),
                 "log_dir": str(self.root),
             }

@@ -1,0 +1,131 @@
+"""Ray-free serving core: feedback store (join, dedupe, durable commit, statistics), the
+LRU+TTL cache, ServeConfig validation, model runtime ranking and the request schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pydantic import ValidationError
+
+from lmrec.config import ConfigError, from_dict
+from lmrec.exploration.logs import read_logs
+from lmrec.models import SeqRecModel, build_config, init_weights_
+from lmrec.serving.cache import TTLCache
+from lmrec.serving.config import FeedbackConfig, ServeConfig
+from lmrec.serving.feedback import FeedbackStore
+from lmrec.serving.runtime import LoadedModel, RequestError
+from lmrec.serving.schemas import FeedbackRequest, RecommendRequest
+
+
+def _impression(rid: str, slate: list[int], props: list[float] | None = None) -> dict:
+    cand = slate + [900, 901]
+    return {"request_id": rid, "candidates": cand, "scores": [float(10 - i) for i in range(len(cand))],
+            "slate": slate, "propensities": props or [0.9] * len(slate), "policy": "epsilon_greedy",
+            "policy_params": {"type": "epsilon_greedy", "epsilon": 0.1}, "user_id": "7", "model_version": "m/1"}
+
+
+def test_feedback_join_dedupe_and_durable_commit(tmp_path: Path) -> None:
+    store = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
+    store.add_impressions([_impression("r1", [5, 6, 7]), _impression("r2", [6, 8, 9])])
+    row = store.event("r1", 6, 1)
+    assert row["position"] == 1 and row["propensity"] == 0.9 and row["model_version"] == "m/1"
+    with pytest.raises(RequestError) as e:
+        store.event("r1", 6, 0)
+    assert e.value.status == 409
+    with pytest.raises(RequestError) as e:
+        store.event("nope", 6, 1)
+    assert e.value.status == 404
+    with pytest.raises(RequestError) as e:
+        store.event("r2", 5, 1)
+    assert e.value.status == 422
+    path = store.commit([row, store.event("r2", 8, 0)])
+    assert path is not None and path.exists() and not path.name.startswith(".")
+    table = pq.read_table(path)
+    assert table.column("item_id").to_pylist() == [6, 8] and table.column("reward").to_pylist() == [1.0, 0.0]
+    # statistics: impressions counted at display time, clicks from feedback
+    st = store.state
+    n, c, _ = st.stats(np.array([5, 6, 8, 9]))
+    assert n.tolist() == [1, 2, 1, 1] and c.tolist() == [0, 1, 0, 0]
+    assert store.stats()["ctr"] == 0.5
+    store.flush_impressions(force=True)
+    logged = read_logs(tmp_path / "impressions")
+    assert sorted(logged.column("request_id").to_pylist()) == ["r1", "r2"]
+
+
+def test_failed_commit_is_not_acknowledged_and_can_be_retried(tmp_path: Path) -> None:
+    store = FeedbackStore(FeedbackConfig(), tmp_path)
+    store.add_impressions([_impression("r1", [5, 6])])
+    row = store.event("r1", 5, 1)
+    (tmp_path / "feedback").write_text("a file where the folder should be")  # the write must fail
+    with pytest.raises(Exception):
+        store.commit([row])
+    assert store.events_written == 0
+    store.release([row])
+    (tmp_path / "feedback").unlink()
+    store.commit([store.event("r1", 5, 1)])  # the same feedback is accepted again and written
+    assert store.events_written == 1
+
+
+def test_ttl_lru_cache() -> None:
+    now = [0.0]
+    c = TTLCache(max_entries=2, ttl_s=10, clock=lambda: now[0])
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1
+    c.put("c", 3)  # evicts b (least recently used)
+    assert c.get("b") is None and c.get("c") == 3
+    now[0] = 11.0
+    assert c.get("a") is None  # expired
+    assert c.hits == 2 and c.misses == 2 and c.hit_ratio == 0.5
+
+
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        ({"batch": {"max_batch_size": 0}}, "batch.max_batch_size"),
+        ({"bogus": 1}, "bogus"),
+        ({"exploration": {"policy": {"type": "magic"}}}, "exploration.type"),
+        ({"exploration": {"policy": {"type": "epsilon_greedy", "epsilon": 2}}}, "exploration.epsilon"),
+        ({"deployments": {"Nope": {}}}, "deployments.Nope"),
+        ({"deployments": {"Ranker": {"replicas": 3}}}, "deployments.Ranker.replicas"),
+        ({"deployments": {"FeedbackLog": {"num_replicas": 2}}}, "deployments.FeedbackLog"),
+        ({"precision": "int4"}, "precision"),
+    ],
+)
+def test_serve_config_errors_name_the_key(args: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(ServeConfig, args)
+    assert info.value.key.startswith(key), info.value.key
+
+
+def test_loaded_model_ranks_and_masks_seen_items() -> None:
+    torch.manual_seed(0)
+    model = SeqRecModel(build_config("tiny", 30, dropout=0.0))
+    init_weights_(model, 0)
+    loaded = LoadedModel(model.eval(), np.arange(101, 131), "m/1", {}, 50, torch.device("cpu"), "fp32")
+    hist = loaded.to_idx([105, 106, 107])
+    assert hist.tolist() == [5, 6, 7]
+    cand, scores = loaded.rank([hist, hist], 10, [True, False])
+    assert cand.shape == (2, 10) and np.all(np.diff(scores, axis=1) <= 0)
+    assert not set(cand[0]) & {5, 6, 7}
+    assert 0 not in cand  # padding is never recommended
+    full = model(torch.tensor([[5, 6, 7]]))[0]
+    assert cand[1].tolist() == torch.topk(full, 10).indices.tolist()
+    with pytest.raises(RequestError) as e:
+        loaded.to_idx([105, 999])
+    assert e.value.status == 422 and "999" in str(e.value)
+    assert loaded.to_ids(np.array([1, 30])).tolist() == [101, 130]
+
+
+def test_request_schemas_are_strict() -> None:
+    assert RecommendRequest(user_id=3).k == 10
+    for bad in ({}, {"user_id": 1, "history": [1]}, {"history": []}, {"user_id": "3"}, {"user_id": 3, "k": 0},
+                {"user_id": 3, "extra": 1}, {"user_id": 3, "explore": "yes"}):
+        with pytest.raises(ValidationError):
+            RecommendRequest(**bad)
+    with pytest.raises(ValidationError):
+        FeedbackRequest(request_id="a", item_id=1, reward=2)
