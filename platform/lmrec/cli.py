@@ -118,6 +118,38 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from lmrec.cluster import jobs
+
+    out = jobs.submit(args.job, args.config, args.overrides, address=args.address, working_dir=args.working_dir,
+                      tracking_uri=args.tracking_uri, submission_id=args.submission_id)
+    print(f"submitted {out['submission_id']}: {out['entrypoint']}")
+    print(f"dashboard: {out['dashboard_url']}")
+    if args.wait:
+        print(jobs.logs(out["submission_id"], args.address, follow=True))
+        final = jobs.wait(out["submission_id"], args.address)
+        print(f"{out['submission_id']}: {final}")
+        return 0 if final.endswith("SUCCEEDED") else 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lmrec.cluster import jobs
+
+    for row in jobs.status(args.submission_id, args.address):
+        print(f"{row['submission_id']:<40} {row['status']:<24} {row['entrypoint']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from lmrec.cluster import jobs
+
+    text = jobs.logs(args.submission_id, args.address, follow=args.follow)
+    if text:
+        print(text, end="")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lmrec.evaluate_cli import evaluate_main
 
@@ -197,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--version", help="point the alias at this version instead of --from's")
     s.set_defaults(func=cmd_promote)
 
+    s = sub.add_parser("submit", help="submit jobs/<job>.py to a Ray cluster (Jobs SDK), validated locally first",
+                       epilog="example: lmrec submit train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3")
+    s.add_argument("job", help="a script under jobs/, e.g. train, pipeline, tune_compression, tune_exploration")
+    s.add_argument("--config")
+    s.add_argument("--address", help="the dashboard URL, http://<head>:8265 (default: RAY_ADDRESS)")
+    s.add_argument("--working-dir", default=".")
+    s.add_argument("--tracking-uri", help="MLFLOW_TRACKING_URI for the job (default: this shell's)")
+    s.add_argument("--submission-id")
+    s.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("status", help="status of submitted jobs (all, or one)")
+    s.add_argument("submission_id", nargs="?")
+    s.add_argument("--address")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("logs", help="logs of a submitted job")
+    s.add_argument("submission_id")
+    s.add_argument("--address")
+    s.add_argument("--follow", "-f", action="store_true")
+    s.set_defaults(func=cmd_logs)
+
     s = sub.add_parser("models", help="list model sizes with parameter counts")
     s.add_argument("--num-items", type=int, default=10_000)
     s.set_defaults(func=cmd_models)
@@ -212,7 +267,14 @@ _EXTENSIONS: list[Callable[[Any], None]] = []
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Dotted overrides may follow options (`--config x.yaml train.lr=1e-3 --address ...`):
+    # argparse leaves those after the first option unparsed; they are overrides too.
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
