@@ -82,10 +82,18 @@ def start_mlflow_server(root: Path) -> MlflowServer:
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
     log = open(root / "mlflow-server.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # MLflow 3 starts a job runner with several huey worker processes for its GenAI jobs;
+    # lmrec uses none of them, and on a small machine they cost real CPU.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
-    wait_http(f"{uri}/health", timeout=300, proc=proc)
-    return MlflowServer(uri, proc, root)
+    server = MlflowServer(uri, proc, root)
+    try:
+        wait_http(f"{uri}/health", timeout=300, proc=proc)
+    except BaseException:
+        server.stop()  # never leave a half-started server behind
+        raise
+    return server
 
 
 @dataclass
