@@ -122,7 +122,8 @@ class ObdScenarioConfig:
     max_rows: Optional[int] = None  # first rows only (quick runs)
     estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
     n_folds: int = 3
-    l2: Optional[float] = None  # None: chosen by out-of-fold log-loss
+    l2: Optional[float] = None  # None: chosen by out-of-fold log-loss (lmrec) or 1.0 (obp_quickstart)
+    reward_model: Literal["lmrec", "obp_quickstart"] = "lmrec"  # see lmrec.exploration.open_bandit.fit_obd_rewards
     n_bootstrap: int = 200
     n_sim: int = 300  # Monte Carlo draws for sampling policies' marginals per trial
     seed: int = 12345
@@ -264,12 +265,13 @@ def prepare_obd(oc: ObdScenarioConfig) -> LoggedScenario:
     log = load_obd(oc.data_dir, oc.behavior, oc.campaign)
     if oc.max_rows is not None and oc.max_rows < log.n:
         log = _head(log, oc.max_rows)
-    rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed)
+    rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed, reward_model=oc.reward_model)
     return LoggedScenario(
         obd_logged(log, rewards), rewards.fit, log.len_list, oc.estimator, oc.n_bootstrap,
         base_policy={"slate_size": log.len_list, "n_sim": oc.n_sim, "seed": oc.seed},
         info={"source": str(log.path), "samples": log.n, "behavior_value": log.on_policy_value,
-              "reward_model_l2": rewards.fit.l2, "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
+              "reward_model": oc.reward_model, "reward_model_l2": rewards.fit.l2,
+              "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
     )
 
 
