@@ -10,11 +10,15 @@ file `jobs/tune_exploration.py` writes for ml100k_replay.yaml).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from lmrec.config import load_config
 from lmrec.exploration.artifacts import load_policy_config
-from lmrec.exploration.benchmark import markdown_tables, protocol_i, protocol_ii, replay_markdown, write_json
+from lmrec.exploration.benchmark import markdown_tables, protocol_i, protocol_ii, replay_markdown, simulation_spread, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--n-bootstrap", type=int, default=10_000)
     p.add_argument("--runs", type=int, default=30, help="bootstrap runs of protocol (ii); 0 skips it")
+    p.add_argument("--sim-seeds", type=int, default=10, help="protocol (i) relative errors over this many pi_e simulation seeds; 0 skips it")
     p.add_argument("--skip-obd", action="store_true")
     p.add_argument("--skip-replay", action="store_true")
     p.add_argument("--replay-config", default="jobs/configs/tune_exploration/ml100k_replay.yaml")
     p.add_argument("--tuned-policy", default="out/tune_exploration_ml100k_replay_policy.json")
     p.add_argument("--repeats", type=int, default=5, help="seeds per stochastic policy on held-out replay")
+    p.add_argument("--reference-dist", default="tests/data/obd_bts_action_dist_obp.json",
+                   help="obp's BTS action distribution (JSON with 'action_dist'), an extra pi_e for protocol (i); '' skips it")
     args = p.parse_args(argv)
     replay_cfg = None
     if not args.skip_replay:  # fail on a bad config or policy reference before the long OBD part
@@ -37,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         tuned = load_policy_config(args.tuned_policy)
     result: dict = {}
     if not args.skip_obd:
-        result["protocol_i"] = protocol_i(args.data_dir, n_bootstrap=args.n_bootstrap)
+        ref = None
+        if args.reference_dist and Path(args.reference_dist).is_file():
+            ref = np.asarray(json.loads(Path(args.reference_dist).read_text())["action_dist"])
+        result["protocol_i"] = protocol_i(args.data_dir, n_bootstrap=args.n_bootstrap, reference_dist=ref)
+        if args.sim_seeds:
+            result["simulation_spread"] = simulation_spread(args.data_dir, seeds=args.sim_seeds)
         if args.runs:
             result["protocol_ii"] = protocol_ii(args.data_dir, n_runs=args.runs)
         print(markdown_tables(result), flush=True)

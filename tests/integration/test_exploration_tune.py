@@ -120,3 +120,30 @@ def test_tune_replay_uses_asha_on_intermediate_reports(ray_cluster, mlflow_serve
     assert "replay_heldout.png" in [a.path for a in client.list_artifacts(result.parent_run_id)]
     assert result.policy_uri == f"runs:/{result.parent_run_id}/policy" and result.model_version is None
     np.testing.assert_equal(load_policy(result.policy_uri).config.score_scale, result.best.score_scale)
+
+
+def test_tune_replay_with_validation_period_picks_among_finalists(ray_cluster, mlflow_server) -> None:  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    from lmrec.exploration.objectives import policy_config
+
+    cfg = load_config(TuneExplorationConfig, None, [
+        "scenario=replay", "replay.scorer=popularity", "replay.train_frac=0.25", "replay.tune_frac=0.25",
+        "replay.valid_frac=0.25", "replay.max_events=400", "replay.calibration_events=300", "replay.report_every=100",
+        "space.ucb_c_zero=true", "search.num_samples=4", "search.max_concurrent=2", "search.grace_period=1",
+        "search.finalists=3", "search.valid_repeats=2", "search.eval_repeats=2",
+        "tracking.experiment=it-exploration-valid", "tracking.register=false",
+    ])
+    result = run_exploration_search(cfg)
+    assert result.scenario_info["valid_events"] > 0 and len(result.scenario_info["split_ts"]) == 3
+    sel = result.selection
+    assert 1 <= len(sel) <= 3 and sum(r["chosen"] for r in sel) == 1
+    chosen = next(r for r in sel if r["chosen"])
+    assert chosen["valid"]["objective"] == max(r["valid"]["objective"] for r in sel)
+    assert policy_config(chosen["params"], result.best.to_dict()) == result.best  # the validation winner is what ships
+    assert [r["search_objective"] for r in sel] == sorted((r["search_objective"] for r in sel), reverse=True)
+    client = MlflowClient(mlflow_server.uri)
+    assert "selection.json" in [a.path for a in client.list_artifacts(result.parent_run_id)]
+    assert client.get_run(result.parent_run_id).data.metrics["valid/estimate"] == pytest.approx(chosen["valid"]["estimate"])
+    greedy = result.comparison["greedy"]
+    assert greedy["diff_vs_greedy"] == 0.0 and all("diff_vs_greedy_se" in m for m in result.comparison.values())

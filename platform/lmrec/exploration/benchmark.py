@@ -5,8 +5,10 @@ logged samples, with the BTS log's own click rate (0.0042) as the truth:
 
 (i)  one estimate on the whole sample with a bootstrap CI (obp's quickstart,
      REFERENCE_NUMBERS.md 5c (i)); the evaluation policy's distribution comes from
-     100,000 simulated rankings ("mc", the published protocol, our simulation) and
-     from numerical integration ("exact", no simulation noise);
+     100,000 simulated rankings ("mc", the published protocol, our simulation), from
+     numerical integration ("exact", no simulation noise) and optionally from obp's own
+     simulation ("obp"); the reward model is ours ("lmrec") or the published
+     configuration refitted with our code ("obp_quickstart");
 (ii) relative error averaged over 30 bootstrap resamples of the Random log, the
      reward model refitted on each (obp's examples/obd, REFERENCE_NUMBERS.md 5c (ii)).
 """
@@ -20,9 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lmrec.exploration.estimators import ESTIMATORS, evaluate
-from lmrec.exploration.open_bandit import (
-    OBDLog, bts_action_dist, evaluate_bts_from_random, fit_obd_rewards, load_obd, ope_data,
-)
+from lmrec.exploration.open_bandit import OBDLog, bts_action_dist, fit_obd_rewards, load_obd, ope_data
 
 TRUTH_SOURCE = "mean click of open_bandit/bts/all/all.csv (REFERENCE_NUMBERS.md 5a: 42 / 10,000)"
 PUBLISHED_I: dict[str, dict[str, Any]] = {  # REFERENCE_NUMBERS.md 5c (i), obp 0.5.4 quickstart outputs
@@ -38,18 +38,69 @@ PUBLISHED_II: dict[str, dict[str, float]] = {  # REFERENCE_NUMBERS.md 5c (ii): m
 }
 
 
+REWARD_MODELS_I = ("lmrec", "obp_quickstart")
+
+
 def protocol_i(data_dir: Optional[str] = None, n_sim: int = 100_000, seed: int = 12345, n_bootstrap: int = 10_000,
-               n_folds: int = 3) -> dict[str, Any]:
-    """Single-sample estimates with both evaluation-policy distributions."""
-    out: dict[str, Any] = {}
-    for method in ("mc", "exact"):
+               n_folds: int = 3, reward_models: tuple[str, ...] = REWARD_MODELS_I,
+               reference_dist: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Single-sample estimates for each evaluation-policy distribution and reward model.
+
+    Distributions: "mc" (our 100,000-draw simulation, seed 12345: the published protocol),
+    "exact" (numerical integration) and, when given, "obp" (obp's own simulated
+    distribution, e.g. the one stored in tests/data). Reward models: "lmrec" (ours, L2
+    chosen by out-of-fold log-loss on the log) and "obp_quickstart" (the published
+    configuration, refitted with our solver). Each run also carries the DR - IPS
+    decomposition (`dr_ips_decomposition`).
+    """
+    from lmrec.exploration.estimators import dr_ips_decomposition
+
+    log = load_obd(data_dir, "random", "all")
+    truth = load_obd(data_dir, "bts", "all").on_policy_value
+    dists = {"mc": bts_action_dist("all", log.len_list, n_sim, seed, "mc"), "exact": bts_action_dist("all", log.len_list, method="exact")}
+    if reference_dist is not None:
+        dists["obp"] = np.asarray(reference_dist, dtype=np.float64)
+    out: dict[str, Any] = {"truth": truth, "behavior_value": log.on_policy_value, "runs": {}}
+    for rm in reward_models:
         t0 = time.time()
-        bench = evaluate_bts_from_random(data_dir, "all", n_sim, seed, method, n_folds, "auto", n_bootstrap)
-        out[method] = {
-            "truth": bench.truth, "behavior_value": bench.behavior_value, "settings": bench.settings,
-            "rows": bench.rows(), "seconds": round(time.time() - t0, 1),
-        }
+        rewards = fit_obd_rewards(log, n_folds, "auto", seed, with_scores=False, reward_model=rm)  # type: ignore[arg-type]
+        fit_s = time.time() - t0
+        for method, dist in dists.items():
+            t1 = time.time()
+            data = ope_data(log, dist, rewards)
+            est = evaluate(data, n_bootstrap=n_bootstrap, seed=seed)
+            rows = [{**e.to_dict(), "relative_error": e.relative_error(truth), "relative_to_behavior": e.value / log.on_policy_value}
+                    for e in est.values()]
+            out["runs"][f"{method}/{rm}"] = {
+                "dist": method, "reward_model": rm, "l2": rewards.fit.l2, "reward_model_oof_log_loss": rewards.fit.oof_log_loss,
+                "rows": rows, "decomposition": dr_ips_decomposition(data), "seconds": round(fit_s + time.time() - t1, 1),
+            }
     return out
+
+
+def simulation_spread(data_dir: Optional[str] = None, seeds: int = 10, n_sim: int = 100_000, n_folds: int = 3,
+                      fit_seed: int = 12345, reward_models: tuple[str, ...] = REWARD_MODELS_I) -> dict[str, Any]:
+    """Relative errors of IPS and DR when only the simulation seed of pi_e changes (0 .. seeds - 1).
+
+    Shows how much of a gap to a published figure is Monte Carlo noise in pi_e; the
+    protocol itself fixes the seed (12345), so nothing here is chosen.
+    """
+    from lmrec.exploration.estimators import dr_ips_decomposition
+
+    log = load_obd(data_dir, "random", "all")
+    truth = load_obd(data_dir, "bts", "all").on_policy_value
+    fits = {rm: fit_obd_rewards(log, n_folds, "auto", fit_seed, with_scores=False, reward_model=rm) for rm in reward_models}  # type: ignore[arg-type]
+    errors: dict[str, list[float]] = {"ips": [], **{f"dr/{rm}": [] for rm in reward_models}}
+    for seed in range(seeds):
+        dist = bts_action_dist("all", log.len_list, n_sim, seed, "mc")
+        for i, (rm, fit) in enumerate(fits.items()):
+            d = dr_ips_decomposition(ope_data(log, dist, fit))
+            errors[f"dr/{rm}"].append(abs(d["dr"] - truth) / truth)
+            if i == 0:
+                errors["ips"].append(abs(d["ips"] - truth) / truth)
+    summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "min": float(np.min(v)),
+                   "max": float(np.max(v)), "runs": v} for k, v in errors.items()}
+    return {"seeds": list(range(seeds)), "n_sim": n_sim, "relative_errors": summary}
 
 
 def protocol_ii(data_dir: Optional[str] = None, n_runs: int = 30, n_sim: int = 100_000, seed: int = 12345,
@@ -86,20 +137,38 @@ def markdown_tables(result: dict[str, Any]) -> str:
     """The OPE tables as Markdown (what docs/benchmarks_exploration.md shows)."""
     lines = []
     pi = result["protocol_i"]
-    truth = pi["mc"]["truth"]
-    lines.append(f"V(BTS) on-policy (truth) = {truth:.4f}; V(Random) = {pi['mc']['behavior_value']:.4f}\n")
-    lines.append("| estimator | ours, pi_e by simulation (100k) | 95% CI | rel. error | ours, pi_e exact | rel. error | published | published rel. error |")
+    truth = pi["truth"]
+    lines.append(f"V(BTS) on-policy (truth) = {truth:.4f}; V(Random) = {pi['behavior_value']:.4f}\n")
+    lines.append("| reward model | pi_e | estimator | estimate | 95% CI | rel. error | published | published rel. error |")
     lines.append("|---|---|---|---|---|---|---|---|")
-    exact = {r["estimator"]: r for r in pi["exact"]["rows"]}
-    for r in pi["mc"]["rows"]:
-        name = r["estimator"]
-        pub = PUBLISHED_I.get(name)
-        pub_v = f"{pub['value']:.6f}" if pub else "—"
-        pub_e = f"{pub['relative_error']:.4f}" if pub else "—"
+    for key, run in pi["runs"].items():
+        for r in run["rows"]:
+            name = r["estimator"]
+            pub = PUBLISHED_I.get(name)
+            pub_v = f"{pub['value']:.6f}" if pub else "—"
+            pub_e = f"{pub['relative_error']:.6f}" if pub else "—"
+            lines.append(
+                f"| {run['reward_model']} (L2 {run['l2']:g}) | {run['dist']} | {name.upper()} | {r['value']:.6f} "
+                f"| [{r['ci_low']:.6f}, {r['ci_high']:.6f}] | {r['relative_error']:.6f} | {pub_v} | {pub_e} |"
+            )
+    lines.append("\nDR - IPS = (DM - mean q_logged) + mean q_logged * (1 - mean w) - cov(w, q_logged):\n")
+    lines.append("| reward model | pi_e | mean w | mean q_logged | DM - mean q | mean q (1 - mean w) | -cov(w, q) | DR - IPS |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for key, run in pi["runs"].items():
+        d = run["decomposition"]
         lines.append(
-            f"| {name.upper()} | {r['value']:.6f} | [{r['ci_low']:.6f}, {r['ci_high']:.6f}] | {r['relative_error']:.4f} "
-            f"| {exact[name]['value']:.6f} | {exact[name]['relative_error']:.4f} | {pub_v} | {pub_e} |"
+            f"| {run['reward_model']} | {run['dist']} | {d['mean_weight']:.4f} | {d['mean_q_logged']:.6f} | {d['term_dm_vs_logged']:+.7f} "
+            f"| {d['term_weight_mean']:+.7f} | {d['term_cov']:+.7f} | {d['dr_minus_ips']:+.7f} |"
         )
+    spread = result.get("simulation_spread")
+    if spread:
+        lines.append(f"\nRelative error over simulation seeds {spread['seeds'][0]}-{spread['seeds'][-1]} of pi_e, mean ± std (range):\n")
+        lines.append("| estimator | mean ± std | range | at or below published |")
+        lines.append("|---|---|---|---|")
+        for name, row in spread["relative_errors"].items():
+            pub = PUBLISHED_I.get(name.split("/")[0])
+            below = f"{sum(v <= pub['relative_error'] for v in row['runs'])} of {len(row['runs'])}" if pub else "—"
+            lines.append(f"| {name} | {row['mean']:.4f} ± {row['std']:.4f} | {row['min']:.4f}–{row['max']:.4f} | {below} |")
     pii = result.get("protocol_ii")
     if pii:
         lines.append(f"\nRelative error over {pii['n_runs']} bootstrap resamples of the Random log, mean (std):\n")
@@ -112,10 +181,13 @@ def markdown_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replay_markdown(comparison: dict[str, dict[str, float]]) -> str:
-    lines = ["| policy | clicks / event (held-out) | seed std | cum. clicks | cum. regret | runs |", "|---|---|---|---|---|---|"]
+def replay_markdown(comparison: dict[str, dict[str, Any]]) -> str:
+    lines = ["| policy | clicks / event (held-out) | seed std | runs | cum. clicks | cum. regret | minus greedy (paired SE) |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in comparison.items():
-        lines.append(f"| {name} | {m['estimate']:.4f} | {m.get('seed_std', 0.0):.4f} | {m['cum_reward']:.1f} | {m['cum_regret']:.1f} | {int(m.get('repeats', 1))} |")
+        diff = f"{m['diff_vs_greedy']:+.4f} ({m['diff_vs_greedy_se']:.4f})" if "diff_vs_greedy" in m else "—"
+        lines.append(f"| {name} | {m['estimate']:.4f} | {m.get('seed_std', 0.0):.4f} | {int(m.get('repeats', 1))} "
+                     f"| {m['cum_reward']:.1f} | {m['cum_regret']:.1f} | {diff} |")
     return "\n".join(lines)
 
 

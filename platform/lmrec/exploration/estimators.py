@@ -209,3 +209,29 @@ def evaluate(
             out[name] = dr(data.rewards, data.pscore, data.pi_e, data.action_dist, data.q_hat, data.q_logged,  # type: ignore[arg-type]
                            max_weight=max_weight, **kw)
     return out
+
+
+def dr_ips_decomposition(data: OPEData, max_weight: Optional[float] = None) -> dict[str, float]:
+    """Why DR differs from IPS on this sample: DR - IPS = DM - mean(w * q_logged), split exactly into
+
+        (DM - mean(q_logged))                 the model values the evaluation policy's items differently
+      + mean(q_logged) * (1 - mean(w))        the sample's weights do not average to 1
+      - cov(w, q_logged)                      the model predicts more where the weights are large
+
+    (population covariance). With a flat reward model only the middle term is left,
+    so DR lands above IPS by mean(q) * (1 - mean(w)) whenever mean(w) < 1.
+    """
+    if data.action_dist is None or data.q_hat is None or data.q_logged is None:
+        raise ValueError("the decomposition needs action_dist, q_hat and q_logged")
+    w = importance_weights(data.pscore, data.pi_e, max_weight)
+    q = np.asarray(data.q_logged, dtype=np.float64)
+    dm_value = float(np.mean(np.sum(data.action_dist * data.q_hat, axis=1)))
+    w_mean, q_mean = float(w.mean()), float(q.mean())
+    cov = float(np.mean((w - w_mean) * (q - q_mean)))
+    r = np.asarray(data.rewards, dtype=np.float64)
+    return {
+        "ips": float(np.mean(w * r)), "dm": dm_value, "dr": float(np.mean(np.sum(data.action_dist * data.q_hat, axis=1) + w * (r - q))),
+        "mean_weight": w_mean, "mean_q_logged": q_mean,
+        "dr_minus_ips": dm_value - float(np.mean(w * q)),
+        "term_dm_vs_logged": dm_value - q_mean, "term_weight_mean": q_mean * (1.0 - w_mean), "term_cov": -cov,
+    }

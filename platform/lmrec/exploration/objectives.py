@@ -14,7 +14,7 @@ The Tune trial in `lmrec.tuning.exploration` only forwards these reports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from lmrec.exploration.reward_model import CrossFitRewards
 
 SEARCHED_PARAMS = ("epsilon", "temperature", "ucb_c", "prior_strength", "feedback")
 Report = Callable[[dict[str, float]], None]
+ReplayPeriod = Literal["tune", "valid", "heldout"]
 
 
 @dataclass
@@ -48,7 +49,8 @@ class LoggedScenario:
 
 @dataclass
 class ReplayScenario:
-    """Replay events for the search (`tune`) and for the final comparison (`heldout`)."""
+    """Replay events for the search (`tune`), for picking among its finalists (`valid`,
+    optional) and for the final comparison (`heldout`)."""
 
     tune: ReplayEvents
     heldout: ReplayEvents
@@ -57,6 +59,14 @@ class ReplayScenario:
     base_policy: dict[str, Any] = field(default_factory=dict)  # calibration: score_scale, score_shift
     info: dict[str, Any] = field(default_factory=dict)
     kind: str = "replay"
+    valid: Optional[ReplayEvents] = None
+
+    def events(self, period: ReplayPeriod) -> ReplayEvents:
+        if period == "valid":
+            if self.valid is None:
+                raise ValueError("this replay scenario has no validation period (replay.valid_frac = 0)")
+            return self.valid
+        return self.heldout if period == "heldout" else self.tune
 
     @property
     def has_steps(self) -> bool:
@@ -87,6 +97,8 @@ def policy_config(params: Mapping[str, Any], base: Optional[Mapping[str, Any]] =
     for key in SEARCHED_PARAMS:
         if key in params and params[key] is not None:
             data[key] = params[key]
+    if params.get("ucb_c_zero") is True:  # the search space's explicit c = 0 branch
+        data["ucb_c"] = 0.0
     return PolicyConfig.from_dict(data)
 
 
@@ -103,21 +115,21 @@ def evaluate_logged(scenario: LoggedScenario, config: PolicyConfig, penalty: flo
 
 def evaluate_replay(
     scenario: ReplayScenario, config: PolicyConfig, penalty: float, report: Optional[Report] = None,
-    heldout: bool = False,
+    heldout: bool = False, period: Optional[ReplayPeriod] = None,
 ) -> dict[str, float]:
-    """Run the policy over the tune (or held-out) events; `report` gets every intermediate summary."""
-    events = scenario.heldout if heldout else scenario.tune
+    """Run the policy over the tune (or `period`'s) events; `report` gets every intermediate summary."""
+    events = scenario.events(period or ("heldout" if heldout else "tune"))
 
     def forward(step: int, summary: dict[str, float]) -> None:
         if report is not None:
-            report(_replay_metrics(summary, penalty))
+            report(replay_metrics(summary, penalty))
 
     res = run_replay(events, build_policy(config), scenario.slate_size, report_every=scenario.report_every if report else None,
                      callback=forward if report else None)
-    return _replay_metrics(res.summary(), penalty)
+    return replay_metrics(res.summary(), penalty)
 
 
-def _replay_metrics(summary: dict[str, float], penalty: float) -> dict[str, float]:
+def replay_metrics(summary: dict[str, float], penalty: float) -> dict[str, float]:
     return {**summary, "objective": summary["reward_per_event"] - penalty * summary["reward_se"], "estimate": summary["reward_per_event"]}
 
 

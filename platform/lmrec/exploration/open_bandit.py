@@ -23,7 +23,7 @@ import numpy as np
 from lmrec.exploration.estimators import ESTIMATORS, Estimate, OPEData, evaluate
 from lmrec.exploration.obd_prior import ZOZOTOWN_BTS_PRIOR
 from lmrec.exploration.policies import _mc_marginals, beta_topk_marginals_exact
-from lmrec.exploration.reward_model import CrossFitRewards, FeatureFn, cross_fit_rewards, select_cross_fit
+from lmrec.exploration.reward_model import CrossFitRewards, FeatureFn, cross_fit_rewards, log_loss, select_cross_fit
 
 BEHAVIORS = ("random", "bts")
 CAMPAIGNS = ("all", "men", "women")
@@ -54,6 +54,8 @@ class OBDLog:
     item_features: np.ndarray  # (n_actions, d) numeric + one-hot categorical item features
     n_actions: int
     len_list: int = LEN_LIST
+    item_codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_actions, c) sorted-label codes of categorical item features
+    item_numeric: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_actions, d) numeric item features
 
     @property
     def n(self) -> int:
@@ -108,14 +110,17 @@ def load_obd(data_dir: Optional[str | Path] = None, behavior: str = "random", ca
     aff_cols = [f"user-item_affinity_{a}" for a in range(n_actions)]
     affinity = df[aff_cols].to_numpy(np.float64) if all(c in df.columns for c in aff_cols) else np.zeros((len(df), n_actions))
     items = items.sort_values("item_id")
-    feats = [items[[c for c in items.columns if c != "item_id" and items[c].dtype.kind in "fi"]].to_numpy(np.float64)]
+    numeric = items[[c for c in items.columns if c != "item_id" and items[c].dtype.kind in "fi"]].to_numpy(np.float64)
+    feats, item_codes = [numeric], []
     for col in items.columns:
         if col != "item_id" and items[col].dtype.kind not in "fi":
             feats.append(pd.get_dummies(items[col].astype(str)).to_numpy(np.float64))
+            item_codes.append(pd.factorize(items[col].astype(str), sort=True)[0])
     ts = pd.to_datetime(df["timestamp"], utc=True).to_numpy(dtype="datetime64[us]")
     return OBDLog(
         behavior, campaign, path, actions, positions, rewards, pscore, ts, np.stack(codes, axis=1), levels,
         affinity, np.hstack(feats), n_actions,
+        item_codes=np.stack(item_codes, axis=1) if item_codes else np.zeros((n_actions, 0), dtype=np.int64), item_numeric=numeric,
     )
 
 
@@ -215,15 +220,25 @@ class OBDRewards:
 
 
 L2_GRID = (1.0, 10.0, 100.0, 1000.0)
+REWARD_MODELS = ("lmrec", "obp_quickstart")
+RewardModelName = Literal["lmrec", "obp_quickstart"]
 
 
 def fit_obd_rewards(
     log: OBDLog, n_folds: int = 3, l2: float | Literal["auto"] = "auto", seed: int = 12345, with_scores: bool = True,
+    reward_model: RewardModelName = "lmrec",
 ) -> OBDRewards:
     """Our logistic regression, cross-fitted over `n_folds` folds (OBP's quickstart uses 3).
 
-    `l2="auto"` picks the strength from `L2_GRID` by out-of-fold log-loss on this log.
+    `reward_model="lmrec"` (default): one model over user one-hots, item features, item
+    one-hot and position; `l2="auto"` picks its strength from `L2_GRID` by out-of-fold
+    log-loss on this log. `reward_model="obp_quickstart"`: the published configuration,
+    see `fit_obd_rewards_obp_quickstart` (`l2="auto"` means its fixed 1.0 there).
     """
+    if reward_model == "obp_quickstart":
+        return fit_obd_rewards_obp_quickstart(log, n_folds, 1.0 if l2 == "auto" else float(l2), seed, with_scores)
+    if reward_model != "lmrec":
+        raise ValueError(f"reward_model must be one of {REWARD_MODELS}, got {reward_model!r}")
     feats, predict = obd_features(log), obd_predictor(log)
     if l2 == "auto":
         fit = select_cross_fit(feats, log.actions, log.rewards, log.n_actions, L2_GRID, n_folds, seed, predict=predict)
@@ -246,6 +261,87 @@ def _position_free_scores(log: OBDLog, fit: CrossFitRewards, n_folds: int, l2: f
         model = LogisticRegression(l2=l2).fit(feats(train, log.actions[train]), log.rewards[train])
         scores[test] = predict0(model, test)
     return scores
+
+
+# ------------------------------------------------------------------ the published reward model
+
+
+def kfold_shuffled(n: int, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each of n rows: a permutation from numpy's legacy `RandomState(seed)`, cut into
+    `n_folds` contiguous blocks, the first `n % n_folds` one row longer.
+
+    This is the fold assignment of scikit-learn's `KFold(n_folds, shuffle=True,
+    random_state=seed)` (documented behaviour; reproduced here with numpy only), which
+    obp's `RegressionModel.fit_predict` uses for cross-fitting.
+    """
+    perm = np.random.RandomState(seed).permutation(n)
+    sizes = np.full(n_folds, n // n_folds)
+    sizes[: n % n_folds] += 1
+    folds = np.empty(n, dtype=np.int64)
+    folds[perm] = np.repeat(np.arange(n_folds), sizes)
+    return folds
+
+
+def obp_quickstart_features(log: OBDLog) -> tuple[np.ndarray, np.ndarray]:
+    """(context (n, c), action_context (n_actions, d)) as obp 0.5's OBD preprocessing builds them.
+
+    Context: one-hot of the four hashed user features with each one's first (sorted)
+    level dropped; no user-item affinities. Action context: every categorical item
+    feature as its sorted-label integer code (ordinal, not one-hot) plus the numeric
+    `item_feature_0`; no item id. No position feature: one model per position.
+    """
+    offsets = np.concatenate([[0], np.cumsum([lv - 1 for lv in log.user_levels])])
+    ctx = np.zeros((log.n, int(offsets[-1])))
+    for f in range(len(log.user_levels)):
+        c = log.user_codes[:, f]
+        hit = c > 0  # level 0 is the dropped baseline
+        ctx[np.flatnonzero(hit), offsets[f] + c[hit] - 1] = 1.0
+    action_ctx = np.hstack([log.item_codes.astype(np.float64), log.item_numeric])
+    return ctx, action_ctx
+
+
+def fit_obd_rewards_obp_quickstart(
+    log: OBDLog, n_folds: int = 3, l2: float = 1.0, seed: int = 12345, with_scores: bool = True,
+) -> OBDRewards:
+    """The reward model behind the published DM/DR figures (obp 0.5.4 quickstart), refitted with ours.
+
+    Fixed a priori by that protocol, nothing chosen here: features from
+    `obp_quickstart_features` (user context concatenated with the item's action
+    context), a separate L2 logistic regression per position (C = 1, i.e. `l2` = 1,
+    unpenalised intercept: scikit-learn's `LogisticRegression()` objective, solved
+    exactly by our Newton solver), rows in time order, folds from `kfold_shuffled`.
+    Predictions for a sample come from its own position's model, fitted on the other
+    folds' samples at that position.
+    """
+    from lmrec.exploration.reward_model import LogisticRegression, sigmoid
+
+    ctx, act = obp_quickstart_features(log)
+    order = np.argsort(log.timestamps, kind="stable")  # obp sorts the log by timestamp first
+    folds = np.empty(log.n, dtype=np.int64)
+    folds[order] = kfold_shuffled(log.n, max(1, n_folds), seed)
+    logits = np.empty((log.n, log.n_actions))
+    scores = np.empty((log.n, log.n_actions)) if with_scores else None
+    for f in range(max(1, n_folds)):
+        test = folds == f
+        train = ~test if n_folds > 1 else np.ones(log.n, dtype=bool)
+        for pos in range(log.len_list):
+            tr = np.flatnonzero(train & (log.positions == pos))
+            if len(tr) == 0:
+                raise ValueError(f"fold {f}: no training samples at position {pos}")
+            X = np.hstack([ctx[tr], act[log.actions[tr]]])
+            model = LogisticRegression(l2=l2, max_iter=200).fit(X, log.rewards[tr])
+            w_ctx, w_act = model.coef_[: ctx.shape[1]], model.coef_[ctx.shape[1] :]
+            per_item = act @ w_act  # (A,)
+            te = np.flatnonzero(test & (log.positions == pos))
+            logits[te] = (ctx[te] @ w_ctx + model.intercept_)[:, None] + per_item[None, :]
+            if scores is not None and pos == 0:  # position-free policy scores: the first position's model
+                te_all = np.flatnonzero(test)
+                scores[te_all] = (ctx[te_all] @ w_ctx + model.intercept_)[:, None] + per_item[None, :]
+    q = sigmoid(logits)
+    rows = np.arange(log.n)
+    q_logged = q[rows, log.actions]
+    fit = CrossFitRewards(q, logits, q_logged, folds, l2, log_loss(q_logged, log.rewards))
+    return OBDRewards(fit, scores)
 
 
 def ope_data(log: OBDLog, dist: np.ndarray, rewards: Optional[OBDRewards] = None) -> OPEData:
@@ -286,7 +382,7 @@ class OBDBenchmark:
 def evaluate_bts_from_random(
     data_dir: Optional[str | Path] = None, campaign: str = "all", n_sim: int = 100_000, seed: int = 12345,
     method: Literal["mc", "exact"] = "mc", n_folds: int = 3, l2: float | Literal["auto"] = "auto", n_bootstrap: int = 10_000,
-    estimators: tuple[str, ...] = ESTIMATORS, dist: Optional[np.ndarray] = None,
+    estimators: tuple[str, ...] = ESTIMATORS, dist: Optional[np.ndarray] = None, reward_model: RewardModelName = "lmrec",
 ) -> OBDBenchmark:
     """The OBP paper's check on the sample: V(BTS) estimated from Random logs vs BTS's CTR."""
     random_log = load_obd(data_dir, "random", campaign)
@@ -294,10 +390,10 @@ def evaluate_bts_from_random(
     if dist is None:
         dist = bts_action_dist(campaign, random_log.len_list, n_sim, seed, method)
     need_model = any(e in ("dm", "dr") for e in estimators)
-    rewards = fit_obd_rewards(random_log, n_folds, l2, seed, with_scores=False) if need_model else None
+    rewards = fit_obd_rewards(random_log, n_folds, l2, seed, with_scores=False, reward_model=reward_model) if need_model else None
     data = ope_data(random_log, dist, rewards)
     est = evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed)
-    settings = dict(campaign=campaign, n_sim=n_sim, seed=seed, method=method, n_folds=n_folds,
+    settings = dict(campaign=campaign, n_sim=n_sim, seed=seed, method=method, n_folds=n_folds, reward_model=reward_model,
                     l2=rewards.fit.l2 if rewards else None, reward_model_oof_log_loss=rewards.fit.oof_log_loss if rewards else None,
                     n_bootstrap=n_bootstrap, n_random=random_log.n, n_bts=bts_log.n)
     return OBDBenchmark(bts_log.on_policy_value, random_log.on_policy_value, est, dist, settings)

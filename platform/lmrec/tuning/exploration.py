@@ -34,7 +34,7 @@ import numpy as np
 
 from lmrec.config import check, config_hash, flatten, to_dict
 from lmrec.exploration.objectives import (
-    LoggedScenario, ReplayScenario, Scenario, evaluate, evaluate_replay, obd_logged, policy_config,
+    LoggedScenario, ReplayScenario, Scenario, evaluate, obd_logged, policy_config, replay_metrics,
 )
 from lmrec.exploration.policies import POLICY_TYPES, PolicyConfig
 from lmrec.models.config import ModelSpec
@@ -64,6 +64,9 @@ class SearchSpace:
     ucb_c: list[float] = field(default_factory=lambda: [0.001, 1.0])
     prior_strength: list[float] = field(default_factory=lambda: [1.0, 1000.0])
     feedback: list[str] = field(default_factory=lambda: ["counts", "lift"])  # ucb, thompson
+    # ucb: also offer c = 0 (a categorical `ucb_c_zero` drawn before c): greedy over the learned
+    # statistics, e.g. over lift-adjusted scores with `feedback: lift`. A log-uniform c never reaches 0.
+    ucb_c_zero: bool = False
 
     def validate(self) -> None:
         check(len(self.policies) > 0, "policies", "must not be empty")
@@ -91,6 +94,8 @@ class SearchConfig:
     variance_penalty: float = 1.0  # objective = estimate - penalty * standard error
     include_baselines: bool = True  # evaluate greedy and epsilon=0.1 first
     eval_repeats: int = 5  # seeds per stochastic policy in the held-out comparison
+    finalists: int = 5  # replay with a validation period: top distinct configs re-run there
+    valid_repeats: int = 5  # seeds per stochastic finalist on the validation period
     seed: int = 0
     name: Optional[str] = None  # Ray Tune experiment name
     storage_path: Optional[str] = None  # None: LMREC_HOME/ray_results
@@ -103,6 +108,8 @@ class SearchConfig:
         check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
         check(self.variance_penalty >= 0, "variance_penalty", "must be >= 0")
         check(self.eval_repeats >= 1, "eval_repeats", "must be >= 1")
+        check(self.finalists >= 1, "finalists", "must be >= 1")
+        check(self.valid_repeats >= 1, "valid_repeats", "must be >= 1")
 
 
 @dataclass
@@ -115,7 +122,8 @@ class ObdScenarioConfig:
     max_rows: Optional[int] = None  # first rows only (quick runs)
     estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
     n_folds: int = 3
-    l2: Optional[float] = None  # None: chosen by out-of-fold log-loss
+    l2: Optional[float] = None  # None: chosen by out-of-fold log-loss (lmrec) or 1.0 (obp_quickstart)
+    reward_model: Literal["lmrec", "obp_quickstart"] = "lmrec"  # see lmrec.exploration.open_bandit.fit_obd_rewards
     n_bootstrap: int = 200
     n_sim: int = 300  # Monte Carlo draws for sampling policies' marginals per trial
     seed: int = 12345
@@ -154,7 +162,13 @@ def _replay_train_default() -> TrainConfig:
 
 @dataclass
 class ReplayScenarioConfig:
-    """MovieLens replay: time split into train (model) / tune (search) / held-out (comparison)."""
+    """MovieLens replay: time split into train (model) / tune (search) / [validation] / held-out.
+
+    With `valid_frac` = 0 the search's best trial is the tuned policy and the rest of the
+    timeline after the tune period is held out. With `valid_frac` > 0 the search's top
+    `search.finalists` configurations are re-run on the validation period, the best there
+    is the tuned policy, and only what follows the validation period is held out (test).
+    """
 
     dataset: str = "ml-100k"
     data_dir: Optional[str] = None
@@ -162,6 +176,7 @@ class ReplayScenarioConfig:
     model_uri: Optional[str] = None  # models:/, runs:/ or a folder; None: train on the train period
     train_frac: float = 0.5  # interactions before this time quantile train the model
     tune_frac: float = 0.25  # the next quantile range is searched on; the rest is held out
+    valid_frac: float = 0.0  # then a validation range that picks among the search's finalists (0: none)
     num_candidates: int = 50
     slate_size: int = 5
     stride: int = 10
@@ -180,6 +195,8 @@ class ReplayScenarioConfig:
     def validate(self) -> None:
         check(0 < self.train_frac < 1, "train_frac", "must be in (0, 1)")
         check(0 < self.tune_frac < 1 - self.train_frac, "tune_frac", "must be in (0, 1 - train_frac)")
+        check(0 <= self.valid_frac < 1 - self.train_frac - self.tune_frac, "valid_frac",
+              "must be in [0, 1 - train_frac - tune_frac): something must be left to hold out")
         check(self.num_candidates >= 2, "num_candidates", "must be >= 2")
         check(1 <= self.slate_size <= self.num_candidates, "slate_size", "must be in [1, num_candidates]")
         check(self.stride >= 1 and self.horizon >= 1, "stride", "stride and horizon must be >= 1")
@@ -248,12 +265,13 @@ def prepare_obd(oc: ObdScenarioConfig) -> LoggedScenario:
     log = load_obd(oc.data_dir, oc.behavior, oc.campaign)
     if oc.max_rows is not None and oc.max_rows < log.n:
         log = _head(log, oc.max_rows)
-    rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed)
+    rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed, reward_model=oc.reward_model)
     return LoggedScenario(
         obd_logged(log, rewards), rewards.fit, log.len_list, oc.estimator, oc.n_bootstrap,
         base_policy={"slate_size": log.len_list, "n_sim": oc.n_sim, "seed": oc.seed},
         info={"source": str(log.path), "samples": log.n, "behavior_value": log.on_policy_value,
-              "reward_model_l2": rewards.fit.l2, "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
+              "reward_model": oc.reward_model, "reward_model_l2": rewards.fit.l2,
+              "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
     )
 
 
@@ -287,7 +305,10 @@ def prepare_logs(lc: LogsScenarioConfig) -> LoggedScenario:
 def _replay_cache_dir(rc: ReplayScenarioConfig, source_fingerprint: str) -> Path:
     from lmrec.paths import lmrec_home
 
-    key = config_hash({"replay": to_dict(rc), "source": source_fingerprint, "version": 1})[:16]
+    rd = to_dict(rc)
+    if not rd.get("valid_frac"):  # configs from before the validation period keep their caches
+        rd.pop("valid_frac", None)
+    key = config_hash({"replay": rd, "source": source_fingerprint, "version": 1})[:16]
     return lmrec_home() / "exploration" / "replay" / f"{rc.dataset}-{key}"
 
 
@@ -340,7 +361,7 @@ def train_replay_model(interactions: Any, before_ts: int, rc: ReplayScenarioConf
 
 
 def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
-    """Events for the tune and held-out periods (cached under LMREC_HOME/exploration/replay)."""
+    """Events for the tune, validation (if any) and held-out periods (cached under LMREC_HOME/exploration/replay)."""
     from lmrec.exploration.replay import PopularityScorer, ReplayEvents, SeqRecScorer, build_replay_events, fit_calibration
 
     interactions, fingerprint = load_interactions(rc.dataset, rc.data_dir)
@@ -348,12 +369,14 @@ def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
     meta_path = cache / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
+        valid = ReplayEvents.load(cache / "valid.npz") if rc.valid_frac > 0 else None
         return ReplayScenario(ReplayEvents.load(cache / "tune.npz"), ReplayEvents.load(cache / "heldout.npz"), rc.slate_size,
-                              rc.report_every, meta["base_policy"], meta["info"])
+                              rc.report_every, meta["base_policy"], meta["info"], valid=valid)
     t0 = time.time()
     cache.mkdir(parents=True, exist_ok=True)
     ts = interactions["ts"].to_numpy()
-    t1, t2 = (int(v) for v in np.quantile(ts, [rc.train_frac, rc.train_frac + rc.tune_frac]))
+    fracs = [rc.train_frac, rc.train_frac + rc.tune_frac, rc.train_frac + rc.tune_frac + rc.valid_frac]
+    t1, t2, t3 = (int(v) for v in np.quantile(ts, fracs))
     scorer: Any
     model_info: dict[str, Any] = {}
     if rc.scorer == "popularity":
@@ -379,21 +402,27 @@ def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
     calib = build_replay_events(interactions, scorer, int(ts.min()), t1, max_events=rc.calibration_events, **common)
     scale, shift = fit_calibration(calib)
     tune_ev = build_replay_events(interactions, scorer, t1, t2, max_events=rc.max_events, **common)
-    held_ev = build_replay_events(interactions, scorer, t2, int(ts.max()) + 1, max_events=rc.max_events, **common)
-    if len(tune_ev) == 0 or len(held_ev) == 0:
-        raise ValueError(f"replay: no decision points in the tune ({len(tune_ev)}) or held-out ({len(held_ev)}) period")
+    valid_ev = build_replay_events(interactions, scorer, t2, t3, max_events=rc.max_events, **common) if rc.valid_frac > 0 else None
+    held_ev = build_replay_events(interactions, scorer, t3, int(ts.max()) + 1, max_events=rc.max_events, **common)
+    if len(tune_ev) == 0 or len(held_ev) == 0 or (valid_ev is not None and len(valid_ev) == 0):
+        raise ValueError(f"replay: no decision points in the tune ({len(tune_ev)}), validation "
+                         f"({None if valid_ev is None else len(valid_ev)}) or held-out ({len(held_ev)}) period")
     base = {"slate_size": rc.slate_size, "score_scale": scale, "score_shift": shift, "seed": rc.seed}
-    info = {"dataset": rc.dataset, "scorer": rc.scorer, "split_ts": [t1, t2], "tune_events": len(tune_ev),
-            "heldout_events": len(held_ev), "calibration": {"scale": scale, "shift": shift, "events": len(calib)},
+    info = {"dataset": rc.dataset, "scorer": rc.scorer, "split_ts": [t1, t2, t3] if valid_ev is not None else [t1, t2],
+            "tune_events": len(tune_ev), "heldout_events": len(held_ev),
+            "calibration": {"scale": scale, "shift": shift, "events": len(calib)},
             "tune_oracle_per_event": float(tune_ev.oracle(rc.slate_size).mean()),
             "heldout_oracle_per_event": float(held_ev.oracle(rc.slate_size).mean()),
             "build_seconds": round(time.time() - t0, 1), **model_info}
+    if valid_ev is not None:
+        info.update(valid_events=len(valid_ev), valid_oracle_per_event=float(valid_ev.oracle(rc.slate_size).mean()))
+        valid_ev.save(cache / "valid.npz")
     tune_ev.save(cache / "tune.npz")
     held_ev.save(cache / "heldout.npz")
     tmp = meta_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"base_policy": base, "info": info}, indent=1))
     tmp.replace(meta_path)
-    return ReplayScenario(tune_ev, held_ev, rc.slate_size, rc.report_every, base, info)
+    return ReplayScenario(tune_ev, held_ev, rc.slate_size, rc.report_every, base, info, valid=valid_ev)
 
 
 # ------------------------------------------------------------------ search
@@ -416,7 +445,8 @@ class DefineSpace:
         elif t == "softmax":
             trial.suggest_float("temperature", sp["temperature"][0], sp["temperature"][1], log=True)
         elif t == "ucb":
-            trial.suggest_float("ucb_c", sp["ucb_c"][0], sp["ucb_c"][1], log=True)
+            if not (sp.get("ucb_c_zero") and trial.suggest_categorical("ucb_c_zero", [True, False])):
+                trial.suggest_float("ucb_c", sp["ucb_c"][0], sp["ucb_c"][1], log=True)
             trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
             trial.suggest_categorical("feedback", list(sp["feedback"]))
         elif t == "thompson":
@@ -461,13 +491,14 @@ class SearchResult:
     policy_uri: str
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
+    selection: list[dict[str, Any]] = field(default_factory=list)  # finalists on the validation period (if any)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "parent_run_id": self.parent_run_id, "best": self.best.to_dict(), "best_metrics": self.best_metrics,
             "trials": self.trials, "comparison": self.comparison, "scenario": self.scenario_info,
             "model_version": self.model_version, "policy_uri": self.policy_uri, "seconds": round(self.seconds, 1),
-            "files": self.files,
+            "files": self.files, "selection": self.selection,
         }
 
     def table(self) -> str:
@@ -500,27 +531,97 @@ def pick_best(trials: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any
     return max(done, key=lambda t: t["metrics"][METRIC])
 
 
-def compare_policies(scenario: Scenario, best: PolicyConfig, penalty: float, repeats: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Tuned vs greedy vs epsilon=0.1: on held-out events (replay) or on the logged data."""
+DETERMINISTIC_POLICIES = ("greedy", "ucb")  # one replay run suffices: no seed changes their slates
+
+
+def replay_runs(
+    scenario: ReplayScenario, pc: PolicyConfig, period: str, penalty: float, repeats: int = 5, seed: int = 0,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Replay `pc` on `period` with seeds seed, seed+1, ... (once if deterministic), each from empty state.
+
+    Returns the summary (estimate = mean clicks/event over seeds, `seed_std`, `per_seed`)
+    and the per-event clicks averaged over seeds (for paired comparisons on the same events).
+    """
+    from lmrec.exploration.policies import build_policy
+    from lmrec.exploration.replay import run_replay
+
+    events = scenario.events(period)  # type: ignore[arg-type]
+    n = 1 if pc.type in DETERMINISTIC_POLICIES else repeats
+    runs = [run_replay(events, build_policy(pc.replace(seed=seed + r)), scenario.slate_size) for r in range(n)]
+    vals = np.array([r.rewards.mean() for r in runs])
+    first = replay_metrics(runs[0].summary(), penalty)
+    out: dict[str, Any] = {
+        **first, "estimate": float(vals.mean()), "seed_std": float(vals.std(ddof=1)) if n > 1 else 0.0, "repeats": float(n),
+        "cum_reward": float(np.mean([r.rewards.sum() for r in runs])),
+        "cum_regret": float(np.mean([(r.oracle - r.rewards).sum() for r in runs])), "per_seed": vals.tolist(),
+        "seeds": [seed + r for r in range(n)],
+    }
+    out["objective"] = out["estimate"] - penalty * out["reward_se"]
+    return out, np.mean([r.rewards for r in runs], axis=0)
+
+
+def compare_policies(scenario: Scenario, best: PolicyConfig, penalty: float, repeats: int = 5, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Tuned vs greedy vs epsilon=0.1: on held-out events (replay) or on the logged data.
+
+    On replay every policy also gets its paired difference to greedy on the same events:
+    `diff_vs_greedy` (clicks/event), `diff_vs_greedy_se` (standard error over events of the
+    per-event difference, seed-averaged) and `seeds_above_greedy` (how many seeds beat it).
+    """
     base = scenario.base_policy
     candidates = {
         f"tuned ({_label(best)})": best,
         "greedy": policy_config({"policy": "greedy"}, base),
         "epsilon_greedy (epsilon=0.1)": policy_config({"policy": "epsilon_greedy", "epsilon": 0.1}, base),
     }
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(scenario, ReplayScenario):
+        per_event: dict[str, np.ndarray] = {}
+        for name, pc in candidates.items():
+            out[name], per_event[name] = replay_runs(scenario, pc, "heldout", penalty, repeats, seed)
+        g, g_val = per_event["greedy"], out["greedy"]["estimate"]
+        for name, m in out.items():
+            d = per_event[name] - g
+            m["diff_vs_greedy"] = float(d.mean())
+            m["diff_vs_greedy_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            m["seeds_above_greedy"] = float(sum(v > g_val for v in m["per_seed"]))
+        return out
     for name, pc in candidates.items():
-        if isinstance(scenario, ReplayScenario):
-            runs = [evaluate_replay(scenario, pc.replace(seed=seed + r), penalty, heldout=True)
-                    for r in range(1 if pc.type in ("greedy", "ucb") else repeats)]  # deterministic ones need 1 run
-            vals = np.array([m["reward_per_event"] for m in runs])
-            out[name] = {**runs[0], "estimate": float(vals.mean()), "seed_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                         "repeats": float(len(vals)), "cum_reward": float(np.mean([m["cum_reward"] for m in runs])),
-                         "cum_regret": float(np.mean([m["cum_regret"] for m in runs]))}
-            out[name]["objective"] = out[name]["estimate"] - penalty * out[name]["reward_se"]
-        else:
-            out[name] = evaluate(scenario, pc, penalty, seed=seed)
+        out[name] = evaluate(scenario, pc, penalty, seed=seed)
     return out
+
+
+def select_on_validation(
+    trials: list[dict[str, Any]], scenario: ReplayScenario, penalty: float, finalists: int = 5, repeats: int = 5, seed: int = 0,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The search's top `finalists` distinct configurations, re-run on the validation period.
+
+    Finalists are the trials that replayed every tune event (ASHA-stopped trials saw a
+    prefix only), best search objective first, one per distinct policy configuration.
+    Each is replayed on the validation events (`repeats` seeds if stochastic, from empty
+    state); the one with the best validation objective is returned with every row.
+    """
+    done = [t for t in trials if "metrics" in t]
+    full = [t for t in done if t["metrics"].get("events", 0) >= len(scenario.tune)] or done
+    if not full:
+        raise RuntimeError(f"no trial finished: {[t.get('error') for t in trials][:3]}")
+    ranked = sorted(full, key=lambda t: -t["metrics"][METRIC])  # stable: the earlier trial wins a tie
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for t in ranked:
+        pc = policy_config(t["params"], scenario.base_policy)
+        key = json.dumps(pc.to_dict(), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        valid, _ = replay_runs(scenario, pc, "valid", penalty, repeats, seed)
+        rows.append({"params": t["params"], "policy": _label(pc), "search_objective": t["metrics"][METRIC],
+                     "search_estimate": t["metrics"].get("estimate"), "valid": valid, "trial": t})
+        if len(rows) == finalists:
+            break
+    chosen = max(rows, key=lambda r: r["valid"]["objective"])  # first maximum: the better search rank wins a tie
+    for r in rows:
+        r["chosen"] = r is chosen
+    return chosen["trial"], [{k: v for k, v in r.items() if k != "trial"} for r in rows]
 
 
 def _label(pc: PolicyConfig) -> str:
@@ -528,6 +629,16 @@ def _label(pc: PolicyConfig) -> str:
              "ucb": f"c={pc.ucb_c:.3g}, w={pc.prior_strength:.3g}, {pc.feedback}",
              "thompson": f"w={pc.prior_strength:.3g}, {pc.feedback}"}.get(pc.type, "")
     return f"{pc.type}{', ' + extra if extra else ''}"
+
+
+def selection_table(selection: list[dict[str, Any]]) -> str:
+    """The validation stage as plain text: search objective, validation mean and seed std per finalist."""
+    lines = [f"{'finalist':<44} {'search obj':>10} {'valid':>8} {'seed std':>8} {'valid obj':>9}"]
+    for r in selection:
+        v = r["valid"]
+        lines.append(f"{('* ' if r['chosen'] else '  ') + r['policy']:<44} {r['search_objective']:>10.4f} "
+                     f"{v['estimate']:>8.4f} {v['seed_std']:>8.4f} {v['objective']:>9.4f}")
+    return "\n".join(lines)
 
 
 def replay_curves_png(scenario: ReplayScenario, configs: dict[str, PolicyConfig], path: Path) -> Path:
@@ -594,10 +705,14 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
         run_config=tune.RunConfig(name=name, storage_path=sc.storage_path or str(default_storage_path()),
                                   callbacks=[callback], verbose=1),
     )
+    selection: list[dict[str, Any]] = []
     try:
         grid = tuner.fit()
         trials = _trial_rows(grid)
         best_row = pick_best(trials, scenario)
+        if isinstance(scenario, ReplayScenario) and scenario.valid is not None:
+            best_row, selection = select_on_validation(trials, scenario, sc.variance_penalty, sc.finalists, sc.valid_repeats, sc.seed)
+            print("[lmrec.explore] validation (finalists of the search):\n" + selection_table(selection), flush=True)
     except Exception:
         logger.end("FAILED")
         raise
@@ -605,6 +720,10 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
     comparison = compare_policies(scenario, best, sc.variance_penalty, sc.eval_repeats, sc.seed)
     metadata = {"scenario": cfg.scenario, "objective": best_row["metrics"][METRIC], "search_run_id": parent,
                 "tune_name": name, "metrics": best_row["metrics"], "comparison": comparison, "scenario_info": scenario.info}
+    if selection:
+        metadata["selection"] = "best validation objective among the search's finalists"
+        metadata["valid_metrics"] = next(r["valid"] for r in selection if r["chosen"])
+        logger.json(selection, "selection.json")
     artifact = save_policy_artifact(parent, best, metadata, uri)
     logger.json(comparison, "comparison.json")
     logger.json(trials, "trials.json")
@@ -618,6 +737,8 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
             logger.artifact(png)
             files["curves_png"] = "replay_heldout.png"
     metrics = {f"best/{k}": v for k, v in best_row["metrics"].items()}
+    if selection:
+        metrics.update({f"valid/{k}": v for k, v in metadata["valid_metrics"].items() if isinstance(v, float)})
     for i, (nm, m) in enumerate(comparison.items()):
         key = ["tuned", "greedy", "epsilon_0.1"][i]
         metrics.update({f"compare/{key}/{k}": v for k, v in m.items() if isinstance(v, float)})
@@ -633,7 +754,7 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
     logger.end("FINISHED")
     policy_uri = f"models:/{tr.model_name}@{tr.alias}" if version else f"runs:/{parent}/{POLICY_ARTIFACT_DIR}"
     result = SearchResult(parent, best, best_row["metrics"], trials, comparison, scenario.info, version, policy_uri,
-                          time.time() - t0, files)
+                          time.time() - t0, files, selection)
     if cfg.out:
         out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)

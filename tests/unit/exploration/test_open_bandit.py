@@ -115,3 +115,55 @@ def test_fast_predictor_equals_generic_features(random_log) -> None:  # type: ig
     for position in (None, 0):
         generic = _predict_all(model, obd_features(log, position), rows, log.n_actions, logits=True)
         np.testing.assert_allclose(obd_predictor(log, position)(model, rows), generic, atol=1e-10)
+
+
+PUBLISHED_DM, PUBLISHED_DM_REL_ERROR = 0.003545, 0.156041  # REFERENCE_NUMBERS.md 5c (i), obp 0.5.4 quickstart
+PUBLISHED_DR, PUBLISHED_DR_REL_ERROR = 0.004727, 0.125548
+
+
+def test_kfold_shuffled_is_scikit_learns_assignment() -> None:
+    from lmrec.exploration.open_bandit import kfold_shuffled
+
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    for n, k, seed in [(10_000, 3, 12345), (17, 4, 0)]:
+        folds = kfold_shuffled(n, k, seed)
+        for f, (_, test) in enumerate(model_selection.KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n))):
+            assert set(np.flatnonzero(folds == f)) == set(test)
+
+
+def test_obp_quickstart_features(random_log) -> None:  # type: ignore[no-untyped-def]
+    from lmrec.exploration.open_bandit import obp_quickstart_features
+
+    ctx, act = obp_quickstart_features(random_log)
+    assert ctx.shape == (10_000, 20)  # obp's quickstart notebook: "context vector with 20 dimensions"
+    assert act.shape == (80, 4)  # three label-encoded categorical item features + item_feature_0, no item id
+    assert set(np.unique(ctx)) == {0.0, 1.0} and ctx.sum(axis=1).max() <= 4
+    assert np.all(act[:, :3] == np.round(act[:, :3])) and act[:, :3].min() == 0
+
+
+def test_obp_quickstart_reward_model_reproduces_the_published_dm_and_dr(random_log, reference) -> None:  # type: ignore[no-untyped-def]
+    """With obp's own pi_e, the published reward-model configuration refitted by our code gives the published figures."""
+    from lmrec.exploration.estimators import dr_ips_decomposition, evaluate
+    from lmrec.exploration.open_bandit import fit_obd_rewards, ope_data
+
+    log = random_log
+    rewards = fit_obd_rewards(log, 3, "auto", 12345, with_scores=True, reward_model="obp_quickstart")
+    assert rewards.fit.l2 == 1.0 and sorted(np.bincount(rewards.fit.folds).tolist()) == [3333, 3333, 3334]
+    assert rewards.scores is not None and rewards.scores.shape == (log.n, log.n_actions)
+    data = ope_data(log, reference, rewards)
+    est = evaluate(data, ("ips", "dm", "dr"), n_bootstrap=200, seed=12345)
+    assert est["dm"].value == pytest.approx(PUBLISHED_DM, abs=1e-6)
+    assert est["dr"].value == pytest.approx(PUBLISHED_DR, abs=1e-6)
+    assert est["dm"].relative_error(BTS_ON_POLICY) == pytest.approx(PUBLISHED_DM_REL_ERROR, abs=1e-4)
+    assert est["dr"].relative_error(BTS_ON_POLICY) == pytest.approx(PUBLISHED_DR_REL_ERROR, abs=1e-4)
+    d = dr_ips_decomposition(data)
+    assert d["dr"] - d["ips"] == pytest.approx(est["dr"].value - est["ips"].value, abs=1e-12)
+    assert d["term_dm_vs_logged"] + d["term_weight_mean"] + d["term_cov"] == pytest.approx(d["dr_minus_ips"], abs=1e-12)
+    assert d["mean_weight"] < 1 and d["dr_minus_ips"] > 0  # this sample's weights average below 1: DR sits above IPS
+
+
+def test_unknown_reward_model_is_rejected(random_log) -> None:  # type: ignore[no-untyped-def]
+    from lmrec.exploration.open_bandit import fit_obd_rewards
+
+    with pytest.raises(ValueError, match="reward_model"):
+        fit_obd_rewards(random_log, reward_model="lightgbm")  # type: ignore[arg-type]

@@ -107,3 +107,42 @@ def test_partial_tracking_override_keeps_the_policy_registry_name() -> None:
     cfg = load_config(TuneExplorationConfig, None, ["tracking.alias=champion"])
     assert cfg.tracking.model_name == "lmrec-exploration-policy" and cfg.tracking.experiment == "lmrec-exploration"
     assert cfg.tracking.alias == "champion"
+
+
+def test_ucb_c_zero_branch_reaches_greedy_with_learning() -> None:
+    from lmrec.exploration.objectives import policy_config
+
+    cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay_v2.yaml")
+    assert cfg.space.ucb_c_zero and cfg.replay.valid_frac > 0
+    space = define_space(cfg.space)
+
+    class Pick(_FakeTrial):
+        def __init__(self, zero: bool) -> None:
+            super().__init__("ucb")
+            self.zero = zero
+
+        def suggest_categorical(self, name: str, choices: list) -> object:  # type: ignore[override]
+            if name == "ucb_c_zero":
+                self.asked[name] = choices
+                return self.zero
+            return super().suggest_categorical(name, choices)
+
+    zero, positive = Pick(True), Pick(False)
+    space(zero)
+    space(positive)
+    assert set(zero.asked) == {"policy", "ucb_c_zero", "prior_strength", "feedback"}  # no c drawn: c = 0
+    assert set(positive.asked) == {"policy", "ucb_c_zero", "ucb_c", "prior_strength", "feedback"}
+    pc = policy_config({"policy": "ucb", "ucb_c_zero": True, "prior_strength": 20.0, "feedback": "lift"})
+    assert pc.ucb_c == 0.0 and pc.feedback == "lift"
+    assert policy_config({"policy": "ucb", "ucb_c_zero": False, "ucb_c": 0.3}).ucb_c == 0.3
+    # the default space (and every scenario that does not ask for it) has no c = 0 branch
+    default = _FakeTrial("ucb")
+    define_space(load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay.yaml").space)(default)
+    assert "ucb_c_zero" not in default.asked
+
+
+@pytest.mark.parametrize("override", ["replay.valid_frac=0.5", "replay.valid_frac=-0.1"])
+def test_validation_period_must_leave_a_test_period(override: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay_v2.yaml", [override])
+    assert err.value.key == "replay.valid_frac"
