@@ -81,7 +81,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     model_cfg = cfg.model.build(data.num_items)
 
+    # The bare loop runs with no Ray on the machine: a freshly started local Ray prestarts
+    # worker processes whose imports would steal CPU from it (measured: 2.8x slower).
+    import ray
+
+    ray.shutdown()
     bare = bare_loop(cfg, data, threads=args.cpus)
+    ensure_ray(num_cpus=max(4, args.cpus + 1))
+    time.sleep(10)  # let the new cluster's start-up finish before timing Ray Train
     one = ray_train(cfg, 1, "none", float(args.cpus), storage, f"bench-1w-{stamp}")
     two = ray_train(cfg, 2, "fsdp", args.cpus / 2, storage, f"bench-2w-fsdp-{stamp}")
     unsharded = bare["state_bytes"]["total"]

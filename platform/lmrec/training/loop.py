@@ -59,6 +59,9 @@ class RunContext(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
         """Publish metrics (and a checkpoint folder this rank wrote)."""
 
+    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
+        """Live gauges for monitoring (Prometheus under Ray); may be a no-op."""
+
 
 class LocalContext:
     """Single process, no Ray: checkpoints go to `root/checkpoint_<step>`."""
@@ -91,6 +94,9 @@ class LocalContext:
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
+    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
+        return None
+
 
 class RayTrainContext:
     """Inside a Ray Train worker (Train V2 APIs)."""
@@ -118,6 +124,20 @@ class RayTrainContext:
         ray.train.report(metrics, checkpoint=ckpt)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    _gauges: dict[str, Any] = {}
+
+    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
+        """Gauges on Ray's Prometheus endpoint: lmrec_train_<name>{run, rank, ...}."""
+        from ray.util import metrics
+
+        for name, value in values.items():
+            key = "lmrec_train_" + "".join(c if c.isalnum() else "_" for c in name)
+            gauge = self._gauges.get(key)
+            if gauge is None:
+                gauge = metrics.Gauge(key, description=f"lmrec training: {name}", tag_keys=tuple(sorted(tags)))
+                self._gauges[key] = gauge
+            gauge.set(float(value), tags=tags)
 
 
 # ------------------------------------------------------------------ pieces
@@ -274,6 +294,9 @@ class _Progress:
         self.samples_per_step = samples_per_step
         self.t0 = time.time()
 
+    def samples_per_s(self, global_step: int) -> float:
+        return (global_step - self.start_done) * self.samples_per_step / max(1e-9, time.time() - self.t0)
+
     def line(self, epoch: int, epochs: int, step: int, steps: int, global_step: int, loss: float) -> str:
         elapsed = max(1e-9, time.time() - self.t0)
         done = global_step - self.start_done
@@ -364,6 +387,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
               f"{steps_per_epoch} steps/epoch, dtype {str(setup.dtype).removeprefix('torch.')}")
     samples_per_step = tc.batch_size * ctx.world_size
     progress = _Progress(total_steps, state.global_step, samples_per_step)
+    gauge_tags = {"run": cfg.tracking.run_id or cfg.train.run_name or "local", "dataset": data.manifest["dataset"]}
 
     def write_checkpoint() -> str:
         tmp = tempfile.mkdtemp(prefix=f"lmrec-ckpt-r{ctx.rank}-")
@@ -394,6 +418,8 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             state.step_in_epoch = step + 1
             if ctx.rank == 0 and (state.global_step % tc.log_every_steps == 0 or step + 1 == steps_per_epoch):
                 say(progress.line(epoch, tc.epochs, step + 1, steps_per_epoch, state.global_step, loss))
+                ctx.publish({"loss": loss, "global_step": state.global_step,
+                             "samples_per_s": progress.samples_per_s(state.global_step)}, gauge_tags)
             if tc.checkpoint_every_steps and state.global_step % tc.checkpoint_every_steps == 0 and step + 1 < steps_per_epoch:
                 checkpoint({"epoch": epoch, "global_step": state.global_step, "train_loss": loss, "mid_epoch": 1})
         seconds = time.time() - t_epoch
@@ -423,6 +449,8 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             shown = {k: round(v, 4) for k, v in row.items() if k.endswith(("ndcg@10", "hr@10"))}
             say(f"[lmrec.train] epoch {epoch + 1}/{tc.epochs} done: loss {row['train_loss']:.4f}, "
                 f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}")
+        if ctx.rank == 0:
+            ctx.publish({k: v for k, v in row.items() if isinstance(v, (int, float))}, gauge_tags)
         checkpoint({**row, "epochs_completed": len(state.epochs_completed)})
         if tc.early_stopping_patience and state.evals_since_best >= tc.early_stopping_patience:
             if ctx.rank == 0:
@@ -461,6 +489,8 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
          "global_step": state.global_step},
         ctx.rank,
     )
+    if ctx.rank == 0:
+        ctx.publish({f"final/{k}": v for k, v in final.items() if "/" in k}, gauge_tags)
     if logger:
         logger.metrics({f"final/{k}": v for k, v in final.items()}, step=state.global_step)
         png = _curve_png(state.history, export_dir.parent / "training_curve.png")
