@@ -7,6 +7,7 @@ from typing import Any
 
 CONFIG_CLASSES: dict[str, str] = {
     "train": "lmrec.training.config:TrainJobConfig",
+    "benchmark_compression": "lmrec.compression.bench:BenchmarkConfig",
 }
 
 
