@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmrec.compression.bench import BenchmarkConfig, format_table, run_benchmark
+from lmrec.compression.bench import BenchmarkConfig, format_table, retime_saved, run_benchmark
 from lmrec.config import ConfigError, load_config
 
 
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML under jobs/configs/benchmark_compression/")
     parser.add_argument("--out", default="out/benchmark_compression.json", help="results JSON")
+    parser.add_argument("--retime", action="store_true", help="only re-time the artifacts an earlier run saved")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. latency.iters=50")
     args = parser.parse_args(argv)
     try:
@@ -27,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    result = run_benchmark(cfg, args.out)
+    result = retime_saved(cfg, args.out) if args.retime else run_benchmark(cfg, args.out)
     print(format_table(result))
-    print(f"\nwrote {args.out} ({result['seconds']}s)")
+    print(f"\nwrote {args.out}")
     return 0
 
 

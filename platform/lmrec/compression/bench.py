@@ -200,8 +200,9 @@ def run_benchmark(cfg: BenchmarkConfig, out_json: Optional[str | Path] = None) -
     rows.append({"variant": "teacher", "params": parameter_count(teacher), "bytes": artifact_size_bytes(teacher_dir),
                  **_quality(teacher, data, cfg), "info": teacher_info})
     print(f"[bench] teacher: {rows[0]['params']:,} params, test NDCG@10 {rows[0]['test/full/ndcg@10']:.4f}", flush=True)
+    trained: dict[str, Any] = {}  # students / fine-tuned models shared by variants that differ only in quantization
     for spec in cfg.variants:
-        res = build_variant(spec, teacher, prepared, cfg.student_train, cfg.eval, calib_inputs=calib)
+        res = build_variant(spec, teacher, prepared, cfg.student_train, cfg.eval, calib_inputs=calib, cache=trained)
         folder = save_variant(out_dir / VARIANTS_DIR / spec.name, res.model, item_ids,
                               metadata={"dataset": data.manifest["dataset"]}, compression=spec.describe())
         row = {"variant": spec.name, "params": parameter_count(res.model), "bytes": artifact_size_bytes(folder),
@@ -211,9 +212,29 @@ def run_benchmark(cfg: BenchmarkConfig, out_json: Optional[str | Path] = None) -
         print(f"[bench] {spec.name}: {row['params']:,} params, {row['bytes']:,} bytes, test NDCG@10 "
               f"{row['test/full/ndcg@10']:.4f} (built in {res.info['build_seconds']}s)", flush=True)
 
+    specs = {s.name: s for s in cfg.variants}
+    result = {
+        "config": to_dict(cfg),
+        "dataset": {"name": data.manifest["dataset"], "users": data.num_users, "items": data.num_items,
+                    "prepared": str(prepared)},
+        "rows": rows,
+    }
+    _time_and_judge(result, models, cfg, specs)
+    result["seconds"] = round(time.time() - t_start, 1)
+    if out_json:
+        path = Path(out_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def _time_and_judge(result: dict[str, Any], models: dict[str, SeqRecModel], cfg: BenchmarkConfig,
+                    specs: dict[str, CompressionSpec]) -> None:
+    """Time every model (interleaved), fill ratios and speed-ups into the rows, judge the targets."""
     load_before = load_average()
     lat = measure_latencies(models, cfg.latency)
     load_after = load_average()
+    rows = result["rows"]
     t_params, t_bytes = rows[0]["params"], rows[0]["bytes"]
     for row in rows:
         row.update(lat[row["variant"]])
@@ -222,22 +243,29 @@ def run_benchmark(cfg: BenchmarkConfig, out_json: Optional[str | Path] = None) -
         row["ndcg_ratio"] = row["test/full/ndcg@10"] / max(rows[0]["test/full/ndcg@10"], 1e-12)
         for bs in cfg.latency.batch_sizes:
             row[f"b{bs}/speedup_p50"] = rows[0][f"b{bs}/p50_ms"] / row[f"b{bs}/p50_ms"]
-    specs = {s.name: s for s in cfg.variants}
-    result = {
-        "config": to_dict(cfg),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_avg_1m_before_timing": load_before, "load_avg_1m_after_timing": load_after},
-        "dataset": {"name": data.manifest["dataset"], "users": data.num_users, "items": data.num_items,
-                    "prepared": str(prepared)},
-        "rows": rows,
-        "targets": check_targets(rows, specs, cfg.latency.batch_sizes),
-        "seconds": round(time.time() - t_start, 1),
-    }
-    if out_json:
-        path = Path(out_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1, default=str))
+    result["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                         "latency_threads": cfg.latency.threads or torch.get_num_threads(),
+                         "load_avg_1m_before_timing": load_before, "load_avg_1m_after_timing": load_after,
+                         "timed_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result["targets"] = check_targets(rows, specs, cfg.latency.batch_sizes)
+
+
+def retime_saved(cfg: BenchmarkConfig, json_path: str | Path) -> dict[str, Any]:
+    """Re-measure latency of the artifacts a previous run saved (loaded as serving loads them).
+
+    For re-timing on a quieter machine without rebuilding; quality and size are kept.
+    """
+    from lmrec.compression.artifacts import load_variant
+
+    path = Path(json_path)
+    result = json.loads(path.read_text())
+    result["config"]["latency"] = to_dict(cfg.latency)
+    models = {row["variant"]: load_variant(Path(cfg.out_dir) / VARIANTS_DIR / row["variant"])[0] for row in result["rows"]}
+    specs = {s["name"]: CompressionSpec(**s) for s in result["config"]["variants"]}
+    _time_and_judge(result, models, cfg, specs)
+    result["retimed_from_artifacts"] = True
+    path.write_text(json.dumps(result, indent=1, default=str))
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,12 @@ def train_with(
     return run_training(cfg, ctx or LocalContext(), loss_fn=loss_fn, model=model)
 
 
+def trained_key(spec: CompressionSpec) -> str:
+    """Identity of everything before quantization: variants equal up to `quantize` share it."""
+    fields = {k: v for k, v in spec.to_dict().items() if k not in ("name", "quantize")}
+    return json.dumps(fields, sort_keys=True)
+
+
 def build_variant(
     spec: CompressionSpec,
     teacher: SeqRecModel,
@@ -93,10 +100,21 @@ def build_variant(
     train: TrainConfig,
     eval_cfg: EvalConfig,
     calib_inputs: Optional[torch.Tensor] = None,
+    cache: Optional[dict[str, tuple[SeqRecModel, dict[str, Any]]]] = None,
 ) -> VariantResult:
-    """Build `spec` from `teacher` (unchanged) on the prepared dataset at `prepared_path`."""
+    """Build `spec` from `teacher` (left in eval mode) on the prepared dataset at `prepared_path`.
+
+    `cache` (optional, caller-owned) keeps the float model after the training stages,
+    so e.g. "student" and "student + int8" train the student once.
+    """
     t0 = time.time()
     teacher = teacher.float().eval()
+    key = trained_key(spec)
+    if cache is not None and key in cache:
+        model, info = copy.deepcopy(cache[key][0]), {**copy.deepcopy(cache[key][1]), "spec": spec.to_dict(), "reused_training": True}
+        model = quantize(model.eval(), spec.quantize)
+        info["build_seconds"] = round(time.time() - t0, 2)
+        return VariantResult(spec, model, info)
     info: dict[str, Any] = {"spec": spec.to_dict()}
     if spec.has_student:
         model = SeqRecModel(spec.student_config(teacher.config))
@@ -118,6 +136,8 @@ def build_variant(
                 apply_masks_(model, masks)  # the last optimizer step moved pruned weights off zero
             pinfo["finetune_steps_run"] = out["global_step"]
         info["prune"] = pinfo
+    if cache is not None:
+        cache[key] = (copy.deepcopy(model).eval(), copy.deepcopy(info))
     model = quantize(model.eval(), spec.quantize)
     info["build_seconds"] = round(time.time() - t0, 2)
     return VariantResult(spec, model, info)
