@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ def wait_http(url: str, timeout: float = 60.0, proc: Optional[subprocess.Popen] 
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status < 500:
                     return
+        except urllib.error.HTTPError as exc:  # answering at all (401 without a token) means it is up
+            if exc.code < 500:
+                return
+            last = exc
         except Exception as exc:  # noqa: BLE001 (still starting)
             last = exc
         time.sleep(0.5)
@@ -104,12 +109,19 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
         f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]
+    env = dict(env if env is not None else os.environ)
+    # Job drivers run `python ...` from the head's environment: the project's venv, as on a cluster node.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
         stop_ray_head(temp_dir)
         raise RuntimeError(f"ray start failed:\n{out.stdout}\n{out.stderr}")
     url = f"http://127.0.0.1:{dash}"
-    wait_http(f"{url}/api/version", timeout=120)
+    try:
+        wait_http(f"{url}/api/version", timeout=120)
+    except BaseException:
+        stop_ray_head(temp_dir)
+        raise
     return RayHead(f"127.0.0.1:{port}", url, temp_dir, port)
 
 

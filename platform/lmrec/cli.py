@@ -73,6 +73,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmrec.config import parse_overrides, deep_merge, load_yaml
+    from lmrec.serving import launch
+
+    cfg: dict = load_yaml(args.config) if args.config else {}
+    if args.model_uri:
+        cfg["model_uri"] = args.model_uri
+    cfg = deep_merge(cfg, parse_overrides(args.overrides))
+    url = launch.start(cfg, host=args.host, port=args.port, blocking=False)
+    print(f"recommender app deployed at {url}  (POST /recommend, POST /feedback, GET /healthz, GET /version, /docs)")
+    if args.wait:
+        import time
+        import urllib.request
+
+        deadline = time.time() + args.wait
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                    print(r.read().decode())
+                    return 0
+            except Exception:  # noqa: BLE001 (loading)
+                time.sleep(1)
+        print("model not loaded yet; check GET /healthz", file=sys.stderr)
+        return 1
+    if args.block:
+        import time
+
+        print("serving; Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from lmrec.tracking import mlflow_utils as mt
+
+    if args.version:
+        mt.set_alias(args.name, args.to_alias, args.version)
+        version = args.version
+    else:
+        version = mt.promote(args.name, args.from_alias, args.to_alias)
+    print(f"{args.name}@{args.to_alias} -> version {version}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lmrec.evaluate_cli import evaluate_main
 
@@ -133,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="metrics.json", help="metrics JSON path")
     s.add_argument("overrides", nargs="*", help="data.* overrides for preparing the dataset")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("serve", help="deploy the recommender app (Ray Serve) on the local/RAY_ADDRESS cluster",
+                       description="Deploy serve_apps/recommender.py; the model defaults to models:/lmrec-seqrec@champion.")
+    s.add_argument("--model-uri", help="models:/name@alias, models:/name/3, runs:/<id>/model or a folder")
+    s.add_argument("--config", help="YAML of ServeConfig keys (the `args:` block of serve_apps/recommender.yaml)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--wait", type=float, default=120.0, help="seconds to wait for /healthz (0 = don't)")
+    s.add_argument("--block", action="store_true", help="keep running until Ctrl-C")
+    s.add_argument("overrides", nargs="*", help="ServeConfig overrides, e.g. batch.max_batch_size=32")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("promote", help="move a registry alias, e.g. candidate -> champion (serving hot-swaps)")
+    s.add_argument("--name", default="lmrec-seqrec")
+    s.add_argument("--from", dest="from_alias", default="candidate")
+    s.add_argument("--to", dest="to_alias", default="champion")
+    s.add_argument("--version", help="point the alias at this version instead of --from's")
+    s.set_defaults(func=cmd_promote)
 
     s = sub.add_parser("models", help="list model sizes with parameter counts")
     s.add_argument("--num-items", type=int, default=10_000)

@@ -57,7 +57,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
         local = download_model(args.model_uri)
         model, vocab, meta = load_model_dir(local)
-        if meta.get("dataset") and not args.dataset:
+        if meta.get("data_config") and not args.dataset:
+            data_cfg = from_dict(DataConfig, meta["data_config"])  # the exact data the model was trained on
+        elif meta.get("dataset") and not args.dataset:
             data_cfg = DataConfig(dataset=meta["dataset"])
         source = args.model_uri
     overrides = list(args.overrides)

@@ -90,3 +90,14 @@ def test_resume_after_crash_matches_uninterrupted_run(prepared: Path, tmp_path: 
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(p, q, rtol=0, atol=1e-6), (n, (p - q).abs().max().item())
     assert resumed["test/full/ndcg@10"] == pytest.approx(ref["test/full/ndcg@10"])
+
+
+def test_early_stopping_and_best_epoch_selection(prepared: Path, tmp_path: Path) -> None:
+    # A vanishing learning rate cannot improve validation: training stops after `patience`
+    # validations without gain, and the exported weights are those of the best epoch.
+    cfg = _cfg(prepared, "train.epochs=6", "train.lr=1e-12", "eval.every_epochs=1", "train.early_stopping_patience=2",
+               "eval.max_users=100")
+    out = run_training(cfg, LocalContext(tmp_path))
+    state = read_state(sorted(tmp_path.glob("checkpoint_*"))[-1])
+    assert state.stopped_early and state.epochs_completed == [0, 1, 2]
+    assert out["best_epoch"] == 0 and state.best_epoch == 0

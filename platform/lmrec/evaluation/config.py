@@ -19,6 +19,7 @@ class EvalConfig:
     every_epochs: int = 1  # validation every N epochs (0 = only at the end)
     max_users: Optional[int] = None  # cap for quick runs; None = all users
     seed: int = 0
+    select_metric: str = "full/ndcg@10"  # validation metric for best-epoch selection / early stopping
 
     def validate(self) -> None:
         check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "ks", "must be a non-empty list of positive ints")
@@ -26,3 +27,6 @@ class EvalConfig:
         check(self.num_negatives >= 1, "num_negatives", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.every_epochs >= 0, "every_epochs", "must be >= 0")
+        proto, _, name = self.select_metric.partition("/")
+        check(proto in self.protocols and "@" in name or name == "mrr", "select_metric",
+              f"must be '<protocol>/<metric>@<k>' with a protocol from {self.protocols}, got {self.select_metric!r}")

@@ -36,6 +36,10 @@ class TrainState:
     epochs_completed: list[int] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # one row per completed epoch
     restarts: int = 0
+    best_epoch: Optional[int] = None  # epoch whose weights are kept as "best" (validation metric)
+    best_metric: Optional[float] = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -49,12 +53,25 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, directory: str | Path) -> Path:
-    """Collective: every rank must call it. Writes this rank's part into `directory`."""
+def save_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    directory: str | Path,
+    best: Optional[dict[str, torch.Tensor]] = None,
+) -> Path:
+    """Collective: every rank must call it. Writes this rank's part into `directory`.
+
+    `best` (a model state dict, possibly sharded) is saved alongside, so the
+    best-validation weights survive a restart.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
+    payload: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+    if best is not None:
+        payload["best_model"] = best
+    dcp.save(payload, checkpoint_id=str(directory))
     rank = _rank()
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -67,11 +84,16 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: T
     return directory
 
 
-def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> TrainState:
-    """Collective: restore model, optimizer and this rank's RNG from a merged checkpoint."""
+def load_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path
+) -> tuple[TrainState, Optional[dict[str, torch.Tensor]]]:
+    """Collective: restore model, optimizer and this rank's RNG; return (state, best weights or None)."""
     directory = Path(directory)
+    state = TrainState.from_json((directory / STATE_FILE).read_text())
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+    if state.best_epoch is not None:
+        sd["best_model"] = {k: v.detach().clone() for k, v in model_sd.items()}
     dcp.load(sd, checkpoint_id=str(directory))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     rng_file = directory / f"rng-rank{_rank()}.safetensors"
@@ -80,7 +102,7 @@ def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, director
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-    return TrainState.from_json((directory / STATE_FILE).read_text())
+    return state, sd.get("best_model")
 
 
 def read_state(directory: str | Path) -> Optional[TrainState]:

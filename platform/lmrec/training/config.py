@@ -40,6 +40,8 @@ class TrainConfig:
     storage_path: Optional[str] = None  # local folder or URI (s3://, gs://); None = LMREC_HOME/ray_results
     run_name: Optional[str] = None  # Ray Train run name; reusing it resumes that run
     log_every_steps: int = 50
+    select_best: bool = True  # test/export the weights of the best validation epoch
+    early_stopping_patience: int = 0  # stop after N validations without improvement (0 = never)
 
     def validate(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -60,6 +62,7 @@ class TrainConfig:
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.max_failures >= -1, "max_failures", "must be >= -1 (-1 = retry forever)")
         check(self.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+        check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
         if self.max_steps_per_epoch is not None:
             check(self.max_steps_per_epoch >= 1, "max_steps_per_epoch", "must be >= 1")
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from lmrec.config import from_dict, to_dict
 from lmrec.data.sequences import SequenceData, shard_batches, train_examples, trim_padding
@@ -339,10 +340,11 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
     model_cfg = cfg.model.build(data.num_items) if model is None else model.config
     setup = setup_model(model_cfg, tc, ctx.device, model)
     state = TrainState()
+    best_sd: Optional[dict[str, torch.Tensor]] = None  # weights of the best validation epoch
     ckpt = ctx.latest_checkpoint()
     if ckpt is not None:
         with ckpt as directory:
-            state = load_checkpoint(setup.model, setup.optimizer, directory)
+            state, best_sd = load_checkpoint(setup.model, setup.optimizer, directory)
         state.restarts += 1
         if ctx.rank == 0:
             say(f"[lmrec.train] resumed from checkpoint at epoch {state.epoch} step {state.step_in_epoch} "
@@ -365,7 +367,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
 
     def write_checkpoint() -> str:
         tmp = tempfile.mkdtemp(prefix=f"lmrec-ckpt-r{ctx.rank}-")
-        save_checkpoint(setup.model, setup.optimizer, state, tmp)
+        save_checkpoint(setup.model, setup.optimizer, state, tmp, best=best_sd)
         if ctx.rank == 0:  # enough to rebuild the model and its data without the job
             (Path(tmp) / MODEL_CONFIG_FILE).write_text(json.dumps(model_cfg.to_dict()))
             (Path(tmp) / JOB_CONFIG_FILE).write_text(json.dumps(to_dict(cfg)))
@@ -379,7 +381,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         device=ctx.device, rank=ctx.rank, world_size=ctx.world_size, num_negatives=ec.num_negatives,
         seed=ec.seed, max_users=ec.max_users, dtype=setup.dtype, strategy=tc.strategy,
     )
-    for epoch in range(state.epoch, tc.epochs):
+    for epoch in range(state.epoch, tc.epochs if not state.stopped_early else state.epoch):
         batches = shard_batches(len(inputs), tc.batch_size, ctx.rank, ctx.world_size, epoch, tc.seed)[:steps_per_epoch]
         loss_sum, loss_n, t_epoch = 0.0, 0, time.time()
         for step in range(state.step_in_epoch, steps_per_epoch):
@@ -405,6 +407,13 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         }
         if ec.every_epochs and ((epoch + 1) % ec.every_epochs == 0 or epoch + 1 == tc.epochs):
             row.update(evaluate(setup.model, data, "valid", **eval_kwargs))
+            value = row[f"valid/{ec.select_metric}"]
+            if state.best_metric is None or value > state.best_metric:
+                state.best_metric, state.best_epoch, state.evals_since_best = value, epoch, 0
+                if tc.select_best:
+                    best_sd = {k: v.detach().clone() for k, v in get_model_state_dict(setup.model).items()}
+            else:
+                state.evals_since_best += 1
         state.epoch, state.step_in_epoch = epoch + 1, 0
         state.epochs_completed.append(epoch)
         state.history.append(row)
@@ -413,8 +422,20 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         if ctx.rank == 0:
             shown = {k: round(v, 4) for k, v in row.items() if k.endswith(("ndcg@10", "hr@10"))}
             say(f"[lmrec.train] epoch {epoch + 1}/{tc.epochs} done: loss {row['train_loss']:.4f}, "
-                  f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}")
+                f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}")
         checkpoint({**row, "epochs_completed": len(state.epochs_completed)})
+        if tc.early_stopping_patience and state.evals_since_best >= tc.early_stopping_patience:
+            if ctx.rank == 0:
+                say(f"[lmrec.train] early stop after epoch {epoch + 1}: no {ec.select_metric} gain in "
+                    f"{state.evals_since_best} validations (best {state.best_metric:.4f} at epoch {state.best_epoch + 1})")
+            state.stopped_early = True
+            break
+
+    if tc.select_best and best_sd is not None and state.best_epoch != state.epochs_completed[-1]:
+        set_model_state_dict(setup.model, best_sd)  # test and export the best validation epoch
+        if ctx.rank == 0:
+            say(f"[lmrec.train] restored the best validation epoch {state.best_epoch + 1} "
+                f"({ec.select_metric} {state.best_metric:.4f})")
 
     # Final evaluation on valid and test, then export the model from rank 0.
     final: dict[str, Any] = {}
@@ -426,6 +447,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             "global_step": state.global_step,
             "epochs_completed": len(state.epochs_completed),
             "restarts": state.restarts,
+            "best_epoch": -1 if state.best_epoch is None else state.best_epoch,
             "rank0_state_bytes": bytes_["total"],
         }
     )
@@ -434,7 +456,7 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         setup,
         export_dir,
         data.manifest["item_ids"],
-        {"dataset": data.manifest["dataset"], "dataset_hash": data.manifest["config_hash"],
+        {"dataset": data.manifest["dataset"], "dataset_hash": data.manifest["config_hash"], "data_config": to_dict(cfg.data),
          "metrics": {k: v for k, v in final.items() if "/" in k}, "train_run_id": cfg.tracking.run_id,
          "global_step": state.global_step},
         ctx.rank,

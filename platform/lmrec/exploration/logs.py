@@ -1,0 +1,444 @@
+"""The feedback log: a versioned Parquet schema for served slates and their rewards.
+
+One row per served slate (request). Position k of the slate is index k of the
+list columns `slate`, `positions`, `propensities` and `rewards`; `positions`
+holds the display slot of each entry (0-based, usually 0..K-1). `rewards` is
+null when the impression is written and is filled by `join_rewards` once
+feedback (clicks) arrives. `propensities[k]` is P(slate[k] shown at position k)
+under the policy that served it, which the off-policy estimators divide by.
+
+Files live under `<root>/date=YYYY-MM-DD/part-<utc>-<pid>-<uuid>.parquet` (Hive
+partitions by the record's UTC date). `FeedbackLogWriter` buffers records and
+writes each batch to a hidden temporary file, fsyncs it, renames it into place
+and fsyncs the directory: readers never see a partial file, and a record is
+acknowledged (durable) once `flush()` returns. If a write fails, the batch stays
+buffered for the next flush; nothing is dropped.
+
+Validation is pure pyarrow/numpy and raises `FeedbackLogError` naming the file
+and column; bad propensities (<= 0, > 1 or NaN) raise `PropensityError` with
+the number of offending rows. No Ray here: `lmrec.tuning.feedback_io` reads the
+same files with Ray Data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"lmrec.feedback_log.version"
+PARTITION_KEY = "date"
+FILE_PREFIX = "part-"
+TMP_PREFIX = "."  # hidden: pyarrow datasets and Ray Data skip names starting with '.' or '_'
+
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("user_id", pa.string()),  # or null when only context features are known
+        pa.field("context", pa.list_(pa.float32())),  # optional context features
+        pa.field("candidates", pa.list_(pa.int64()), nullable=False),  # the model's top-N item ids
+        pa.field("scores", pa.list_(pa.float32()), nullable=False),  # model score of each candidate
+        pa.field("slate", pa.list_(pa.int64()), nullable=False),  # shown item ids, in display order
+        pa.field("positions", pa.list_(pa.int16()), nullable=False),  # display slot of each slate entry
+        pa.field("propensities", pa.list_(pa.float64()), nullable=False),  # P(slate[k] at position k)
+        pa.field("policy", pa.string(), nullable=False),  # policy type, e.g. "thompson"
+        pa.field("policy_params", pa.string(), nullable=False),  # JSON of the PolicyConfig
+        pa.field("model_version", pa.string()),  # e.g. "models:/lmrec-seqrec/3"
+        pa.field("rewards", pa.list_(pa.float32())),  # per slate entry; null until joined
+    ],
+    metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+COLUMNS = tuple(FEEDBACK_SCHEMA.names)
+
+
+class FeedbackLogError(ValueError):
+    """A feedback-log file or record is malformed; the message names the file and column."""
+
+    def __init__(self, source: str, column: Optional[str], message: str) -> None:
+        self.source, self.column = source, column
+        where = f"{source}: column '{column}'" if column else source
+        super().__init__(f"{where}: {message}")
+
+
+class PropensityError(FeedbackLogError):
+    """Propensities of 0, below 0, above 1 or NaN; never silently dropped."""
+
+    def __init__(self, source: str, bad_rows: int, total_rows: int, first_row: int, first_value: float) -> None:
+        self.bad_rows = bad_rows
+        super().__init__(
+            source,
+            "propensities",
+            f"{bad_rows} of {total_rows} row(s) have a propensity outside (0, 1] "
+            f"(first at row {first_row}: {first_value!r}); such rows cannot be reweighted and are rejected",
+        )
+
+
+# ------------------------------------------------------------------ records
+
+
+@dataclass
+class FeedbackRecord:
+    """One served slate, as the serving app logs it."""
+
+    request_id: str
+    candidates: Sequence[int]
+    scores: Sequence[float]
+    slate: Sequence[int]
+    propensities: Sequence[float]
+    policy: str
+    policy_params: Mapping[str, Any] | str = field(default_factory=dict)
+    timestamp: Optional[dt.datetime | float] = None  # datetime or unix seconds; None = now
+    user_id: Optional[str] = None
+    context: Optional[Sequence[float]] = None
+    positions: Optional[Sequence[int]] = None  # None = 0..K-1
+    model_version: Optional[str] = None
+    rewards: Optional[Sequence[float]] = None
+
+    def to_row(self) -> dict[str, Any]:
+        """A validated plain-dict row in FEEDBACK_SCHEMA's column order."""
+        k = len(self.slate)
+        ts = self.timestamp
+        if ts is None:
+            ts = dt.datetime.now(dt.timezone.utc)
+        elif isinstance(ts, (int, float)):
+            ts = dt.datetime.fromtimestamp(float(ts), dt.timezone.utc)
+        elif ts.tzinfo is None:
+            raise FeedbackLogError(f"record {self.request_id!r}", "timestamp", "must be timezone-aware (UTC)")
+        row = {
+            "request_id": str(self.request_id),
+            "timestamp": ts,
+            "user_id": None if self.user_id is None else str(self.user_id),
+            "context": None if self.context is None else [float(x) for x in self.context],
+            "candidates": [int(x) for x in self.candidates],
+            "scores": [float(x) for x in self.scores],
+            "slate": [int(x) for x in self.slate],
+            "positions": list(range(k)) if self.positions is None else [int(x) for x in self.positions],
+            "propensities": [float(x) for x in self.propensities],
+            "policy": str(self.policy),
+            "policy_params": self.policy_params if isinstance(self.policy_params, str) else json.dumps(self.policy_params, sort_keys=True),
+            "model_version": self.model_version,
+            "rewards": None if self.rewards is None else [float(x) for x in self.rewards],
+        }
+        _check_row(row, f"record {self.request_id!r}")
+        return row
+
+
+def _check_row(row: Mapping[str, Any], source: str) -> None:
+    k = len(row["slate"])
+    if k == 0:
+        raise FeedbackLogError(source, "slate", "is empty")
+    for col in ("positions", "propensities"):
+        if len(row[col]) != k:
+            raise FeedbackLogError(source, col, f"has {len(row[col])} entries, slate has {k}")
+    if row["rewards"] is not None and len(row["rewards"]) != k:
+        raise FeedbackLogError(source, "rewards", f"has {len(row['rewards'])} entries, slate has {k}")
+    if len(row["scores"]) != len(row["candidates"]):
+        raise FeedbackLogError(source, "scores", f"has {len(row['scores'])} entries, candidates has {len(row['candidates'])}")
+    bad = [p for p in row["propensities"] if not (0.0 < p <= 1.0)]
+    if bad:
+        raise PropensityError(source, 1, 1, 0, bad[0])
+    missing = set(row["slate"]) - set(row["candidates"])
+    if missing:
+        raise FeedbackLogError(source, "slate", f"item(s) {sorted(missing)[:5]} are not among the candidates")
+
+
+def records_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows (from `FeedbackRecord.to_row`) -> a table with FEEDBACK_SCHEMA."""
+    return pa.Table.from_pylist(list(rows), schema=FEEDBACK_SCHEMA)
+
+
+# ------------------------------------------------------------------ writer
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> Path:
+    """Write Parquet to a hidden temp file in the same directory, fsync, rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+class FeedbackLogWriter:
+    """Buffered, atomic, date-partitioned writer of feedback logs (thread-safe).
+
+    `append` validates and buffers a record (flushing when `batch_size` are
+    pending); `flush` writes everything pending and returns only after every
+    file is renamed into place and fsynced: that is the acknowledgement. A failed
+    flush keeps its records buffered and re-raises; the next flush retries them.
+    """
+
+    def __init__(self, root: str | Path, batch_size: int = 1000, max_delay_s: float = 5.0, name: Optional[str] = None) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.max_delay_s = max_delay_s  # `maybe_flush` writes when the oldest pending record is this old
+        self.name = name or f"{os.getpid()}"
+        self._pending: list[dict[str, Any]] = []
+        self._oldest: Optional[float] = None
+        self._lock = threading.Lock()  # guards the buffer
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self.files_written: list[Path] = []
+        self.records_written = 0
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def append(self, record: FeedbackRecord | Mapping[str, Any]) -> int:
+        """Validate and buffer one record; returns the number pending (not yet durable)."""
+        row = record.to_row() if isinstance(record, FeedbackRecord) else FeedbackRecord(**record).to_row()
+        with self._lock:
+            self._pending.append(row)
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            n = len(self._pending)
+        if n >= self.batch_size:
+            self.flush()
+            return self.pending
+        return n
+
+    def write(self, records: Iterable[FeedbackRecord | Mapping[str, Any]]) -> list[Path]:
+        """Append all `records` and flush: durable when this returns."""
+        rows = [r.to_row() if isinstance(r, FeedbackRecord) else FeedbackRecord(**r).to_row() for r in records]
+        with self._lock:
+            self._pending.extend(rows)
+            if self._oldest is None and rows:
+                self._oldest = time.monotonic()
+        return self.flush()
+
+    def maybe_flush(self) -> list[Path]:
+        """Flush if the oldest pending record has waited `max_delay_s` (call from a timer)."""
+        with self._lock:
+            due = self._oldest is not None and time.monotonic() - self._oldest >= self.max_delay_s
+        return self.flush() if due else []
+
+    def flush(self) -> list[Path]:
+        """Write every pending record; return the files written once they are durable."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending, self._oldest = self._pending, [], None
+            if not batch:
+                return []
+            try:
+                written = self._write_batch(batch)
+            except BaseException:
+                with self._lock:  # keep them, in order, ahead of anything appended meanwhile
+                    self._pending = batch + self._pending
+                    self._oldest = time.monotonic()
+                raise
+            self.files_written.extend(written)
+            self.records_written += len(batch)
+            return written
+
+    def _write_batch(self, batch: list[dict[str, Any]]) -> list[Path]:
+        by_date: dict[str, list[dict[str, Any]]] = {}
+        for row in batch:
+            day = row["timestamp"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
+            by_date.setdefault(day, []).append(row)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        out = []
+        for day, rows in sorted(by_date.items()):
+            path = self.root / f"{PARTITION_KEY}={day}" / f"{FILE_PREFIX}{stamp}-{self.name}-{uuid.uuid4().hex[:12]}.parquet"
+            out.append(write_table_atomic(records_to_table(rows), path))
+        return out
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "FeedbackLogWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------ reading and validation
+
+
+def list_log_files(root: str | Path) -> list[Path]:
+    """Committed log files under `root` (a file, or a folder searched recursively; temp files skipped)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.exists():
+        raise FileNotFoundError(f"feedback log folder not found: {root}")
+    return sorted(
+        p for p in root.rglob("*.parquet")
+        if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+    )
+
+
+def validate_schema(schema: pa.Schema, source: str) -> int:
+    """Check the version and every column's type; returns the schema version."""
+    meta = schema.metadata or {}
+    if VERSION_KEY not in meta:
+        raise FeedbackLogError(source, None, f"not an lmrec feedback log: schema metadata has no {VERSION_KEY.decode()!r}")
+    try:
+        version = int(meta[VERSION_KEY])
+    except ValueError as exc:
+        raise FeedbackLogError(source, None, f"unreadable schema version {meta[VERSION_KEY]!r}") from exc
+    if version > SCHEMA_VERSION:
+        raise FeedbackLogError(source, None, f"schema version {version} is newer than this reader ({SCHEMA_VERSION})")
+    for f in FEEDBACK_SCHEMA:
+        idx = schema.get_field_index(f.name)
+        if idx < 0:
+            raise FeedbackLogError(source, f.name, f"is missing (expected {f.type})")
+        got = schema.field(idx).type
+        if not got.equals(f.type):
+            raise FeedbackLogError(source, f.name, f"has type {got}, expected {f.type}")
+    return version
+
+
+def _list_lengths(table: pa.Table, col: str) -> np.ndarray:
+    return pc.fill_null(pc.list_value_length(table[col]), -1).to_numpy().astype(np.int64)
+
+
+def validate_table(table: pa.Table, source: str = "<table>") -> None:
+    """Schema, nulls, list lengths, propensities in (0, 1] and slate within candidates."""
+    validate_schema(table.schema, source)
+    n = table.num_rows
+    if n == 0:
+        return
+    for f in FEEDBACK_SCHEMA:
+        if not f.nullable and table[f.name].null_count:
+            raise FeedbackLogError(source, f.name, f"{table[f.name].null_count} row(s) are null")
+    k = _list_lengths(table, "slate")
+    if np.any(k == 0):
+        raise FeedbackLogError(source, "slate", f"{int((k == 0).sum())} row(s) have an empty slate")
+    for col in ("positions", "propensities"):
+        bad = _list_lengths(table, col) != k
+        if bad.any():
+            raise FeedbackLogError(source, col, f"{int(bad.sum())} row(s) have a length different from 'slate' (first at row {int(np.argmax(bad))})")
+    rl = _list_lengths(table, "rewards")
+    bad = (rl != -1) & (rl != k)
+    if bad.any():
+        raise FeedbackLogError(source, "rewards", f"{int(bad.sum())} row(s) have a length different from 'slate' (first at row {int(np.argmax(bad))})")
+    bad = _list_lengths(table, "scores") != _list_lengths(table, "candidates")
+    if bad.any():
+        raise FeedbackLogError(source, "scores", f"{int(bad.sum())} row(s) have a length different from 'candidates' (first at row {int(np.argmax(bad))})")
+    props = pc.list_flatten(table["propensities"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad_value = ~((props > 0) & (props <= 1))  # NaN fails both comparisons
+    if bad_value.any():
+        row_of = np.repeat(np.arange(n), k)
+        bad_rows = np.unique(row_of[bad_value])
+        raise PropensityError(source, len(bad_rows), n, int(bad_rows[0]), float(props[bad_value][0]))
+    missing = _slate_not_in_candidates(table)
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        raise FeedbackLogError(source, "slate", f"{len(rows)} row(s) show items that are not among their candidates (first at row {int(rows[0])})")
+
+
+def slate_candidate_index(table: pa.Table) -> np.ndarray:
+    """(total slate entries,) index of each shown item in its row's candidate list (-1 if absent)."""
+    n = table.num_rows
+    k = _list_lengths(table, "slate")
+    nc = _list_lengths(table, "candidates")
+    slate = pc.list_flatten(table["slate"]).to_numpy()
+    cand = pc.list_flatten(table["candidates"]).to_numpy()
+    srow, crow = np.repeat(np.arange(n), k), np.repeat(np.arange(n), nc)
+    cpos = np.arange(len(cand)) - np.repeat(np.concatenate([[0], np.cumsum(nc)[:-1]]), nc)
+    uniq, codes = np.unique(np.concatenate([cand, slate]), return_inverse=True)
+    ccode, scode = codes[: len(cand)], codes[len(cand) :]
+    width = np.int64(len(uniq))
+    ckey, skey = crow * width + ccode, srow * width + scode
+    if len(ckey) == 0:
+        return np.full(len(skey), -1, dtype=np.int64)
+    order = np.argsort(ckey, kind="stable")
+    sorted_keys = ckey[order]
+    at = np.clip(np.searchsorted(sorted_keys, skey), 0, len(order) - 1)
+    return np.where(sorted_keys[at] == skey, cpos[order][at], -1).astype(np.int64)
+
+
+def _slate_not_in_candidates(table: pa.Table) -> np.ndarray:
+    idx = slate_candidate_index(table)
+    k = _list_lengths(table, "slate")
+    row_of = np.repeat(np.arange(table.num_rows), k)
+    return np.bincount(row_of[idx < 0], minlength=table.num_rows) > 0
+
+
+def read_log_file(path: str | Path, validate: bool = True) -> pa.Table:
+    """One log file; with `validate`, schema and rows are checked (errors name the file)."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FeedbackLogError(str(path), None, f"not a readable Parquet file ({exc})") from exc
+    if validate:
+        validate_table(table, str(path))
+    return table.select(list(COLUMNS)).cast(FEEDBACK_SCHEMA)
+
+
+def read_logs(root: str | Path, validate: bool = True) -> pa.Table:
+    """Every committed file under `root`, concatenated (in-process; Ray Data: lmrec.tuning.feedback_io)."""
+    files = list_log_files(root)
+    if not files:
+        return FEEDBACK_SCHEMA.empty_table()
+    return pa.concat_tables([read_log_file(f, validate) for f in files])
+
+
+# ------------------------------------------------------------------ rewards
+
+
+def join_rewards(table: pa.Table, feedback: pa.Table, default: float = 0.0) -> pa.Table:
+    """Fill `rewards` from feedback rows (request_id, item_id, reward).
+
+    Shown items without feedback get `default` (0: no click observed); feedback for
+    items that were not shown is ignored. Several feedback rows for one shown item
+    keep the largest reward (a click is a click).
+    """
+    for col in ("request_id", "item_id", "reward"):
+        if col not in feedback.column_names:
+            raise FeedbackLogError("<feedback>", col, "is missing")
+    import pandas as pd
+
+    k = _list_lengths(table, "slate")
+    shown = pd.DataFrame(
+        {
+            "request_id": np.repeat(table["request_id"].to_numpy(zero_copy_only=False), k),
+            "item_id": pc.list_flatten(table["slate"]).to_numpy(),
+            "_order": np.arange(int(k.sum())),
+        }
+    )
+    fb = feedback.select(["request_id", "item_id", "reward"]).to_pandas()
+    fb = fb.groupby(["request_id", "item_id"], as_index=False)["reward"].max()
+    merged = shown.merge(fb, on=["request_id", "item_id"], how="left").sort_values("_order")
+    values = merged["reward"].fillna(default).to_numpy(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(k)]).astype(np.int32)
+    rewards = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))
+    idx = table.schema.get_field_index("rewards")
+    return table.set_column(idx, FEEDBACK_SCHEMA.field("rewards"), rewards)

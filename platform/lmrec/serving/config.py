@@ -1,0 +1,105 @@
+"""Typed config of the recommendation endpoint (the `args` of `build_app`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from lmrec.config import check
+
+
+@dataclass
+class BatchConfig:
+    """`@serve.batch` settings of the ranker; changeable at run time through user_config."""
+
+    max_batch_size: int = 64
+    batch_wait_timeout_s: float = 0.005
+
+    def validate(self) -> None:
+        check(1 <= self.max_batch_size <= 4096, "max_batch_size", f"must be in [1, 4096], got {self.max_batch_size}")
+        check(0 <= self.batch_wait_timeout_s <= 5, "batch_wait_timeout_s", "must be in [0, 5] seconds")
+
+
+@dataclass
+class CacheConfig:
+    """Per-replica LRU + TTL cache of ranked candidates, keyed by (user/history, model version)."""
+
+    enabled: bool = True
+    max_entries: int = 50_000
+    ttl_s: float = 300.0
+
+    def validate(self) -> None:
+        check(self.max_entries >= 1, "max_entries", "must be >= 1")
+        check(self.ttl_s > 0, "ttl_s", "must be > 0")
+
+
+@dataclass
+class ExplorationConfig:
+    """Which policy explores over the model's candidates; JSON-compatible with the Tune search output.
+
+    `policy` is a PolicyConfig mapping (type, epsilon, temperature, ucb_c, ...). `policy_uri`
+    loads the best policy a search saved (`runs:/<id>/best_policy.json` or a local path) and
+    wins over `policy`.
+    """
+
+    policy: dict[str, Any] = field(default_factory=lambda: {"type": "epsilon_greedy", "epsilon": 0.1})
+    policy_uri: Optional[str] = None
+    num_candidates: int = 100  # top-N the policy chooses from
+    stats_sync_s: float = 1.0  # how often replicas pull merged feedback statistics
+
+    def validate(self) -> None:
+        check(self.num_candidates >= 1, "num_candidates", "must be >= 1")
+        check(self.stats_sync_s > 0, "stats_sync_s", "must be > 0")
+        from lmrec.exploration.policies import PolicyConfig
+
+        PolicyConfig.from_dict(self.policy)  # raises ConfigError naming the policy key
+
+
+@dataclass
+class FeedbackConfig:
+    """The Parquet impression/feedback log the FeedbackLog deployment owns."""
+
+    log_dir: Optional[str] = None  # None: LMREC_HOME/feedback_logs
+    batch_size: int = 512  # impressions per file
+    max_delay_s: float = 2.0  # impressions are flushed at least this often
+    commit_interval_s: float = 0.02  # feedback group commit: acknowledged after a durable write
+    max_impressions: int = 200_000  # impressions kept in memory to join feedback with
+    impression_wait_s: float = 0.5  # feedback may race its impression; wait this long before 404
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.max_delay_s > 0, "max_delay_s", "must be > 0")
+        check(0 < self.commit_interval_s <= 1, "commit_interval_s", "must be in (0, 1] seconds")
+        check(self.max_impressions >= 100, "max_impressions", "must be >= 100")
+        check(self.impression_wait_s >= 0, "impression_wait_s", "must be >= 0")
+
+
+@dataclass
+class ServeConfig:
+    """Everything the recommender app needs, validated before anything is deployed."""
+
+    model_uri: str = "models:/lmrec-seqrec@champion"
+    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
+    alias_poll_s: float = 10.0  # re-resolve `models:/name@alias` this often; 0 = never
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    torch_threads: int = 0  # 0: the replica's CPU allotment
+    max_history: int = 200  # longest history accepted in a request (items)
+    max_k: int = 100
+    data_dir: Optional[str] = None  # where to find the model's dataset for user histories
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    api_key_env: Optional[str] = None  # name of an env var holding the API key
+    api_key_file: Optional[str] = None  # or a file holding it; either turns the key check on
+    api_key_header: str = "X-API-Key"
+
+    def validate(self) -> None:
+        check(bool(self.model_uri), "model_uri", "must not be empty")
+        check(self.alias_poll_s >= 0, "alias_poll_s", "must be >= 0")
+        check(self.torch_threads >= 0, "torch_threads", "must be >= 0")
+        check(self.max_history >= 1, "max_history", "must be >= 1")
+        check(self.max_k >= 1, "max_k", "must be >= 1")
+        check(self.exploration.num_candidates >= 1, "exploration.num_candidates", "must be >= 1")
+        check(bool(self.api_key_header), "api_key_header", "must not be empty")

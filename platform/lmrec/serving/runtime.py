@@ -1,0 +1,187 @@
+"""Ray-free serving core: load a model version, map ids, look up histories, rank a batch.
+
+A `LoadedModel` is immutable once built; a replica swaps the reference it serves from
+to change versions, so a request always sees one consistent model, vocabulary and
+history store. Loading reads only safetensors + JSON (never pickles).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from lmrec.data.sequences import left_pad, trim_padding
+from lmrec.models.artifacts import load_model_dir
+from lmrec.models.config import PAD_ID
+from lmrec.serving.config import ServeConfig
+
+
+class RequestError(ValueError):
+    """A request the client can fix: maps to a 4xx with this message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class UserHistories:
+    """Known users' chronological item sequences (item_idx space), CSR-packed."""
+
+    user_ids: np.ndarray  # sorted original ids (int64)
+    offsets: np.ndarray
+    items: np.ndarray
+
+    def get(self, user_id: int) -> Optional[np.ndarray]:
+        i = int(np.searchsorted(self.user_ids, user_id))
+        if i >= len(self.user_ids) or self.user_ids[i] != user_id:
+            return None
+        return self.items[self.offsets[i] : self.offsets[i + 1]]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+@dataclass
+class LoadedModel:
+    """One model version, ready to rank."""
+
+    model: torch.nn.Module
+    item_ids: np.ndarray  # item_idx - 1 -> original item id
+    version: str  # what responses report, e.g. "lmrec-seqrec/3"
+    info: dict[str, Any]
+    max_seq_len: int
+    device: torch.device
+    dtype: str
+    histories: Optional[UserHistories] = None
+    loaded_at: float = field(default_factory=time.time)
+    _sorted_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    _sorted_idx: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        order = np.argsort(self.item_ids, kind="stable")
+        self._sorted_ids = self.item_ids[order]
+        self._sorted_idx = (order + 1).astype(np.int64)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def to_idx(self, ids: Sequence[int]) -> np.ndarray:
+        """Original item ids -> item_idx; RequestError(422) naming unknown ids."""
+        arr = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self._sorted_ids, arr)
+        pos_c = np.minimum(pos, len(self._sorted_ids) - 1)
+        ok = self._sorted_ids[pos_c] == arr
+        if not ok.all():
+            bad = arr[~ok][:10].tolist()
+            raise RequestError(422, f"unknown item id(s) {bad} (not in the catalog of {self.version})")
+        return self._sorted_idx[pos_c]
+
+    def to_ids(self, idx: np.ndarray) -> np.ndarray:
+        return self.item_ids[np.asarray(idx) - 1]
+
+    @torch.inference_mode()
+    def rank(self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`n` (item_idx, score) per history, as (B, n) arrays; seen items masked on request."""
+        x = left_pad([h[-self.max_seq_len :] for h in histories], self.max_seq_len)
+        (x,) = trim_padding(x)
+        scores = self.model(torch.from_numpy(x).to(self.device)).float()
+        for i, (h, ex) in enumerate(zip(histories, exclude_seen)):
+            if ex and len(h):
+                scores[i, torch.from_numpy(np.asarray(h, dtype=np.int64)).to(scores.device)] = float("-inf")
+        n = min(n, self.num_items)
+        top = torch.topk(scores, n, dim=1)
+        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+
+
+def pick_device(cfg: ServeConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _cast(model: torch.nn.Module, precision: str, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """fp16/bf16 on GPU (the model stays resident), fp32 or int8 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return model.to(device=device, dtype=torch.bfloat16), "bf16"
+    if precision == "fp16":
+        return model.to(device=device, dtype=torch.float16), "fp16"
+    if precision == "int8":
+        from lmrec.compression.quantize import quantize_int8
+
+        return quantize_int8(model.to("cpu")), "int8"
+    return model.to(device), "fp32"
+
+
+def load_histories(meta: dict[str, Any], data_dir: Optional[str]) -> Optional[UserHistories]:
+    """Histories of the users the model was trained on, from its (cached) prepared dataset."""
+    data_cfg = meta.get("data_config")
+    if not data_cfg:
+        return None
+    from lmrec.config import from_dict
+    from lmrec.data.config import DataConfig
+    from lmrec.data.prepare import prepare_dataset
+    from lmrec.data.sequences import SequenceData
+
+    cfg = from_dict(DataConfig, data_cfg)
+    if data_dir:
+        cfg.data_dir = data_dir
+    try:
+        prepared = prepare_dataset(cfg)
+    except FileNotFoundError:
+        return None
+    data = SequenceData.load(prepared.path, with_meta=False)
+    order = np.argsort(data.user_ids, kind="stable")
+    lengths = np.diff(data.offsets)[order]
+    items = np.concatenate([data.sequence(int(u)) for u in order]) if len(order) else np.zeros(0, np.int32)
+    return UserHistories(
+        user_ids=data.user_ids[order].astype(np.int64),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        items=items.astype(np.int64),
+    )
+
+
+def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
+    """Resolve, download and load `model_uri` (models:/name@alias, models:/name/3, runs:/.., path)."""
+    from lmrec.tracking.mlflow_utils import download_model, resolve_model_version
+
+    info = resolve_model_version(model_uri, cfg.tracking_uri) if model_uri.startswith("models:/") else {"source": model_uri}
+    info["uri"] = model_uri
+    local = download_model(info["source"] if info.get("version") else model_uri, uri=cfg.tracking_uri)
+    model, vocab, meta = load_model_dir(local)
+    device = pick_device(cfg)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    model, dtype = _cast(model.eval(), cfg.precision, device)
+    version = f"{info['name']}/{info['version']}" if info.get("version") else Path(str(model_uri)).name
+    return LoadedModel(
+        model=model,
+        item_ids=np.asarray(vocab, dtype=np.int64),
+        version=version,
+        info={**info, "dataset": meta.get("dataset"), "metrics": meta.get("metrics", {})},
+        max_seq_len=int(model.config.max_seq_len) if hasattr(model, "config") else 50,
+        device=device,
+        dtype=dtype,
+        histories=load_histories(meta, cfg.data_dir),
+    )
+
+
+def history_key(user_id: Optional[int], history: Optional[Sequence[int]]) -> str:
+    """Cache key part for a request's context (user id, or a hash of the explicit history)."""
+    if history is None:
+        return f"u:{user_id}"
+    import hashlib
+
+    return "h:" + hashlib.blake2b(np.asarray(history, dtype=np.int64).tobytes(), digest_size=12).hexdigest()
+
+
+def pad_id() -> int:
+    return PAD_ID

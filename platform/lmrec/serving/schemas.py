@@ -1,0 +1,104 @@
+"""HTTP request/response models of the recommender API (pydantic, strict, with examples).
+
+Strict types: `"k": "5"` is a 422, not a silent coercion; unknown fields are a 422.
+Bounds that depend on the deployed model (catalog size, history length) are checked
+by the app and answered with 422 as well.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+
+class RecommendRequest(BaseModel):
+    """Recommend for a known user (history from the prepared dataset) or an explicit history."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"user_id": 196, "k": 10},
+                {"history": [242, 302, 377, 51], "k": 5, "exclude_seen": True, "explore": False},
+            ]
+        },
+    )
+
+    user_id: Optional[StrictInt] = Field(None, description="a user of the model's training data")
+    history: Optional[list[StrictInt]] = Field(None, description="item ids, oldest first (instead of user_id)")
+    k: StrictInt = Field(10, ge=1, description="slate size")
+    exclude_seen: StrictBool = Field(True, description="never recommend items already in the history")
+    explore: StrictBool = Field(True, description="let the exploration policy pick the slate (else greedy top-k)")
+
+    @model_validator(mode="after")
+    def _one_context(self) -> "RecommendRequest":
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of 'user_id' or 'history'")
+        if self.history is not None and len(self.history) == 0:
+            raise ValueError("'history' must not be empty")
+        return self
+
+
+class RecommendResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "3f1c2a9e0b6d4e7f",
+                    "items": [50, 181, 100],
+                    "scores": [7.1, 6.8, 6.5],
+                    "propensities": [0.94, 0.93, 0.93],
+                    "model_version": "lmrec-seqrec/3",
+                    "policy": "epsilon_greedy",
+                    "explored": False,
+                    "cached": False,
+                }
+            ]
+        }
+    )
+
+    request_id: str
+    items: list[int]
+    scores: list[float]
+    propensities: list[float] = Field(description="P(item at its position) under the serving policy")
+    model_version: str
+    policy: str
+    explored: bool = Field(description="the slate differs from the greedy top-k")
+    cached: bool = Field(description="ranked candidates came from the replica's cache")
+
+
+class FeedbackRequest(BaseModel):
+    """Reward for one shown item of an earlier /recommend response."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"request_id": "3f1c2a9e0b6d4e7f", "item_id": 181, "reward": 1}]})
+
+    request_id: str = Field(min_length=1, max_length=128)
+    item_id: StrictInt
+    reward: Literal[0, 1] = Field(description="1 = click, 0 = shown but not clicked")
+
+
+class FeedbackResponse(BaseModel):
+    status: Literal["recorded"]
+    request_id: str
+    item_id: int
+    position: int
+    propensity: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: object = None
+
+
+class VersionResponse(BaseModel):
+    model_uri: str
+    model_version: Optional[str]
+    run_id: Optional[str]
+    dataset: Optional[str]
+    num_items: Optional[int]
+    policy: dict
+    precision: Optional[str]
+    device: Optional[str]
+    loaded_at: Optional[float]
+    lmrec_version: str

@@ -1,0 +1,1 @@
+"""Ray Tune searches (exploration policies, compression) and Ray Data readers they use."""

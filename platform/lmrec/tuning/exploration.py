@@ -1,0 +1,626 @@
+"""Ray Tune search over exploration policies, scored by off-policy evaluation or replay.
+
+    config -> scenario (driver) -> parent MLflow run -> Tuner(Optuna [+ ASHA]) ->
+    best config -> comparison with greedy and epsilon=0.1 -> policy.json artifact,
+    tags and (optionally) a registered version with an alias.
+
+Scenarios: `obd` (Open Bandit logs, DR estimate), `logs` (our own feedback logs
+read through Ray Data, DR estimate), `replay` (MovieLens replay over a trained
+model's candidates, clicks per event, intermediate reports for ASHA). The
+objective of a trial is `lmrec.exploration.objectives.evaluate`; trials only
+forward its reports. This module imports Ray inside functions, so loading and
+validating a config never touches Ray.
+
+API facts used (Ray 2.60, read from the installed source): `ray.tune.Tuner`,
+`ray.tune.TuneConfig(search_alg=..., scheduler=..., num_samples=...,
+max_concurrent_trials=...)`, `ray.tune.RunConfig(callbacks=[MLflowLoggerCallback])`,
+`ray.tune.search.optuna.OptunaSearch(space=<define-by-run fn>, points_to_evaluate=...)`,
+`ray.tune.schedulers.ASHAScheduler(max_t, grace_period, reduction_factor)`,
+`ray.tune.report(metrics)`, `MLflowLoggerCallback(tags={"mlflow.parentRunId": ...})`
+(every trial run gets the tags, which nests it under the search run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from lmrec.config import check, config_hash, flatten, to_dict
+from lmrec.exploration.objectives import (
+    LoggedScenario, ReplayScenario, Scenario, evaluate, evaluate_replay, obd_logged, policy_config,
+)
+from lmrec.exploration.policies import POLICY_TYPES, PolicyConfig
+from lmrec.models.config import ModelSpec
+from lmrec.tracking.config import TrackingConfig
+from lmrec.training.config import TrainConfig
+
+METRIC = "objective"
+POLICY_REGISTRY_NAME = "lmrec-exploration-policy"
+
+
+# ------------------------------------------------------------------ config
+
+
+def _check_range(values: list[float], key: str, upper: Optional[float] = None) -> None:
+    check(len(values) == 2 and 0 < values[0] <= values[1], key, f"must be [low, high] with 0 < low <= high, got {values}")
+    if upper is not None:
+        check(values[1] <= upper, key, f"high must be <= {upper}, got {values[1]}")
+
+
+@dataclass
+class SearchSpace:
+    """Policy types and log-uniform ranges of their parameters."""
+
+    policies: list[str] = field(default_factory=lambda: list(POLICY_TYPES))
+    epsilon: list[float] = field(default_factory=lambda: [0.01, 0.5])
+    temperature: list[float] = field(default_factory=lambda: [0.05, 5.0])
+    ucb_c: list[float] = field(default_factory=lambda: [0.001, 1.0])
+    prior_strength: list[float] = field(default_factory=lambda: [1.0, 1000.0])
+
+    def validate(self) -> None:
+        check(len(self.policies) > 0, "policies", "must not be empty")
+        for i, p in enumerate(self.policies):
+            check(p in POLICY_TYPES, f"policies[{i}]", f"unknown policy {p!r}; choose from {list(POLICY_TYPES)}")
+        _check_range(self.epsilon, "epsilon", upper=1.0)
+        _check_range(self.temperature, "temperature")
+        _check_range(self.ucb_c, "ucb_c")
+        _check_range(self.prior_strength, "prior_strength")
+
+
+@dataclass
+class SearchConfig:
+    """Tune settings: budget, parallelism, scheduler and the variance penalty."""
+
+    num_samples: int = 24
+    max_concurrent: int = 4  # trials in parallel
+    cpus_per_trial: float = 1.0
+    scheduler: Literal["auto", "asha", "fifo"] = "auto"  # auto: ASHA when the scenario reports steps
+    grace_period: int = 2  # ASHA: reports a trial makes before it can be stopped
+    reduction_factor: float = 2.0
+    variance_penalty: float = 1.0  # objective = estimate - penalty * standard error
+    include_baselines: bool = True  # evaluate greedy and epsilon=0.1 first
+    eval_repeats: int = 5  # seeds per stochastic policy in the held-out comparison
+    seed: int = 0
+    name: Optional[str] = None  # Ray Tune experiment name
+    storage_path: Optional[str] = None  # None: LMREC_HOME/ray_results
+
+    def validate(self) -> None:
+        check(self.num_samples >= 1, "num_samples", "must be >= 1")
+        check(self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
+        check(self.cpus_per_trial > 0, "cpus_per_trial", "must be > 0")
+        check(self.grace_period >= 1, "grace_period", "must be >= 1")
+        check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
+        check(self.variance_penalty >= 0, "variance_penalty", "must be >= 0")
+        check(self.eval_repeats >= 1, "eval_repeats", "must be >= 1")
+
+
+@dataclass
+class ObdScenarioConfig:
+    """Open Bandit logs: score policies by an off-policy estimate on one behaviour policy's log."""
+
+    data_dir: Optional[str] = None
+    behavior: Literal["random", "bts"] = "random"
+    campaign: Literal["all", "men", "women"] = "all"
+    max_rows: Optional[int] = None  # first rows only (quick runs)
+    estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
+    n_folds: int = 3
+    l2: Optional[float] = None  # None: chosen by out-of-fold log-loss
+    n_bootstrap: int = 200
+    n_sim: int = 300  # Monte Carlo draws for sampling policies' marginals per trial
+    seed: int = 12345
+
+    def validate(self) -> None:
+        check(self.max_rows is None or self.max_rows >= 100, "max_rows", "must be >= 100")
+        check(self.n_folds >= 1, "n_folds", "must be >= 1")
+        check(self.l2 is None or self.l2 > 0, "l2", "must be > 0")
+        check(self.n_bootstrap >= 2, "n_bootstrap", "must be >= 2")
+        check(self.n_sim >= 1, "n_sim", "must be >= 1")
+
+
+@dataclass
+class LogsScenarioConfig:
+    """Our own feedback logs (read with Ray Data): same estimators as OBD."""
+
+    path: str = ""
+    drop_unrewarded: bool = False  # rows whose rewards are not joined yet: error unless True
+    estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
+    n_folds: int = 3
+    l2: Optional[float] = None
+    n_bootstrap: int = 200
+    n_sim: int = 300
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(self.n_folds >= 1, "n_folds", "must be >= 1")
+        check(self.l2 is None or self.l2 > 0, "l2", "must be > 0")
+        check(self.n_bootstrap >= 2, "n_bootstrap", "must be >= 2")
+        check(self.n_sim >= 1, "n_sim", "must be >= 1")
+
+
+def _replay_train_default() -> TrainConfig:
+    return TrainConfig(epochs=20, batch_size=128, lr=2e-3, strategy="none", sliding_window=True, log_every_steps=1000)
+
+
+@dataclass
+class ReplayScenarioConfig:
+    """MovieLens replay: time split into train (model) / tune (search) / held-out (comparison)."""
+
+    dataset: str = "ml-100k"
+    data_dir: Optional[str] = None
+    scorer: Literal["seqrec", "popularity"] = "seqrec"
+    model_uri: Optional[str] = None  # models:/, runs:/ or a folder; None: train on the train period
+    train_frac: float = 0.5  # interactions before this time quantile train the model
+    tune_frac: float = 0.25  # the next quantile range is searched on; the rest is held out
+    num_candidates: int = 50
+    slate_size: int = 5
+    stride: int = 10
+    horizon: int = 10
+    click_threshold: float = 4.0
+    min_history: int = 5
+    max_events: Optional[int] = None  # per split (random subset, kept in time order)
+    calibration_events: int = 3000
+    report_every: int = 250
+    min_user_interactions: int = 5  # k-core of the model's training data
+    min_item_interactions: int = 5
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=_replay_train_default)
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(0 < self.train_frac < 1, "train_frac", "must be in (0, 1)")
+        check(0 < self.tune_frac < 1 - self.train_frac, "tune_frac", "must be in (0, 1 - train_frac)")
+        check(self.num_candidates >= 2, "num_candidates", "must be >= 2")
+        check(1 <= self.slate_size <= self.num_candidates, "slate_size", "must be in [1, num_candidates]")
+        check(self.stride >= 1 and self.horizon >= 1, "stride", "stride and horizon must be >= 1")
+        check(self.min_history >= 1, "min_history", "must be >= 1")
+        check(self.max_events is None or self.max_events >= 10, "max_events", "must be >= 10")
+        check(self.calibration_events >= 10, "calibration_events", "must be >= 10")
+        check(self.report_every >= 1, "report_every", "must be >= 1")
+        check(self.train.num_workers == 1, "train.num_workers", "the replay model trains in-process: use 1")
+
+
+def _tracking_default() -> TrackingConfig:
+    return TrackingConfig(experiment="lmrec-exploration", model_name=POLICY_REGISTRY_NAME, alias="candidate")
+
+
+@dataclass
+class TuneExplorationConfig:
+    """Everything `jobs/tune_exploration.py` needs."""
+
+    scenario: Literal["obd", "logs", "replay"] = "obd"
+    obd: ObdScenarioConfig = field(default_factory=ObdScenarioConfig)
+    logs: LogsScenarioConfig = field(default_factory=LogsScenarioConfig)
+    replay: ReplayScenarioConfig = field(default_factory=ReplayScenarioConfig)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=_tracking_default)
+    out: Optional[str] = None  # also write the summary JSON (and best policy JSON next to it) here
+
+    def validate(self) -> None:
+        if self.scenario == "logs":
+            check(bool(self.logs.path), "logs.path", "must be set for scenario 'logs'")
+
+
+# ------------------------------------------------------------------ scenarios (driver side)
+
+
+def prepare_scenario(cfg: TuneExplorationConfig) -> Scenario:
+    """Load data, fit reward models or build replay events: everything trials share."""
+    if cfg.scenario == "obd":
+        return prepare_obd(cfg.obd)
+    if cfg.scenario == "logs":
+        return prepare_logs(cfg.logs)
+    return prepare_replay(cfg.replay)
+
+
+def prepare_obd(oc: ObdScenarioConfig) -> LoggedScenario:
+    from lmrec.exploration.open_bandit import fit_obd_rewards, load_obd
+
+    log = load_obd(oc.data_dir, oc.behavior, oc.campaign)
+    if oc.max_rows is not None and oc.max_rows < log.n:
+        log = _head(log, oc.max_rows)
+    rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed)
+    return LoggedScenario(
+        obd_logged(log, rewards), rewards.fit, log.len_list, oc.estimator, oc.n_bootstrap,
+        base_policy={"slate_size": log.len_list, "n_sim": oc.n_sim, "seed": oc.seed},
+        info={"source": str(log.path), "samples": log.n, "behavior_value": log.on_policy_value,
+              "reward_model_l2": rewards.fit.l2, "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
+    )
+
+
+def _head(log: Any, n: int) -> Any:
+    import dataclasses
+
+    sl = slice(0, n)
+    return dataclasses.replace(
+        log, actions=log.actions[sl], positions=log.positions[sl], rewards=log.rewards[sl], pscore=log.pscore[sl],
+        timestamps=log.timestamps[sl], user_codes=log.user_codes[sl], affinity=log.affinity[sl],
+    )
+
+
+def prepare_logs(lc: LogsScenarioConfig) -> LoggedScenario:
+    from lmrec.exploration.log_ope import LoggedSlates, fit_log_rewards
+    from lmrec.training.trainer import ensure_ray
+    from lmrec.tuning.feedback_io import read_feedback_table
+
+    ensure_ray()
+    table = read_feedback_table(lc.path)  # Ray Data, validated per file
+    logged = LoggedSlates.from_table(table, lc.path, lc.drop_unrewarded)
+    rewards = fit_log_rewards(logged, lc.n_folds, "auto" if lc.l2 is None else lc.l2, lc.seed)
+    k = int(np.bincount(logged.slate_len).argmax())
+    return LoggedScenario(
+        logged, rewards, k, lc.estimator, lc.n_bootstrap, base_policy={"slate_size": k, "n_sim": lc.n_sim, "seed": lc.seed},
+        info={"source": lc.path, "requests": int(len(logged.slate_len)), "samples": logged.n,
+              "behavior_value": float(logged.reward.mean()), "reward_model_l2": rewards.l2},
+    )
+
+
+def _replay_cache_dir(rc: ReplayScenarioConfig, source_fingerprint: str) -> Path:
+    from lmrec.paths import lmrec_home
+
+    key = config_hash({"replay": to_dict(rc), "source": source_fingerprint, "version": 1})[:16]
+    return lmrec_home() / "exploration" / "replay" / f"{rc.dataset}-{key}"
+
+
+def load_interactions(dataset: str, data_dir: Optional[str]) -> tuple[Any, str]:
+    """The raw interaction table of a MovieLens/SASRec dataset and its file fingerprint."""
+    from lmrec.data.download import locate_dataset
+    from lmrec.data.prepare import _file_fingerprint
+    from lmrec.data.readers import dataset_spec, read_interactions
+    from lmrec.paths import data_dir as resolve
+
+    spec = dataset_spec(dataset)
+    path = locate_dataset(spec, resolve(data_dir), download=False)
+    return read_interactions(path, spec.fmt), _file_fingerprint([str(path)])
+
+
+def train_replay_model(interactions: Any, before_ts: int, rc: ReplayScenarioConfig, out_dir: Path) -> Path:
+    """Train a SeqRec model on interactions before `before_ts` only (no look-ahead); returns its folder."""
+    import pyarrow.compute as pc
+
+    from lmrec.data.config import DataConfig
+    from lmrec.data.prepare import prepare_dataset
+    from lmrec.evaluation.config import EvalConfig
+    from lmrec.training.config import TrainJobConfig
+    from lmrec.training.loop import EXPORT_DIR, LocalContext, run_training
+
+    pre = interactions.filter(pc.less(interactions["ts"], before_ts)).sort_by(
+        [("ts", "ascending"), ("user", "ascending"), ("item", "ascending")]
+    )
+    data_root = out_dir / "data"
+    (data_root / "sasrec").mkdir(parents=True, exist_ok=True)
+    lines = [f"{u} {i}" for u, i in zip(pre["user"].to_pylist(), pre["item"].to_pylist())]
+    (data_root / "sasrec" / "replay_train.txt").write_text("\n".join(lines) + "\n")  # line order = time order
+    dcfg = DataConfig(dataset="sasrec:replay_train", data_dir=str(data_root), download=False,
+                      min_user_interactions=rc.min_user_interactions, min_item_interactions=rc.min_item_interactions)
+    prepared = prepare_dataset(dcfg, cache_root=out_dir / "prepared")
+    job = TrainJobConfig(
+        data=dcfg, model=rc.model, train=rc.train,
+        eval=EvalConfig(ks=[10], protocols=["full"], every_epochs=0, max_users=500),
+        tracking=TrackingConfig(register=False), prepared_path=str(prepared.path),
+    )
+    ctx = LocalContext(root=out_dir / "train")
+    metrics = run_training(job, ctx)
+    model_dir = out_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(ctx.checkpoints[-1] / EXPORT_DIR, model_dir)
+    shutil.rmtree(out_dir / "train", ignore_errors=True)  # checkpoints are not needed once exported
+    (out_dir / "model_metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
+    return model_dir
+
+
+def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
+    """Events for the tune and held-out periods (cached under LMREC_HOME/exploration/replay)."""
+    from lmrec.exploration.replay import PopularityScorer, ReplayEvents, SeqRecScorer, build_replay_events, fit_calibration
+
+    interactions, fingerprint = load_interactions(rc.dataset, rc.data_dir)
+    cache = _replay_cache_dir(rc, fingerprint)
+    meta_path = cache / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return ReplayScenario(ReplayEvents.load(cache / "tune.npz"), ReplayEvents.load(cache / "heldout.npz"), rc.slate_size,
+                              rc.report_every, meta["base_policy"], meta["info"])
+    t0 = time.time()
+    cache.mkdir(parents=True, exist_ok=True)
+    ts = interactions["ts"].to_numpy()
+    t1, t2 = (int(v) for v in np.quantile(ts, [rc.train_frac, rc.train_frac + rc.tune_frac]))
+    scorer: Any
+    model_info: dict[str, Any] = {}
+    if rc.scorer == "popularity":
+        scorer = PopularityScorer(interactions, t1)
+    else:
+        from lmrec.models.artifacts import load_model_dir
+
+        if rc.model_uri:
+            from lmrec.tracking.mlflow_utils import download_model
+
+            model_dir = download_model(rc.model_uri)
+            model_info["model_uri"] = rc.model_uri
+            model_info["warning"] = "a model trained on all data has seen the replay periods"
+        else:
+            model_dir = train_replay_model(interactions, t1, rc, cache)
+            model_info["trained_before_ts"] = t1
+            if (cache / "model_metrics.json").exists():
+                model_info["metrics"] = json.loads((cache / "model_metrics.json").read_text())
+        model, vocab, _ = load_model_dir(model_dir)
+        scorer = SeqRecScorer(model, vocab, model.config.max_seq_len)
+    common = dict(num_candidates=rc.num_candidates, stride=rc.stride, horizon=rc.horizon,
+                  click_threshold=rc.click_threshold, min_history=rc.min_history, seed=rc.seed)
+    calib = build_replay_events(interactions, scorer, int(ts.min()), t1, max_events=rc.calibration_events, **common)
+    scale, shift = fit_calibration(calib)
+    tune_ev = build_replay_events(interactions, scorer, t1, t2, max_events=rc.max_events, **common)
+    held_ev = build_replay_events(interactions, scorer, t2, int(ts.max()) + 1, max_events=rc.max_events, **common)
+    if len(tune_ev) == 0 or len(held_ev) == 0:
+        raise ValueError(f"replay: no decision points in the tune ({len(tune_ev)}) or held-out ({len(held_ev)}) period")
+    base = {"slate_size": rc.slate_size, "score_scale": scale, "score_shift": shift, "seed": rc.seed}
+    info = {"dataset": rc.dataset, "scorer": rc.scorer, "split_ts": [t1, t2], "tune_events": len(tune_ev),
+            "heldout_events": len(held_ev), "calibration": {"scale": scale, "shift": shift, "events": len(calib)},
+            "tune_oracle_per_event": float(tune_ev.oracle(rc.slate_size).mean()),
+            "heldout_oracle_per_event": float(held_ev.oracle(rc.slate_size).mean()),
+            "build_seconds": round(time.time() - t0, 1), **model_info}
+    tune_ev.save(cache / "tune.npz")
+    held_ev.save(cache / "heldout.npz")
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"base_policy": base, "info": info}, indent=1))
+    tmp.replace(meta_path)
+    return ReplayScenario(tune_ev, held_ev, rc.slate_size, rc.report_every, base, info)
+
+
+# ------------------------------------------------------------------ search
+
+
+class DefineSpace:
+    """Optuna define-by-run space: the parameters sampled depend on the policy type.
+
+    A module-level class (not a closure) because Tune pickles the searcher to checkpoint it.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = to_dict(space)
+
+    def __call__(self, trial: Any) -> None:
+        sp = self.space
+        t = trial.suggest_categorical("policy", list(sp["policies"]))
+        if t == "epsilon_greedy":
+            trial.suggest_float("epsilon", sp["epsilon"][0], sp["epsilon"][1], log=True)
+        elif t == "softmax":
+            trial.suggest_float("temperature", sp["temperature"][0], sp["temperature"][1], log=True)
+        elif t == "ucb":
+            trial.suggest_float("ucb_c", sp["ucb_c"][0], sp["ucb_c"][1], log=True)
+            trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
+        elif t == "thompson":
+            trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
+        return None
+
+
+def define_space(space: SearchSpace) -> DefineSpace:
+    return DefineSpace(space)
+
+
+def baseline_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """Greedy and epsilon = 0.1 as the first trials, when the space contains them."""
+    points: list[dict[str, Any]] = []
+    if "greedy" in space.policies:
+        points.append({"policy": "greedy"})
+    if "epsilon_greedy" in space.policies and space.epsilon[0] <= 0.1 <= space.epsilon[1]:
+        points.append({"policy": "epsilon_greedy", "epsilon": 0.1})
+    return points
+
+
+def exploration_trial(params: dict[str, Any], scenario: Scenario, penalty: float, seed: int = 0) -> None:
+    """The Tune trial: build the policy and forward the objective's reports."""
+    from ray import tune
+
+    config = policy_config(params, scenario.base_policy)
+    evaluate(scenario, config, penalty, report=lambda m: tune.report(dict(m)), seed=seed)
+
+
+@dataclass
+class SearchResult:
+    """What a search produced: best config, every trial, the comparison and where it is tracked."""
+
+    parent_run_id: str
+    best: PolicyConfig
+    best_metrics: dict[str, float]
+    trials: list[dict[str, Any]]
+    comparison: dict[str, dict[str, float]]
+    scenario_info: dict[str, Any]
+    model_version: Optional[str]
+    policy_uri: str
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parent_run_id": self.parent_run_id, "best": self.best.to_dict(), "best_metrics": self.best_metrics,
+            "trials": self.trials, "comparison": self.comparison, "scenario": self.scenario_info,
+            "model_version": self.model_version, "policy_uri": self.policy_uri, "seconds": round(self.seconds, 1),
+            "files": self.files,
+        }
+
+    def table(self) -> str:
+        """Comparison of the tuned policy with the baselines, as plain text."""
+        lines = [f"{'policy':<36} {'estimate':>10} {'std_err':>9} {'objective':>10}"]
+        for name, m in self.comparison.items():
+            lines.append(f"{name:<36} {m.get('estimate', float('nan')):>10.5f} {m.get('std_err', m.get('reward_se', float('nan'))):>9.5f} {m.get('objective', float('nan')):>10.5f}")
+        return "\n".join(lines)
+
+
+def _trial_rows(grid: Any) -> list[dict[str, Any]]:
+    rows = []
+    for r in grid:
+        if r.error is not None or not r.metrics:
+            rows.append({"params": dict(r.config or {}), "error": str(r.error)[:500] if r.error else "no metrics"})
+            continue
+        keep = {k: float(v) for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows.append({"params": dict(r.config), "metrics": keep, "path": str(r.path)})
+    return rows
+
+
+def pick_best(trials: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
+    """Best objective among trials that saw every step (ASHA-stopped trials saw a prefix only)."""
+    done = [t for t in trials if "metrics" in t]
+    if not done:
+        raise RuntimeError(f"no trial finished: {[t.get('error') for t in trials][:3]}")
+    if isinstance(scenario, ReplayScenario):
+        full = [t for t in done if t["metrics"].get("events", 0) >= len(scenario.tune)]
+        done = full or done
+    return max(done, key=lambda t: t["metrics"][METRIC])
+
+
+def compare_policies(scenario: Scenario, best: PolicyConfig, penalty: float, repeats: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Tuned vs greedy vs epsilon=0.1: on held-out events (replay) or on the logged data."""
+    base = scenario.base_policy
+    candidates = {
+        f"tuned ({_label(best)})": best,
+        "greedy": policy_config({"policy": "greedy"}, base),
+        "epsilon_greedy (epsilon=0.1)": policy_config({"policy": "epsilon_greedy", "epsilon": 0.1}, base),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for name, pc in candidates.items():
+        if isinstance(scenario, ReplayScenario):
+            runs = [evaluate_replay(scenario, pc.replace(seed=seed + r), penalty, heldout=True)
+                    for r in range(1 if pc.type in ("greedy", "ucb") else repeats)]  # deterministic ones need 1 run
+            vals = np.array([m["reward_per_event"] for m in runs])
+            out[name] = {**runs[0], "estimate": float(vals.mean()), "seed_std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                         "repeats": float(len(vals)), "cum_reward": float(np.mean([m["cum_reward"] for m in runs])),
+                         "cum_regret": float(np.mean([m["cum_regret"] for m in runs]))}
+            out[name]["objective"] = out[name]["estimate"] - penalty * out[name]["reward_se"]
+        else:
+            out[name] = evaluate(scenario, pc, penalty, seed=seed)
+    return out
+
+
+def _label(pc: PolicyConfig) -> str:
+    extra = {"epsilon_greedy": f"epsilon={pc.epsilon:.3g}", "softmax": f"temperature={pc.temperature:.3g}",
+             "ucb": f"c={pc.ucb_c:.3g}, w={pc.prior_strength:.3g}", "thompson": f"w={pc.prior_strength:.3g}"}.get(pc.type, "")
+    return f"{pc.type}{', ' + extra if extra else ''}"
+
+
+def replay_curves_png(scenario: ReplayScenario, configs: dict[str, PolicyConfig], path: Path) -> Path:
+    from lmrec.exploration.policies import build_policy
+    from lmrec.exploration.replay import plot_curves, run_replay
+
+    results = {name: run_replay(scenario.heldout, build_policy(pc), scenario.slate_size) for name, pc in configs.items()}
+    return plot_curves(results, path, title="held-out replay")
+
+
+def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
+    """The whole search job (what `jobs/tune_exploration.py` runs)."""
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lmrec.exploration.artifacts import POLICY_ARTIFACT_DIR, save_policy_artifact
+    from lmrec.paths import default_storage_path
+    from lmrec.tracking import mlflow_utils as mt
+    from lmrec.training.trainer import ensure_ray
+
+    t0 = time.time()
+    sc, tr = cfg.search, cfg.tracking
+    ensure_ray()
+    scenario = prepare_scenario(cfg)
+    uri = mt.resolve_tracking_uri(tr.tracking_uri)
+    mt.ensure_experiment(tr.experiment, uri)
+    name = sc.name or f"explore-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    unused = {"obd", "logs", "replay"} - {cfg.scenario}  # other scenarios' sections are noise in the params
+    params = {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in unused}
+    parent = mt.start_run(tr.experiment, tr.run_name or name, params,
+                          {"lmrec.kind": "exploration_search", "lmrec.scenario": cfg.scenario, "lmrec.tune_name": name},
+                          parent_run_id=tr.parent_run_id, uri=uri)
+    logger = mt.RunLogger(parent, uri)
+    logger.json(scenario.info, "scenario.json")
+    print(f"[lmrec.explore] scenario {cfg.scenario}: {json.dumps(scenario.info, default=str)[:400]}", flush=True)
+    print(f"[lmrec.explore] MLflow search run {parent} at {uri}", flush=True)
+
+    use_asha = scenario.has_steps and sc.scheduler in ("auto", "asha")
+    if sc.scheduler == "asha" and not scenario.has_steps:
+        print("[lmrec.explore] scenario reports one value per trial: ASHA has nothing to stop early, using FIFO", flush=True)
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=scenario.num_reports, grace_period=min(sc.grace_period, scenario.num_reports),  # type: ignore[union-attr]
+                      reduction_factor=sc.reduction_factor)
+        if use_asha else FIFOScheduler()
+    )
+    searcher = OptunaSearch(space=define_space(cfg.space), metric=METRIC, mode="max",
+                            points_to_evaluate=baseline_points(cfg.space) if sc.include_baselines else None,
+                            sampler=_tpe_sampler(sc.seed))
+    trainable = tune.with_resources(
+        tune.with_parameters(exploration_trial, scenario=scenario, penalty=sc.variance_penalty, seed=sc.seed),
+        {"cpu": sc.cpus_per_trial},
+    )
+    callback = MLflowLoggerCallback(
+        tracking_uri=uri, experiment_name=tr.experiment,
+        tags={"mlflow.parentRunId": parent, "lmrec.kind": "exploration_trial", "lmrec.search_run_id": parent},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent),
+                                    scheduler=scheduler, num_samples=sc.num_samples, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=sc.storage_path or str(default_storage_path()),
+                                  callbacks=[callback], verbose=1),
+    )
+    try:
+        grid = tuner.fit()
+        trials = _trial_rows(grid)
+        best_row = pick_best(trials, scenario)
+    except Exception:
+        logger.end("FAILED")
+        raise
+    best = policy_config(best_row["params"], scenario.base_policy)
+    comparison = compare_policies(scenario, best, sc.variance_penalty, sc.eval_repeats, sc.seed)
+    metadata = {"scenario": cfg.scenario, "objective": best_row["metrics"][METRIC], "search_run_id": parent,
+                "tune_name": name, "metrics": best_row["metrics"], "comparison": comparison, "scenario_info": scenario.info}
+    artifact = save_policy_artifact(parent, best, metadata, uri)
+    logger.json(comparison, "comparison.json")
+    logger.json(trials, "trials.json")
+    files: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="lmrec-explore-") as tmp:
+        if isinstance(scenario, ReplayScenario):
+            png = replay_curves_png(scenario, {
+                "tuned": best, "greedy": policy_config({"policy": "greedy"}, scenario.base_policy),
+                "epsilon=0.1": policy_config({"policy": "epsilon_greedy", "epsilon": 0.1}, scenario.base_policy),
+            }, Path(tmp) / "replay_heldout.png")
+            logger.artifact(png)
+            files["curves_png"] = "replay_heldout.png"
+    metrics = {f"best/{k}": v for k, v in best_row["metrics"].items()}
+    for i, (nm, m) in enumerate(comparison.items()):
+        key = ["tuned", "greedy", "epsilon_0.1"][i]
+        metrics.update({f"compare/{key}/{k}": v for k, v in m.items() if isinstance(v, float)})
+    logger.metrics(metrics)
+    tags = {"lmrec.best_policy": best.type, "lmrec.best_policy_json": json.dumps(best.to_dict(), sort_keys=True)[:4900],
+            "lmrec.policy_artifact": artifact, "lmrec.policy_alias": tr.alias, "lmrec.trials": len(trials)}
+    version = None
+    if tr.register:
+        version = mt.register_model(parent, tr.model_name, alias=tr.alias, artifact_path=POLICY_ARTIFACT_DIR,
+                                    tags={"kind": "exploration_policy", "policy": best.type, "scenario": cfg.scenario}, uri=uri)
+        tags["lmrec.policy_version"] = version
+    logger.tags(tags)
+    logger.end("FINISHED")
+    policy_uri = f"models:/{tr.model_name}@{tr.alias}" if version else f"runs:/{parent}/{POLICY_ARTIFACT_DIR}"
+    result = SearchResult(parent, best, best_row["metrics"], trials, comparison, scenario.info, version, policy_uri,
+                          time.time() - t0, files)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+        from lmrec.exploration.artifacts import policy_document
+
+        (out.with_name(out.stem + "_policy.json")).write_text(json.dumps(policy_document(best, metadata), indent=1, default=str))
+        result.files["summary"] = str(out)
+    return result
+
+
+def _tpe_sampler(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed)

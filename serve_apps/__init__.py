@@ -1,0 +1,1 @@
+"""Ray Serve applications of lmrec (`serve run serve_apps.recommender:build_app`)."""

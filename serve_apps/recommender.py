@@ -1,0 +1,532 @@
+"""The lmrec recommendation endpoint as a Ray Serve application.
+
+    serve run serve_apps.recommender:build_app model_uri=models:/lmrec-seqrec@champion
+    serve deploy serve_apps/recommender.yaml
+
+Three deployments joined by DeploymentHandles:
+
+* `Ingress`  — HTTP (FastAPI): validation, optional API key, latency metrics.
+* `Ranker`   — the model (autoscaled; GPU or CPU): `@serve.batch` forward, LRU+TTL cache
+  of ranked candidates, exploration policy, background hot-swap of model versions.
+* `FeedbackLog` — one replica owning the Parquet impression/feedback log and the
+  merged exploration statistics that rankers pull.
+
+Nothing runs at import: `build_app(args)` validates `args` (a ServeConfig mapping;
+errors name the key) and returns the bound application.
+"""
+
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+
+import lmrec
+from lmrec.config import from_dict, to_dict
+from lmrec.serving.config import ServeConfig
+from lmrec.serving.schemas import (
+    ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse, VersionResponse,
+)
+
+log = logging.getLogger("ray.serve")
+
+API = FastAPI(
+    title="lmrec recommender",
+    version=lmrec.__version__,
+    description="Sequential recommendations with exploration, feedback logging and zero-downtime model swaps.",
+)
+
+
+def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+@API.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Malformed JSON, wrong types, unknown fields: 422 with the offending locations."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return _error(422, "invalid request", errors)
+
+
+def _read_api_key(cfg: ServeConfig) -> Optional[str]:
+    """The API key from an env var or a file (never from the config itself)."""
+    if cfg.api_key_env:
+        value = os.environ.get(cfg.api_key_env)
+        if not value:
+            raise RuntimeError(f"api_key_env={cfg.api_key_env!r} is set but that environment variable is empty")
+        return value
+    if cfg.api_key_file:
+        value = Path(cfg.api_key_file).expanduser().read_text().strip()
+        if not value:
+            raise RuntimeError(f"api_key_file {cfg.api_key_file} is empty")
+        return value
+    return None
+
+
+# ---------------------------------------------------------------- FeedbackLog
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.25})
+class FeedbackLog:
+    """Owns the Parquet log; acknowledges feedback only after a durable (group-committed) write."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from lmrec.paths import lmrec_home
+        from lmrec.serving.feedback import FeedbackStore
+
+        self.cfg = from_dict(ServeConfig, cfg)
+        root = Path(self.cfg.feedback.log_dir or (lmrec_home() / "feedback_logs"))
+        self.store = FeedbackStore(self.cfg.feedback, root)
+        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._tasks = [asyncio.get_event_loop().create_task(self._committer()),
+                       asyncio.get_event_loop().create_task(self._impression_flusher())]
+        from ray.util import metrics
+
+        self._ctr = metrics.Gauge("lmrec_serve_click_through_rate", description="clicks / feedback events")
+        self._fb = metrics.Counter("lmrec_serve_feedback_total", description="feedback events recorded", tag_keys=("reward",))
+
+    async def add_impressions(self, records: list[dict[str, Any]]) -> int:
+        return self.store.add_impressions(records)
+
+    async def feedback(self, request_id: str, item_id: int, reward: int) -> dict[str, Any]:
+        from lmrec.serving.runtime import RequestError
+
+        deadline = time.monotonic() + self.cfg.feedback.impression_wait_s
+        while not self.store.has_impression(request_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the ranker ships impressions in micro-batches
+        try:
+            row = self.store.event(request_id, item_id, reward)
+        except RequestError as exc:
+            return {"error": str(exc), "status": exc.status}
+        fut: asyncio.Future = asyncio.get_event_loop().create_future()
+        self._pending.append((row, fut))
+        self._wakeup.set()
+        try:
+            await fut  # resolved once the batch holding this row is durable
+        except Exception as exc:  # noqa: BLE001 (write failed: not acknowledged)
+            return {"error": f"feedback log unavailable: {exc}", "status": 503}
+        return {"status": "recorded", "request_id": request_id, "item_id": item_id,
+                "position": row["position"], "propensity": row["propensity"]}
+
+    async def _committer(self) -> None:
+        loop = asyncio.get_event_loop()
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(self.cfg.feedback.commit_interval_s)  # group commit window
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            rows = [r for r, _ in batch]
+            try:
+                await loop.run_in_executor(None, self.store.commit, rows)
+            except Exception as exc:  # noqa: BLE001
+                self.store.release(rows)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(True)
+            stats = self.store.stats()
+            self._ctr.set(stats["ctr"])
+            for r in rows:
+                self._fb.inc(1, tags={"reward": str(int(r["reward"]))})
+
+    async def _impression_flusher(self) -> None:
+        loop = asyncio.get_event_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.cfg.feedback.max_delay_s / 2))
+            try:
+                await loop.run_in_executor(None, self.store.flush_impressions)
+            except Exception as exc:  # noqa: BLE001 (kept buffered; retried next tick)
+                log.warning("impression flush failed: %s", exc)
+
+    async def policy_state(self) -> dict[str, Any]:
+        return self.store.state.to_dict()
+
+    async def stats(self) -> dict[str, Any]:
+        return self.store.stats()
+
+    async def flush(self) -> dict[str, Any]:
+        await asyncio.get_event_loop().run_in_executor(None, self.store.flush_impressions, True)
+        return self.store.stats()
+
+    def __del__(self) -> None:
+        try:
+            self.store.flush_impressions(force=True)
+        except Exception:  # noqa: BLE001 (best effort at shutdown)
+            pass
+
+
+# ---------------------------------------------------------------- Ranker
+
+
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
+class Ranker:
+    """Ranks with the current model version; explores; hot-swaps versions in the background."""
+
+    def __init__(self, cfg: dict[str, Any], feedback_log: Any) -> None:
+        from ray.util import metrics
+
+        from lmrec.serving.cache import TTLCache
+
+        self.cfg = from_dict(ServeConfig, cfg)
+        self.feedback_log = feedback_log
+        self.loaded = None  # LoadedModel; replaced atomically on swap
+        self.load_error: Optional[str] = None
+        self.model_uri = self.cfg.model_uri
+        self.cache = TTLCache(self.cfg.cache.max_entries, self.cfg.cache.ttl_s)
+        self.policy = self._build_policy()
+        self._impressions: list[dict[str, Any]] = []
+        self._swap_lock = asyncio.Lock()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._m_batch = metrics.Histogram("lmrec_serve_batch_size", description="requests per model forward",
+                                          boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+        self._m_cache = metrics.Counter("lmrec_serve_cache_requests_total", description="ranked-candidate cache lookups",
+                                        tag_keys=("result",))
+        self._m_hit_ratio = metrics.Gauge("lmrec_serve_cache_hit_ratio", description="cache hit ratio of this replica",
+                                          tag_keys=("replica",))
+        self._m_explore = metrics.Counter("lmrec_serve_slates_total", description="slates served",
+                                          tag_keys=("explored", "policy"))
+        self._m_explore_rate = metrics.Gauge("lmrec_serve_exploration_rate", description="fraction of slates that explored",
+                                             tag_keys=("replica",))
+        self._m_version = metrics.Gauge("lmrec_serve_model_version", description="model version served by each replica",
+                                        tag_keys=("replica", "model"))
+        self._slates = 0
+        self._explored = 0
+        self._apply_batch_config(self.cfg.batch.max_batch_size, self.cfg.batch.batch_wait_timeout_s)
+        loop = asyncio.get_event_loop()
+        self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
+                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias())]
+
+    # ---- configuration and hot-swap
+    def _build_policy(self) -> Any:
+        from lmrec.exploration.policies import PolicyConfig, build_policy
+
+        ec = self.cfg.exploration
+        if ec.policy_uri:
+            from lmrec.exploration.artifacts import load_policy_config
+
+            return build_policy(load_policy_config(ec.policy_uri, self.cfg.tracking_uri))
+        return build_policy(PolicyConfig.from_dict(ec.policy))
+
+    def _apply_batch_config(self, size: int, wait: float) -> None:
+        self._rank_batch.set_max_batch_size(size)
+        self._rank_batch.set_batch_wait_timeout_s(wait)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """user_config: {max_batch_size, batch_wait_timeout_s, model_uri, policy}; applied live."""
+        batch = user_config.get("batch", {}) | {k: user_config[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in user_config}
+        if batch:
+            from lmrec.serving.config import BatchConfig
+
+            bc = from_dict(BatchConfig, {**to_dict(self.cfg.batch), **batch})
+            self.cfg.batch = bc
+            self._apply_batch_config(bc.max_batch_size, bc.batch_wait_timeout_s)
+        if "policy" in user_config:
+            from lmrec.exploration.policies import PolicyConfig, build_policy
+
+            state = self.policy.state
+            self.policy = build_policy(PolicyConfig.from_dict(user_config["policy"]), state)
+        uri = user_config.get("model_uri")
+        if uri and uri != self.model_uri:
+            self.model_uri = uri
+            if self.loaded is not None:  # initial load picks up the new URI by itself
+                asyncio.get_event_loop().create_task(self._swap_to(uri))
+
+    async def _load(self, uri: str) -> Any:
+        from lmrec.serving.runtime import load_model
+
+        return await asyncio.get_event_loop().run_in_executor(None, load_model, uri, self.cfg)
+
+    async def _load_initial(self) -> None:
+        delay = 1.0
+        while self.loaded is None:
+            uri = self.model_uri
+            try:
+                loaded = await self._load(uri)
+                if uri == self.model_uri:
+                    self._install(loaded)
+                    return
+            except Exception as exc:  # noqa: BLE001 (keep retrying; /healthz reports it)
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.warning("model load failed (%s); retrying in %.0fs", self.load_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _install(self, loaded: Any) -> None:
+        old = self.loaded
+        self.loaded = loaded  # atomic: requests already holding `old` finish with it
+        self.load_error = None
+        self.cache.clear()  # keys carry the version anyway; free the memory
+        try:
+            num = float(str(loaded.info.get("version") or 0))
+        except ValueError:
+            num = 0.0
+        self._m_version.set(num, tags={"replica": self.replica, "model": loaded.version})
+        log.info("serving %s (was %s)", loaded.version, old.version if old else None)
+
+    async def _swap_to(self, uri: str) -> None:
+        async with self._swap_lock:
+            try:
+                loaded = await self._load(uri)  # old version keeps serving meanwhile
+            except Exception as exc:  # noqa: BLE001
+                self.load_error = f"hot-swap to {uri} failed: {exc}"
+                log.warning(self.load_error)
+                return
+            if uri == self.model_uri:
+                self._install(loaded)
+
+    async def _poll_alias(self) -> None:
+        """Follow `models:/name@alias`: when the alias moves, load the new version and swap."""
+        if self.cfg.alias_poll_s <= 0:
+            return
+        from lmrec.tracking.mlflow_utils import resolve_model_version
+
+        loop = asyncio.get_event_loop()
+        while True:
+            await asyncio.sleep(self.cfg.alias_poll_s)
+            uri, cur = self.model_uri, self.loaded
+            if cur is None or "@" not in uri or self._swap_lock.locked():
+                continue
+            try:
+                info = await loop.run_in_executor(None, resolve_model_version, uri, self.cfg.tracking_uri)
+            except Exception as exc:  # noqa: BLE001 (registry briefly unreachable)
+                log.warning("alias poll failed: %s", exc)
+                continue
+            if str(info.get("version")) != str(cur.info.get("version")):
+                await self._swap_to(uri)
+
+    async def _ship_impressions(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            if self._impressions:
+                batch, self._impressions = self._impressions, []
+                try:
+                    await self.feedback_log.add_impressions.remote(batch)
+                except Exception as exc:  # noqa: BLE001 (re-queue; the log replica may be restarting)
+                    self._impressions = batch + self._impressions
+                    log.warning("impression shipping failed: %s", exc)
+                    await asyncio.sleep(0.5)
+
+    async def _sync_stats(self) -> None:
+        from lmrec.exploration.policies import PolicyState
+
+        while True:
+            await asyncio.sleep(self.cfg.exploration.stats_sync_s)
+            try:
+                state = await self.feedback_log.policy_state.remote()
+                self.policy.set_state(PolicyState.from_dict(state), keep_delta=False)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("stats sync failed: %s", exc)
+
+    # ---- ranking
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _rank_batch(self, items: list[tuple[Any, np.ndarray, bool, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One forward for many requests; runs in a thread so the next batch can gather meanwhile."""
+        self._m_batch.observe(len(items))
+        loop = asyncio.get_event_loop()
+        out: list[Any] = [None] * len(items)
+        by_model: dict[int, list[int]] = {}
+        for i, (loaded, _, _, _) in enumerate(items):
+            by_model.setdefault(id(loaded), []).append(i)  # a swap can split one batch across versions
+        for idxs in by_model.values():
+            loaded = items[idxs[0]][0]
+            n = max(items[i][3] for i in idxs)
+            cand, scores = await loop.run_in_executor(
+                None, loaded.rank, [items[i][1] for i in idxs], n, [items[i][2] for i in idxs]
+            )
+            for j, i in enumerate(idxs):
+                out[i] = (cand[j, : items[i][3]], scores[j, : items[i][3]])
+        return out
+
+    def _context(self, loaded: Any, req: dict[str, Any]) -> tuple[np.ndarray, str]:
+        from lmrec.serving.runtime import RequestError, history_key
+
+        if req.get("history") is not None:
+            hist = req["history"]
+            if len(hist) > self.cfg.max_history:
+                raise RequestError(422, f"history has {len(hist)} items; the limit is {self.cfg.max_history}")
+            return loaded.to_idx(hist), history_key(None, hist)
+        if loaded.histories is None:
+            raise RequestError(404, "user histories are not available for this model; send 'history' instead")
+        h = loaded.histories.get(int(req["user_id"]))
+        if h is None:
+            raise RequestError(404, f"unknown user_id {req['user_id']}")
+        return h, history_key(int(req["user_id"]), None)
+
+    async def recommend(self, req: dict[str, Any]) -> dict[str, Any]:
+        from lmrec.serving.runtime import RequestError
+
+        loaded = self.loaded
+        if loaded is None:
+            return {"error": f"model not loaded yet{': ' + self.load_error if self.load_error else ''}", "status": 503}
+        k = int(req["k"])
+        try:
+            limit = min(self.cfg.max_k, loaded.num_items)
+            if k > limit:
+                raise RequestError(422, f"k={k} is above the limit {limit} (max_k {self.cfg.max_k}, catalog {loaded.num_items})")
+            hist, ctx_key = self._context(loaded, req)
+            n = max(k, min(self.cfg.exploration.num_candidates, limit))
+            exclude = bool(req.get("exclude_seen", True))
+            if exclude and loaded.num_items - len(np.unique(hist)) < k:
+                raise RequestError(422, f"only {loaded.num_items - len(np.unique(hist))} unseen items; k={k} is too large")
+        except RequestError as exc:
+            return {"error": str(exc), "status": exc.status}
+        key = (ctx_key, exclude, n, loaded.version)
+        hit = self.cache.get(key) if self.cfg.cache.enabled else None
+        self._m_cache.inc(1, tags={"result": "hit" if hit is not None else "miss"})
+        self._m_hit_ratio.set(self.cache.hit_ratio, tags={"replica": self.replica})
+        if hit is None:
+            cand_idx, scores = await self._rank_batch((loaded, hist, exclude, n))
+            if self.cfg.cache.enabled:
+                self.cache.put(key, (cand_idx, scores))
+        else:
+            cand_idx, scores = hit
+        cand = loaded.to_ids(cand_idx)
+        request_id = uuid.uuid4().hex
+        if req.get("explore", True):
+            slate = self.policy.choose(cand, scores, k, key=request_id)
+            items, props, idx, policy = slate.items, slate.propensities, slate.indices, self.policy.config.type
+        else:
+            idx = np.arange(min(k, len(cand)))
+            items, props, policy = cand[idx], np.ones(len(idx)), "greedy"
+        explored = not np.array_equal(np.sort(idx), np.arange(len(idx)))
+        self._slates += 1
+        self._explored += int(explored)
+        self._m_explore.inc(1, tags={"explored": str(explored).lower(), "policy": policy})
+        self._m_explore_rate.set(self._explored / self._slates, tags={"replica": self.replica})
+        self._impressions.append({
+            "request_id": request_id, "candidates": cand.tolist(), "scores": scores.tolist(),
+            "slate": items.tolist(), "propensities": [float(p) for p in props], "policy": policy,
+            "policy_params": self.policy.config.to_dict() if policy != "greedy" else {"type": "greedy"},
+            "user_id": None if req.get("user_id") is None else str(req["user_id"]),
+            "model_version": loaded.version,
+        })
+        return {
+            "request_id": request_id, "items": items.tolist(), "scores": scores[idx].astype(float).tolist(),
+            "propensities": [float(p) for p in props], "model_version": loaded.version, "policy": policy,
+            "explored": explored, "cached": hit is not None,
+        }
+
+    async def status(self) -> dict[str, Any]:
+        loaded = self.loaded
+        return {
+            "ready": loaded is not None,
+            "load_error": self.load_error,
+            "model_uri": self.model_uri,
+            "model_version": loaded.version if loaded else None,
+            "run_id": loaded.info.get("run_id") if loaded else None,
+            "dataset": loaded.info.get("dataset") if loaded else None,
+            "num_items": loaded.num_items if loaded else None,
+            "precision": loaded.dtype if loaded else None,
+            "device": str(loaded.device) if loaded else None,
+            "loaded_at": loaded.loaded_at if loaded else None,
+            "policy": self.policy.config.to_dict(),
+            "replica": self.replica,
+            "cache_entries": len(self.cache),
+            "cache_hit_ratio": self.cache.hit_ratio,
+            "batch": to_dict(self.cfg.batch),
+        }
+
+
+# ---------------------------------------------------------------- Ingress
+
+
+@serve.deployment(max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(API)
+class Ingress:
+    """HTTP front: validation, API key, error mapping (4xx for client errors), latency metrics."""
+
+    def __init__(self, cfg: dict[str, Any], ranker: Any, feedback_log: Any) -> None:
+        from ray.util import metrics
+
+        self.cfg = from_dict(ServeConfig, cfg)
+        self.ranker = ranker
+        self.feedback_log = feedback_log
+        self.api_key = _read_api_key(self.cfg)
+        self._latency = metrics.Histogram(
+            "lmrec_serve_request_latency_ms", description="end-to-end handler latency",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], tag_keys=("endpoint", "status"),
+        )
+
+    def _check_key(self, request: Request) -> Optional[JSONResponse]:
+        if self.api_key is None:
+            return None
+        got = request.headers.get(self.cfg.api_key_header, "")
+        if not hmac.compare_digest(got.encode(), self.api_key.encode()):
+            return _error(401, f"missing or invalid {self.cfg.api_key_header} header")
+        return None
+
+    def _observe(self, endpoint: str, status: int, t0: float) -> None:
+        self._latency.observe((time.perf_counter() - t0) * 1000, tags={"endpoint": endpoint, "status": str(status)})
+
+    @API.post("/recommend", response_model=RecommendResponse,
+              responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                         503: {"model": ErrorResponse}})
+    async def recommend(self, body: RecommendRequest, request: Request) -> Any:
+        t0 = time.perf_counter()
+        denied = self._check_key(request)
+        if denied is not None:
+            self._observe("recommend", 401, t0)
+            return denied
+        if body.history is not None and len(body.history) > self.cfg.max_history:
+            self._observe("recommend", 422, t0)
+            return _error(422, f"history has {len(body.history)} items; the limit is {self.cfg.max_history}")
+        result = await self.ranker.recommend.remote(body.model_dump())
+        status = int(result.pop("status", 200)) if "error" in result else 200
+        self._observe("recommend", status, t0)
+        return _error(status, result["error"]) if status != 200 else result
+
+    @API.post("/feedback", response_model=FeedbackResponse,
+              responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                         422: {"model": ErrorResponse}})
+    async def feedback(self, body: FeedbackRequest, request: Request) -> Any:
+        t0 = time.perf_counter()
+        denied = self._check_key(request)
+        if denied is not None:
+            self._observe("feedback", 401, t0)
+            return denied
+        result = await self.feedback_log.feedback.remote(body.request_id, body.item_id, body.reward)
+        status = int(result.pop("status", 200)) if "error" in result else 200
+        self._observe("feedback", status, t0)
+        return _error(status, result["error"]) if status != 200 else result
+
+    @API.get("/healthz")
+    async def healthz(self) -> Any:
+        st = await self.ranker.status.remote()
+        if not st["ready"]:
+            return _error(503, "model not loaded", st.get("load_error"))
+        return {"status": "ok", "model_version": st["model_version"]}
+
+    @API.get("/version", response_model=VersionResponse)
+    async def version(self) -> Any:
+        st = await self.ranker.status.remote()
+        return {**{k: st.get(k) for k in VersionResponse.model_fields if k in st}, "lmrec_version": lmrec.__version__}
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate `args` (ServeConfig keys; errors name the key) and bind the three deployments."""
+    cfg = from_dict(ServeConfig, dict(args or {}))
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        # Fail at build time, before anything is deployed, when the secret is missing.
+        raise ValueError(f"api_key_env: environment variable {cfg.api_key_env!r} is not set")
+    plain = to_dict(cfg)
+    feedback_log = FeedbackLog.bind(plain)
+    ranker = Ranker.options(user_config={"max_batch_size": cfg.batch.max_batch_size,
+                                         "batch_wait_timeout_s": cfg.batch.batch_wait_timeout_s}).bind(plain, feedback_log)
+    return Ingress.bind(plain, ranker, feedback_log)
