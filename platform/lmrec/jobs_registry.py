@@ -8,6 +8,7 @@ from typing import Any
 CONFIG_CLASSES: dict[str, str] = {
     "train": "lmrec.training.config:TrainJobConfig",
     "benchmark_compression": "lmrec.compression.bench:BenchmarkConfig",
+    "tune_compression": "lmrec.tuning.compression:TuneCompressionConfig",
 }
 
 

@@ -143,6 +143,33 @@ def build_variant(
     return VariantResult(spec, model, info)
 
 
+def starting_model(
+    spec: CompressionSpec, teacher: SeqRecModel, seed: int, calib_inputs: Optional[torch.Tensor] = None
+) -> tuple[SeqRecModel, Optional[dict[str, torch.Tensor]], dict[str, Any]]:
+    """Where a single-phase training run starts: a fresh student, or the (pruned) teacher.
+
+    For Ray Train workers (a Tune trial is one training run): a student is trained
+    for `distill_steps`, a pruned teacher fine-tuned for `finetune_steps` (see
+    `training_steps`); a spec with both a student and pruning needs two phases, which
+    `build_variant` does in-process. Deterministic, so every rank starts from the same
+    weights. Returns (model, magnitude keep-masks or None, JSON-friendly info).
+    """
+    if spec.has_student:
+        model = SeqRecModel(spec.student_config(teacher.config))
+        init_weights_(model, seed)
+        if spec.prune != "none":
+            raise ValueError(f"variant {spec.name}: prune the teacher or train a student, not both")
+        return model, None, {"start": "student"}
+    model, pinfo = prune(teacher, spec.prune, spec.prune_amount, calib_inputs=calib_inputs)
+    masks = pinfo.pop("masks", None)
+    return model, masks, {"start": "teacher", "prune": pinfo}  # type: ignore[return-value]
+
+
+def training_steps(spec: CompressionSpec) -> int:
+    """Optimisation steps a variant needs: the student's distillation, or the pruned model's fine-tune."""
+    return spec.distill_steps if spec.has_student else spec.finetune_steps
+
+
 def calibration_batch(prepared_path: str | Path, max_len: int, n: int = 256, seed: int = 0) -> torch.Tensor:
     """(n, max_len) training input rows for activation-based pruning importance."""
     data = SequenceData.load(prepared_path, with_meta=False)

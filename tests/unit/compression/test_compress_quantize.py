@@ -129,3 +129,23 @@ def test_unknown_mode_and_dtype_are_refused(make_model) -> None:
         quantize(make_model(), "int4")
     with pytest.raises(ValueError, match="unsupported dtype"):
         cast_weights(make_model(), torch.int8)
+
+
+def test_safetensors_whose_header_length_looks_like_pickle_magic_still_loads(tmp_path: Path) -> None:
+    """A header of 896 bytes starts the file with b"\\x80\\x03", the pickle protocol-3 magic."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from lmrec.models.artifacts import WEIGHTS, UnsafeArtifactError, check_safe
+
+    path = tmp_path / WEIGHTS
+    for pad in range(2000):
+        save_file({"a": torch.zeros(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:2] == b"\x80\x03":
+            break
+    assert path.read_bytes()[:2] == b"\x80\x03"
+    check_safe(tmp_path)  # accepted: a valid header follows
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=3))
+    with pytest.raises(UnsafeArtifactError, match="pickle"):
+        check_safe(tmp_path)
