@@ -8,6 +8,8 @@ from typing import Any
 CONFIG_CLASSES: dict[str, str] = {
     "train": "lmrec.training.config:TrainJobConfig",
     "tune_exploration": "lmrec.tuning.exploration:TuneExplorationConfig",
+    "benchmark_compression": "lmrec.compression.bench:BenchmarkConfig",
+    "tune_compression": "lmrec.tuning.compression:TuneCompressionConfig",
 }
 
 

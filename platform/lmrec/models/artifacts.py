@@ -62,7 +62,23 @@ def check_safe(directory: str | Path) -> None:
     with open(directory / WEIGHTS, "rb") as fh:
         head = fh.read(2)
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head[:2] == b"PK":
-        raise UnsafeArtifactError(f"{directory / WEIGHTS}: is a pickle/zip payload, not safetensors; refused")
+        # A safetensors file opens with its header length (u64, little-endian): lengths such as
+        # 896 or 1152 begin with b"\x80\x03" / b"\x80\x04", so check the header before refusing.
+        if not _has_safetensors_header(directory / WEIGHTS):
+            raise UnsafeArtifactError(f"{directory / WEIGHTS}: is a pickle/zip payload, not safetensors; refused")
+
+
+def _has_safetensors_header(path: Path) -> bool:
+    """True when `path` starts with a u64 length followed by that many bytes of JSON object."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if not 2 <= n <= min(size - 8, 100_000_000):
+            return False
+        try:
+            return isinstance(json.loads(fh.read(n)), dict)
+        except ValueError:
+            return False
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ class SeqRecConfig:
     num_heads: int = 2
     num_kv_heads: Optional[int] = None  # None = num_heads (plain multi-head attention)
     intermediate_size: Optional[int] = None  # None = 4 * hidden_size
+    head_dim: Optional[int] = None  # None = hidden_size // num_heads; set by structured head pruning
     max_seq_len: int = 50
     dropout: float = 0.1  # on item embeddings and attention probabilities
     loss: Literal["full", "sampled"] = "full"
@@ -38,12 +39,15 @@ class SeqRecConfig:
         check(self.hidden_size >= 8, "hidden_size", f"must be >= 8, got {self.hidden_size}")
         check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
         check(self.num_heads >= 1, "num_heads", f"must be >= 1, got {self.num_heads}")
-        check(
-            self.hidden_size % self.num_heads == 0,
-            "num_heads",
-            f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
-        )
-        head_dim = self.hidden_size // self.num_heads
+        if self.head_dim is None:
+            check(
+                self.hidden_size % self.num_heads == 0,
+                "num_heads",
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
+            )
+        else:
+            check(self.head_dim >= 2, "head_dim", f"must be >= 2, got {self.head_dim}")
+        head_dim = self.attn_head_dim
         check(head_dim % 2 == 0, "num_heads", f"head dim {head_dim} must be even for rotary embeddings")
         kv = self.kv_heads
         check(kv >= 1 and self.num_heads % kv == 0, "num_kv_heads", f"num_heads {self.num_heads} must be a multiple of num_kv_heads {kv}")
@@ -62,6 +66,11 @@ class SeqRecConfig:
         return self.num_kv_heads or self.num_heads
 
     @property
+    def attn_head_dim(self) -> int:
+        """Width of one attention head (explicit after head pruning, else hidden_size // num_heads)."""
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
     def ffn_size(self) -> int:
         return self.intermediate_size or 4 * self.hidden_size
 
@@ -72,8 +81,8 @@ class SeqRecConfig:
     def num_parameters(self, include_embeddings: bool = True) -> int:
         """Exact parameter count (matches `sum(p.numel())` of the built model)."""
         h, f, L = self.hidden_size, self.ffn_size, self.num_layers
-        head_dim = h // self.num_heads
-        attn = h * h * 2 + 2 * h * self.kv_heads * head_dim  # q, o + k, v (no biases)
+        head_dim = self.attn_head_dim
+        attn = 2 * h * self.num_heads * head_dim + 2 * h * self.kv_heads * head_dim  # q, o + k, v (no biases)
         mlp = 3 * h * f  # gate, up, down
         per_layer = attn + mlp + 2 * h  # two RMSNorms
         total = L * per_layer + h  # final norm

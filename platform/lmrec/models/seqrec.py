@@ -8,7 +8,7 @@ Imports neither ray nor torch.distributed: sharding wraps a finished model in
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ def llama_config(cfg: SeqRecConfig) -> LlamaConfig:
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.attn_head_dim,
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.rms_norm_eps,
         rope_theta=cfg.rope_theta,
@@ -72,13 +73,18 @@ class SeqRecModel(nn.Module):
         input_ids: torch.Tensor,
         targets: Optional[torch.Tensor] = None,
         candidates: Optional[torch.Tensor] = None,
+        head: Optional[Callable[["SeqRecModel", torch.Tensor], torch.Tensor]] = None,
     ) -> torch.Tensor:
         """With `targets` (B, L): the scalar training loss over non-pad targets.
 
         Without: scores of the last position, (B, num_items + 1) over the whole catalog
         (column 0 = -inf), or (B, C) over `candidates` (B, C) when given.
+        With `head`: `head(self, hidden)` on the (B, L, hidden) states, computed inside
+        forward so that sharded parameters are gathered (distillation losses use it).
         """
         hidden = self.encode(input_ids)
+        if head is not None:
+            return head(self, hidden)
         if targets is not None:
             return self._loss(hidden, targets)
         last = hidden[:, -1, :]
