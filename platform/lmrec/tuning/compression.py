@@ -268,6 +268,11 @@ class ExtraMetricsContext:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
         self.inner.report({**{safe_key(k): v for k, v in metrics.items()}, **self.extra}, checkpoint_dir)
 
+    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
+        publish = getattr(self.inner, "publish", None)
+        if publish is not None:
+            publish(values, tags)
+
 
 def _load_teacher(config: dict[str, Any]) -> Any:
     """The teacher in this process: the driver's folder when visible here, else downloaded."""
