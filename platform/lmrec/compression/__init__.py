@@ -10,6 +10,7 @@ from a `CompressionSpec` with `build_variant` (or its pieces).
 from lmrec.compression.artifacts import load_variant, parameter_count, save_variant, weight_bytes
 from lmrec.compression.distill import TeacherTopK, check_teacher_catalog, distillation_loss, soft_kl
 from lmrec.compression.latency import LatencyConfig, measure_latencies, measure_latency
+from lmrec.compression.pipeline import VariantResult, build_variant, starting_model, training_steps
 from lmrec.compression.prune import (
     StructuredPlan,
     magnitude_prune,
@@ -27,6 +28,8 @@ __all__ = [
     "LatencyConfig",
     "StructuredPlan",
     "TeacherTopK",
+    "VariantResult",
+    "build_variant",
     "cast_weights",
     "check_teacher_catalog",
     "distillation_loss",
@@ -43,5 +46,7 @@ __all__ = [
     "save_variant",
     "soft_kl",
     "sparsity",
+    "starting_model",
+    "training_steps",
     "weight_bytes",
 ]

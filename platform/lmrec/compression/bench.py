@@ -148,7 +148,7 @@ def _quality(model: SeqRecModel, data: Any, cfg: BenchmarkConfig) -> dict[str, f
 def _only(spec: CompressionSpec, what: str) -> bool:
     """The variant applies only technique `what`, so its target can be judged on its own."""
     student, pruned, quant = spec.has_student, spec.prune != "none", spec.quantize != "none"
-    return {"distill": student and not pruned and not quant,
+    return {"distill": student and spec.alpha > 0 and not pruned and not quant,  # alpha 0: trained, not distilled
             "int8": spec.quantize == "int8" and not student and not pruned,
             "structured50": spec.prune == "structured" and abs(spec.prune_amount - 0.5) < 1e-9 and not student and not quant}[what]
 

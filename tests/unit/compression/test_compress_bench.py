@@ -23,11 +23,12 @@ def test_target_verdicts() -> None:
     specs = {
         "s": CompressionSpec(name="s", student_hidden=8, distill_steps=1),
         "s-big": CompressionSpec(name="s-big", student_layers=1, distill_steps=1),
+        "s-plain": CompressionSpec(name="s-plain", student_hidden=8, distill_steps=1, alpha=0.0),  # not distilled
         "q": CompressionSpec(name="q", quantize="int8"),
         "p": CompressionSpec(name="p", prune="structured", prune_amount=0.5),
         "p-q": CompressionSpec(name="p-q", prune="structured", prune_amount=0.5, quantize="int8"),  # mixed: no verdict
     }
-    rows = [_row("teacher", 1000, 0.20, 10.0, 100.0), _row("s", 200, 0.195, 3.0, 20.0), _row("s-big", 400, 0.2, 5.0, 50.0),
+    rows = [_row("teacher", 1000, 0.20, 10.0, 100.0), _row("s", 200, 0.195, 3.0, 20.0), _row("s-big", 400, 0.2, 5.0, 50.0), _row("s-plain", 200, 0.2, 3.0, 20.0),
             _row("q", 1000, 0.197, 6.0, 45.0), _row("p", 550, 0.15, 7.0, 60.0), _row("p-q", 550, 0.15, 4.0, 30.0)]
     verdicts = {v["variant"]: v for v in check_targets(rows, specs, [1, 64])}
     assert set(verdicts) == {"s", "s-big", "q", "p"}
