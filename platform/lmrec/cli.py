@@ -118,6 +118,19 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    import json
+
+    from lmrec.pipeline import PipelineConfig, run_pipeline
+
+    cfg = load_config(PipelineConfig, args.config, args.overrides)  # fails here, before Ray, on bad keys
+    state = run_pipeline(cfg)
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "args"} for k, v in state["stages"].items()},
+                     indent=1, default=str))
+    print(f"pipeline run: {state['pipeline_run_id']}")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from lmrec.cluster import jobs
 
@@ -228,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="to_alias", default="champion")
     s.add_argument("--version", help="point the alias at this version instead of --from's")
     s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("pipeline", help="the whole loop as one job, resumable per stage (same name = resume)")
+    s.add_argument("--config", help="YAML under jobs/configs/pipeline/")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_pipeline)
 
     s = sub.add_parser("submit", help="submit jobs/<job>.py to a Ray cluster (Jobs SDK), validated locally first",
                        epilog="example: lmrec submit train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3")

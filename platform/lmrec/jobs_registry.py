@@ -10,6 +10,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "tune_exploration": "lmrec.tuning.exploration:TuneExplorationConfig",
     "benchmark_compression": "lmrec.compression.bench:BenchmarkConfig",
     "tune_compression": "lmrec.tuning.compression:TuneCompressionConfig",
+    "pipeline": "lmrec.pipeline:PipelineConfig",
 }
 
 
