@@ -226,6 +226,7 @@ def test_cluster_serve_yaml_is_the_same_app_with_the_api_key_on() -> None:
     assert "LMREC_SERVE_API_KEY" in (ROOT / "cluster.yaml").read_text()
     assert cluster["runtime_env"]["working_dir"].startswith("local:///")  # `serve deploy` rejects "."
     _validate_serve_deploy_schema(cluster_config)
+    _validate_serve_deploy_schema(yaml.safe_load(SERVE_YAML.read_text()))  # the local one too
 
 
 # ---------------------------------------------------------------- KubeRay

@@ -2,7 +2,7 @@
 
 `serve_apps/` sits beside `platform/` in the repository, not inside the installed
 package, so it is shipped to the replicas as a `py_modules` entry of the runtime env —
-the same thing `working_dir: "."` does for `serve deploy serve_apps/recommender.yaml`.
+what running `serve run serve_apps/recommender.yaml` from the repo root does.
 """
 
 from __future__ import annotations
