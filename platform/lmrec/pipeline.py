@@ -170,7 +170,8 @@ def stage_compress(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) 
 
     train = st.output("train")
     ccfg = replace(cfg.compress, [f"teacher={train['model_uri']}", f"tracking.parent_run_id={ctx['pipeline_run_id']}",
-                                  f"search.name={cfg.name}-compress"])
+                                  f"search.name={cfg.name}-compress",
+                                  f"tracking.model_name={cfg.train.tracking.model_name}"])  # the front joins the teacher's model
     ccfg.data = cfg.train.data  # the teacher's own dataset: its catalog matches by construction
     result = run_compression_search(ccfg)
     _tag(result.parent_run_id, ctx, cfg)

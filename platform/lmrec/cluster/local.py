@@ -102,6 +102,7 @@ class RayHead:
     dashboard_url: str  # Jobs API / dashboard
     temp_dir: str
     port: int
+    metrics_port: int = 0  # the head's Prometheus endpoint: http://127.0.0.1:<metrics_port>/metrics
 
     def stop(self) -> None:
         stop_ray_head(self.temp_dir)
@@ -111,13 +112,14 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     """`ray start --head` on loopback with its own temp dir (so teardown kills only it)."""
     port = free_port()
     dash = free_port()
+    metrics_port = free_port()
     # A short path: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="lr", dir="/tmp")
     cmd = [
         str(BIN / "ray"), "start", "--head",
         f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
         "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={metrics_port}",
         f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]
@@ -134,7 +136,7 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     except BaseException:
         stop_ray_head(temp_dir)
         raise
-    return RayHead(f"127.0.0.1:{port}", url, temp_dir, port)
+    return RayHead(f"127.0.0.1:{port}", url, temp_dir, port, metrics_port)
 
 
 def stop_ray_head(temp_dir: str) -> None:

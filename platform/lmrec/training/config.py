@@ -31,6 +31,8 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # PACK fills nodes first; SPREAD / STRICT_SPREAD put workers on different nodes (one per node)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     strategy: Literal["fsdp", "ddp", "none"] = "fsdp"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     # checkpoints and fault tolerance

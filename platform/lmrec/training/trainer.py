@@ -63,7 +63,8 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, storage_path: str, callbac
         train_loop_per_worker,
         train_loop_config=to_dict(cfg),
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=tc.placement_strategy),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
