@@ -136,6 +136,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     out = jobs.submit(args.job, args.config, args.overrides, address=args.address, working_dir=args.working_dir,
                       tracking_uri=args.tracking_uri, submission_id=args.submission_id)
+    if out.get("note"):
+        print(f"note: {out['note']}")
     print(f"submitted {out['submission_id']}: {out['entrypoint']}")
     print(f"dashboard: {out['dashboard_url']}")
     if args.wait:

@@ -80,13 +80,25 @@ def submit(
     addr = resolve_address(address)
     env_vars = dict(env or {})
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    note = ""
+    if uri and _is_loopback(uri) and not _is_loopback(addr):
+        # A laptop's tunnel (ray attach -p 5000) is not reachable from the cluster's workers:
+        # leave the nodes' own MLFLOW_TRACKING_URI (cluster.yaml exports it) in charge.
+        note = f"not forwarding MLFLOW_TRACKING_URI={uri} (loopback) to a remote cluster; its nodes use their own"
+    elif uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri
     sid = submission_id or f"lmrec-{job}-{time.strftime('%Y%m%d-%H%M%S')}"
     runtime_env: dict[str, Any] = {"working_dir": str(root), "env_vars": env_vars}
     sid = _client(addr).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid,
                                    metadata={"lmrec.job": job, "lmrec.config": config or ""})
-    return {"submission_id": sid, "dashboard_url": f"{addr}/#/jobs/{sid}", "entrypoint": entrypoint}
+    return {"submission_id": sid, "dashboard_url": f"{addr}/#/jobs/{sid}", "entrypoint": entrypoint, "note": note}
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(url if "://" in url else f"http://{url}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def status(submission_id: Optional[str] = None, address: Optional[str] = None) -> list[dict[str, Any]]:
