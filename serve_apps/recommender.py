@@ -74,6 +74,28 @@ def _read_api_key(cfg: ServeConfig) -> Optional[str]:
     return None
 
 
+async def _call_upstream(method: Any, retry_s: float, *args: Any) -> dict[str, Any]:
+    """Call a deployment method; retry while its replica is dead or restarting, else a 503 body.
+
+    Both calls are safe to repeat: ranking is read-only, and the feedback log refuses a
+    duplicate (request_id, item_id) only after it was durably written, so a retried
+    acknowledged feedback answers 409 instead of writing twice.
+    """
+    from ray.exceptions import RayActorError
+
+    deadline = time.monotonic() + retry_s
+    delay = 0.05
+    while True:
+        try:
+            return await method.remote(*args)
+        except RayActorError as exc:  # ActorDiedError / ActorUnavailableError: the replica is gone
+            if time.monotonic() + delay > deadline:
+                log.warning("upstream unavailable after %.0fs of retries: %s", retry_s, type(exc).__name__)
+                return {"error": f"service temporarily unavailable ({type(exc).__name__}); retry later", "status": 503}
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 # ---------------------------------------------------------------- FeedbackLog
 
 
@@ -88,6 +110,9 @@ class FeedbackLog:
         self.cfg = from_dict(ServeConfig, cfg)
         root = Path(self.cfg.feedback.log_dir or (lmrec_home() / "feedback_logs"))
         self.store = FeedbackStore(self.cfg.feedback, root)
+        if root.exists():  # a restarted replica: make earlier slates joinable again
+            recovered = self.store.recover()
+            log.info("feedback log recovered from %s: %s", root, recovered)
         self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._tasks = [asyncio.get_event_loop().create_task(self._committer()),
@@ -209,6 +234,16 @@ class Ranker:
         self._slates = 0
         self._explored = 0
         self._apply_batch_config(self.cfg.batch.max_batch_size, self.cfg.batch.batch_wait_timeout_s)
+        # Load before the constructor returns: Serve routes traffic to a replica only once it is
+        # RUNNING, so a new replica (scale-up, restart after a crash) never answers "not loaded".
+        # If the registry is unreachable now, the replica still starts and keeps retrying.
+        try:
+            from lmrec.serving.runtime import load_model
+
+            self._install(load_model(self.model_uri, self.cfg))
+        except Exception as exc:  # noqa: BLE001
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.warning("initial model load failed (%s); retrying in the background", self.load_error)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
                        loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias())]
@@ -277,6 +312,8 @@ class Ranker:
             num = float(str(loaded.info.get("version") or 0))
         except ValueError:
             num = 0.0
+        if old is not None and old.version != loaded.version:  # the old series reads 0, not a stale version
+            self._m_version.set(0.0, tags={"replica": self.replica, "model": old.version})
         self._m_version.set(num, tags={"replica": self.replica, "model": loaded.version})
         log.info("serving %s (was %s)", loaded.version, old.version if old else None)
 
@@ -487,7 +524,7 @@ class Ingress:
         if body.history is not None and len(body.history) > self.cfg.max_history:
             self._observe("recommend", 422, t0)
             return _error(422, f"history has {len(body.history)} items; the limit is {self.cfg.max_history}")
-        result = await self.ranker.recommend.remote(body.model_dump())
+        result = await _call_upstream(self.ranker.recommend, self.cfg.upstream_retry_s, body.model_dump())
         status = int(result.pop("status", 200)) if "error" in result else 200
         self._observe("recommend", status, t0)
         return _error(status, result["error"]) if status != 200 else result
@@ -501,21 +538,26 @@ class Ingress:
         if denied is not None:
             self._observe("feedback", 401, t0)
             return denied
-        result = await self.feedback_log.feedback.remote(body.request_id, body.item_id, body.reward)
+        result = await _call_upstream(self.feedback_log.feedback, self.cfg.upstream_retry_s,
+                                      body.request_id, body.item_id, body.reward)
         status = int(result.pop("status", 200)) if "error" in result else 200
         self._observe("feedback", status, t0)
         return _error(status, result["error"]) if status != 200 else result
 
     @API.get("/healthz")
     async def healthz(self) -> Any:
-        st = await self.ranker.status.remote()
+        st = await _call_upstream(self.ranker.status, 0.0)
+        if "error" in st:
+            return _error(503, st["error"])
         if not st["ready"]:
             return _error(503, "model not loaded", st.get("load_error"))
         return {"status": "ok", "model_version": st["model_version"]}
 
     @API.get("/version", response_model=VersionResponse)
     async def version(self) -> Any:
-        st = await self.ranker.status.remote()
+        st = await _call_upstream(self.ranker.status, self.cfg.upstream_retry_s)
+        if "error" in st:
+            return _error(503, st["error"])
         return {**{k: st.get(k) for k in VersionResponse.model_fields if k in st}, "lmrec_version": lmrec.__version__}
 
 

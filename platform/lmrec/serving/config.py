@@ -94,6 +94,9 @@ class ServeConfig:
     api_key_env: Optional[str] = None  # name of an env var holding the API key
     api_key_file: Optional[str] = None  # or a file holding it; either turns the key check on
     api_key_header: str = "X-API-Key"
+    # A ranker or feedback-log replica that dies mid-request (node loss, OOM kill) is retried on
+    # another (or its restarted) replica for up to this long before the client gets a 503.
+    upstream_retry_s: float = 30.0
     # Per-deployment Serve options (num_replicas, autoscaling_config, ray_actor_options,
     # max_ongoing_requests) for Ingress / Ranker / FeedbackLog when deploying from Python;
     # a serve-deploy YAML sets the same under `deployments:`.
@@ -107,6 +110,7 @@ class ServeConfig:
         check(self.max_k >= 1, "max_k", "must be >= 1")
         check(self.exploration.num_candidates >= 1, "exploration.num_candidates", "must be >= 1")
         check(bool(self.api_key_header), "api_key_header", "must not be empty")
+        check(self.upstream_retry_s >= 0, "upstream_retry_s", "must be >= 0")
         allowed = {"num_replicas", "autoscaling_config", "ray_actor_options", "max_ongoing_requests",
                    "graceful_shutdown_timeout_s", "health_check_period_s"}
         for name, opts in self.deployments.items():

@@ -68,6 +68,46 @@ class FeedbackStore:
         self.clicks = 0
         self.event_files: list[Path] = []
 
+    # ---- restart
+    def recover(self) -> dict[str, int]:
+        """Rebuild the join window from the log on disk after a restart of the owning replica.
+
+        The newest `max_impressions` logged slates become joinable again (with their
+        exploration statistics), and feedback already written for them is marked seen, so a
+        client retrying an acknowledged feedback gets 409 rather than a second row.
+        Impressions still buffered in the dead process's memory are not on disk and stay lost.
+        """
+        import pyarrow.parquet as pq
+
+        cols = ["request_id", "candidates", "scores", "slate", "propensities", "policy", "policy_params",
+                "user_id", "model_version"]
+        files = sorted((self.root / "impressions").rglob("*.parquet"), key=lambda p: p.name, reverse=True)
+        rows: list[dict[str, Any]] = []
+        for f in files:  # newest first, until the window is full
+            rows = pq.read_table(f, columns=cols).to_pylist() + rows
+            if len(rows) >= self.cfg.max_impressions:
+                rows = rows[-self.cfg.max_impressions:]
+                break
+        with self._lock:
+            for rec in rows:
+                self._impressions[rec["request_id"]] = rec
+                self._count_impression(rec)
+            self.impressions_logged += len(rows)
+        events = 0
+        for f in sorted((self.root / "feedback").rglob("*.parquet")):
+            t = pq.read_table(f, columns=["request_id", "item_id", "reward"]).to_pylist()
+            with self._lock:
+                for r in t:
+                    if r["request_id"] in self._impressions:
+                        self._seen.add((r["request_id"], int(r["item_id"])))
+                        if r["reward"] > 0:
+                            st = self._stats.setdefault(int(r["item_id"]), [1, 0, 0])
+                            st[1] = min(st[1] + 1, st[0])
+                self.events_written += len(t)
+                self.clicks += sum(1 for r in t if r["reward"] > 0)
+            events += len(t)
+        return {"impressions": len(rows), "feedback_events": events}
+
     # ---- impressions
     def add_impressions(self, records: list[dict[str, Any]]) -> int:
         """Remember slates for joining and buffer them for the impression log."""

@@ -56,6 +56,27 @@ def test_feedback_join_dedupe_and_durable_commit(tmp_path: Path) -> None:
     assert sorted(logged.column("request_id").to_pylist()) == ["r1", "r2"]
 
 
+def test_a_restarted_store_recovers_the_join_window_from_disk(tmp_path: Path) -> None:
+    """What a restarted FeedbackLog replica does: earlier slates joinable, written feedback seen."""
+    first = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
+    first.add_impressions([_impression("r1", [5, 6, 7]), _impression("r2", [6, 8, 9])])
+    first.commit([first.event("r1", 6, 1)])
+    first.flush_impressions(force=True)
+    first.add_impressions([_impression("r3", [1, 2])])  # buffered only: dies with the process
+    before = first.state.stats(np.array([5, 6, 7, 8, 9]))
+
+    second = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
+    assert second.recover() == {"impressions": 2, "feedback_events": 1}
+    assert second.has_impression("r1") and second.has_impression("r2") and not second.has_impression("r3")
+    with pytest.raises(RequestError) as e:
+        second.event("r1", 6, 1)  # the acknowledged feedback, retried by a client
+    assert e.value.status == 409
+    assert second.event("r2", 8, 1)["position"] == 1  # still joinable
+    after = second.state.stats(np.array([5, 6, 7, 8, 9]))
+    assert [a.tolist() for a in after[:2]] == [b.tolist() for b in before[:2]]  # impressions and clicks restored
+    assert second.stats()["feedback_events"] == 1 and second.stats()["clicks"] == 1
+
+
 def test_failed_commit_is_not_acknowledged_and_can_be_retried(tmp_path: Path) -> None:
     store = FeedbackStore(FeedbackConfig(), tmp_path)
     store.add_impressions([_impression("r1", [5, 6])])
