@@ -147,3 +147,67 @@ def test_tune_replay_with_validation_period_picks_among_finalists(ray_cluster, m
     assert client.get_run(result.parent_run_id).data.metrics["valid/estimate"] == pytest.approx(chosen["valid"]["estimate"])
     greedy = result.comparison["greedy"]
     assert greedy["diff_vs_greedy"] == 0.0 and all("diff_vs_greedy_se" in m for m in result.comparison.values())
+
+
+def _finished_trials(exp: Path) -> dict[str, int]:
+    """Trials TERMINATED in Tune's last saved experiment state -> result lines in their folder.
+
+    That state, not a trial's own result file, is what a resumed search trusts: a trial
+    that finished after the last state save is (correctly) run again on resume.
+    """
+    import json
+
+    states = sorted(exp.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # being rewritten right now
+        return {}
+    done = {json.loads(t[0])["trial_id"] for t in data["trial_data"] if json.loads(t[0]).get("status") == "TERMINATED"}
+    out = {}
+    for trial_id in done:
+        for f in exp.glob(f"*_{trial_id}_*/result.json"):
+            out[trial_id] = len([ln for ln in f.read_text().splitlines() if ln.strip()])
+    return out
+
+
+def test_interrupted_tune_search_resumes_without_rerunning_finished_trials(ray_cluster, mlflow_server, feedback_logs: Path,  # type: ignore[no-untyped-def]
+                                                                           tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    overrides = [
+        "scenario=logs", f"logs.path={feedback_logs}", "logs.n_bootstrap=200", "logs.n_sim=200", "logs.l2=1.0",
+        "search.num_samples=6", "search.max_concurrent=1", "search.eval_repeats=1", "search.name=it-resume",
+        f"search.storage_path={tmp_path}", "tracking.experiment=it-exploration-resume", "tracking.register=false",
+    ]
+    script = ("import sys; from lmrec.config import load_config; "
+              "from lmrec.tuning.exploration import TuneExplorationConfig, run_exploration_search; "
+              "run_exploration_search(load_config(TuneExplorationConfig, None, sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", script, *overrides], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = tmp_path / "it-resume"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(_finished_trials(exp)) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-search (laptop closed, head pre-empted)
+    proc.wait()
+    before = _finished_trials(exp)
+    assert 2 <= len(before) < 6, before
+    first_run = __import__("json").loads((exp / "lmrec_search.json").read_text())["search_run_id"]
+
+    result = run_exploration_search(load_config(TuneExplorationConfig, None, overrides))  # same name: resumes
+    after = _finished_trials(exp)
+    assert len(after) == 6 and len(result.trials) == 6, (before, after)
+    for trial, lines in before.items():
+        assert lines == 1 and after[trial] == 1, f"finished trial {trial} was run again"
+    assert result.parent_run_id == first_run  # the same MLflow search run continues
+    parent = MlflowClient(mlflow_server.uri).get_run(first_run)
+    assert parent.info.status == "FINISHED" and parent.data.tags["lmrec.trials"] == "6"

@@ -1,4 +1,4 @@
-"""The whole loop submitted from a "laptop" (plain `ray job submit`, then the Ray Jobs SDK) to a real `ray start --head`:
+"""The whole loop submitted from a "laptop" (plain `ray job submit`, then `lmrec submit` over the Ray Jobs SDK) to a real `ray start --head`:
 prepare -> train -> evaluate -> compress -> explore -> promote -> deploy on tiny synthetic data.
 
 It must reach SUCCEEDED, leave one MLflow run per stage linked by the pipeline run ID, set
@@ -36,17 +36,24 @@ def _submit(client, name: str, *overrides: str, cli: bool = False) -> tuple[str,
         env = {**os.environ, "RAY_AUTH_MODE": "token"}  # a laptop client needs the cluster's token
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    else:
-        client.submit_job(entrypoint=" ".join(entry), submission_id=sid,
-                          runtime_env={"working_dir": str(ROOT), "excludes": [".venv", ".git", "out", "**/__pycache__"]})
+    else:  # `lmrec submit`: the config is validated here first, then the Jobs SDK submits it
+        from lmrec.cluster import jobs
+
+        out = jobs.submit("pipeline", "jobs/configs/pipeline/tiny.yaml", [f"name={name}", *overrides],
+                          address=client.get_address(), working_dir=str(ROOT), submission_id=sid)
+        assert out["submission_id"] == sid and out["dashboard_url"].endswith(f"/#/jobs/{sid}")
+        assert not out["note"]  # loopback MLflow + loopback cluster: the URI is forwarded
     deadline = time.time() + 900
     while time.time() < deadline:
         status = client.get_job_status(sid)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             break
         time.sleep(3)
-    logs = client.get_job_logs(sid)
+    from lmrec.cluster import jobs
+
+    logs = jobs.logs(sid, client.get_address())  # what `lmrec logs` prints
     assert status == JobStatus.SUCCEEDED, f"{sid}: {status}\n{logs[-6000:]}"
+    assert jobs.status(sid, client.get_address())[0]["status"].endswith("SUCCEEDED")  # `lmrec status`
     return sid, logs
 
 

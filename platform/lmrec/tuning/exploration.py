@@ -99,6 +99,9 @@ class SearchConfig:
     seed: int = 0
     name: Optional[str] = None  # Ray Tune experiment name
     storage_path: Optional[str] = None  # None: LMREC_HOME/ray_results
+    # An interrupted search with this `name` is continued (finished trials are not re-run, the
+    # searcher's state and the MLflow search run are reused); false starts it over.
+    resume: bool = True
 
     def validate(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
@@ -669,11 +672,20 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
     uri = mt.resolve_tracking_uri(tr.tracking_uri)
     mt.ensure_experiment(tr.experiment, uri)
     name = sc.name or f"explore-{cfg.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_path = Path(sc.storage_path or str(default_storage_path())) / name
+    marker = exp_path / "lmrec_search.json"  # the MLflow search run of this Tune experiment
+    resuming = sc.resume and marker.exists() and tune.Tuner.can_restore(str(exp_path))
     unused = {"obd", "logs", "replay"} - {cfg.scenario}  # other scenarios' sections are noise in the params
     params = {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in unused}
-    parent = mt.start_run(tr.experiment, tr.run_name or name, params,
-                          {"lmrec.kind": "exploration_search", "lmrec.scenario": cfg.scenario, "lmrec.tune_name": name},
-                          parent_run_id=tr.parent_run_id, uri=uri)
+    if resuming:
+        parent = json.loads(marker.read_text())["search_run_id"]
+        print(f"[lmrec.explore] resuming Tune experiment {exp_path} (MLflow search run {parent})", flush=True)
+    else:
+        parent = mt.start_run(tr.experiment, tr.run_name or name, params,
+                              {"lmrec.kind": "exploration_search", "lmrec.scenario": cfg.scenario, "lmrec.tune_name": name},
+                              parent_run_id=tr.parent_run_id, uri=uri)
+        exp_path.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"search_run_id": parent, "tracking_uri": uri}))
     logger = mt.RunLogger(parent, uri)
     logger.json(scenario.info, "scenario.json")
     print(f"[lmrec.explore] scenario {cfg.scenario}: {json.dumps(scenario.info, default=str)[:400]}", flush=True)
@@ -698,13 +710,15 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
         tracking_uri=uri, experiment_name=tr.experiment,
         tags={"mlflow.parentRunId": parent, "lmrec.kind": "exploration_trial", "lmrec.search_run_id": parent},
     )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent),
-                                    scheduler=scheduler, num_samples=sc.num_samples, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=sc.storage_path or str(default_storage_path()),
-                                  callbacks=[callback], verbose=1),
-    )
+    if resuming:  # searcher, scheduler and callbacks come back from the experiment's own state
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent),
+                                        scheduler=scheduler, num_samples=sc.num_samples, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(exp_path.parent), callbacks=[callback], verbose=1),
+        )
     selection: list[dict[str, Any]] = []
     try:
         grid = tuner.fit()
