@@ -118,6 +118,52 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def front_versions(model_name: str, tracking_uri: Optional[str] = None, search_run_id: Optional[str] = None) -> list[dict[str, str]]:
+    """Registered compressed variants (the Pareto fronts of compression searches), newest first."""
+    from mlflow import MlflowClient
+
+    from lmrec.tracking.mlflow_utils import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    rows = []
+    for mv in client.search_model_versions(f"name='{model_name}'"):
+        tags = dict(mv.tags or {})
+        if tags.get("kind") != "compressed" or (search_run_id and tags.get("search_run_id") != search_run_id):
+            continue
+        rows.append({"version": str(mv.version), "aliases": ",".join(getattr(mv, "aliases", []) or []),
+                     "ndcg_at_10": tags.get("ndcg_at_10", ""), "size_bytes": tags.get("size_bytes", ""),
+                     **{k: v for k, v in tags.items() if k.startswith(("compression.", "p50_ms_"))},
+                     "search_run_id": tags.get("search_run_id", "")})
+    return sorted(rows, key=lambda r: -int(r["version"]))
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    if args.front:
+        rows = front_versions(args.model_name, args.tracking_uri, args.search_run)
+        if not rows:
+            print(f"no compressed versions of {args.model_name} are registered (run `lmrec compress --config ...` first)")
+            return 1
+        cols = ["version", "aliases", "ndcg_at_10", "size_bytes"] + sorted({k for r in rows for k in r if k.startswith(("compression.", "p50_ms_"))})
+        print("  ".join(f"{c:>14}" for c in cols))
+        for r in rows:
+            print("  ".join(f"{str(r.get(c, '')):>14}" for c in cols))
+        print("\npick one and make it the champion (serving hot-swaps to it):\n"
+              f"  lmrec promote --name {args.model_name} --version <version> --to champion")
+        return 0
+    from lmrec.tuning.compression import TuneCompressionConfig, run_compression_search
+
+    cfg = load_config(TuneCompressionConfig, args.config, args.overrides)  # fails here, before Ray, on bad keys
+    try:
+        result = run_compression_search(cfg)
+    except ValueError as exc:  # unknown teacher version / catalog mismatch: before any trial
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"search run {result.parent_run_id}: front {[r.get('model_version') for r in result.front]}, "
+          f"{len(result.failed)} failed trial(s)")
+    print(f"list it: lmrec compress --front --search-run {result.parent_run_id}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     import json
 
@@ -243,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="to_alias", default="champion")
     s.add_argument("--version", help="point the alias at this version instead of --from's")
     s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("compress", help="compression search on Ray Tune, or --front to list the registered variants to promote",
+                       epilog="examples: lmrec compress --config jobs/configs/tune_compression/ml100k.yaml teacher=models:/lmrec-seqrec/3\n"
+                              "          lmrec compress --front  then  lmrec promote --version <v> --to champion")
+    s.add_argument("--config", help="YAML under jobs/configs/tune_compression/")
+    s.add_argument("--front", action="store_true", help="list registered compressed versions instead of searching")
+    s.add_argument("--search-run", help="with --front: only this search's variants")
+    s.add_argument("--model-name", default="lmrec-seqrec")
+    s.add_argument("--tracking-uri")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("pipeline", help="the whole loop as one job, resumable per stage (same name = resume)")
     s.add_argument("--config", help="YAML under jobs/configs/pipeline/")

@@ -107,6 +107,16 @@ def test_search_nests_trials_registers_the_front_and_survives_a_failing_trial(
         assert meta["compression"]["quantization"] == row["spec"]["quantize"]
     assert (tmp_path / "out.json").exists()
 
+    # `lmrec compress --front` lists exactly this search's registered variants; `lmrec promote` picks one.
+    from lmrec.cli import front_versions, main
+
+    listed = front_versions("lmrec-seqrec", mlflow_server.uri, result.parent_run_id)
+    assert sorted(r["version"] for r in listed) == sorted(str(r["model_version"]) for r in result.front)
+    assert main(["compress", "--front", "--search-run", result.parent_run_id, "--tracking-uri", mlflow_server.uri]) == 0
+    pick = listed[0]["version"]
+    assert main(["promote", "--name", "lmrec-seqrec", "--version", pick, "--to", "it-compressed-champion"]) == 0
+    assert client.get_model_version_by_alias("lmrec-seqrec", "it-compressed-champion").version == pick
+
 
 def test_bad_input_fails_before_any_trial(ray_cluster, mlflow_server, synthetic_prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
