@@ -101,6 +101,19 @@ def test_tune_search_on_logs_nests_trials_and_saves_the_best_policy(ray_cluster,
     assert set(result.comparison) >= {"greedy", "epsilon_greedy (epsilon=0.1)"}
 
 
+def _replay_data() -> list[str]:
+    """ML-100k when its files are here (LMREC_DATA_DIR / ../shared/data), else the synthetic timeline."""
+    from lmrec.data.download import locate_dataset
+    from lmrec.data.readers import dataset_spec
+    from lmrec.paths import data_dir
+
+    try:
+        locate_dataset(dataset_spec("ml-100k"), data_dir(None), download=False)
+        return []
+    except Exception:  # noqa: BLE001 (absent: MovieLens may not be redistributed)
+        return ["replay.dataset=synthetic"]
+
+
 def test_tune_replay_uses_asha_on_intermediate_reports(ray_cluster, mlflow_server) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
 
@@ -108,14 +121,16 @@ def test_tune_replay_uses_asha_on_intermediate_reports(ray_cluster, mlflow_serve
         "scenario=replay", "replay.scorer=popularity", "replay.max_events=600", "replay.calibration_events=300",
         "replay.report_every=100", "search.num_samples=4", "search.max_concurrent=2", "search.grace_period=1",
         "search.eval_repeats=1", "search.scheduler=asha", "tracking.experiment=it-exploration-replay", "tracking.register=false",
+        *_replay_data(),
     ])
     result = run_exploration_search(cfg)
     client = MlflowClient(mlflow_server.uri)
     children = _children(client, result.parent_run_id)
     assert len(children) == 4
     steps = [len(client.get_metric_history(c.info.run_id, "objective")) for c in children]
-    assert max(steps) == 6  # 600 events reported every 100
-    finished = [r for r in result.trials if r.get("metrics", {}).get("events") == 600]
+    events = min(600, result.scenario_info["tune_events"])
+    assert max(steps) == -(-events // 100)  # one report per 100 events (and one for a partial last block)
+    finished = [r for r in result.trials if r.get("metrics", {}).get("events") == events]
     assert result.best_metrics["objective"] == pytest.approx(max(r["metrics"]["objective"] for r in finished))
     assert "replay_heldout.png" in [a.path for a in client.list_artifacts(result.parent_run_id)]
     assert result.policy_uri == f"runs:/{result.parent_run_id}/policy" and result.model_version is None
@@ -132,7 +147,7 @@ def test_tune_replay_with_validation_period_picks_among_finalists(ray_cluster, m
         "replay.valid_frac=0.25", "replay.max_events=400", "replay.calibration_events=300", "replay.report_every=100",
         "space.ucb_c_zero=true", "search.num_samples=4", "search.max_concurrent=2", "search.grace_period=1",
         "search.finalists=3", "search.valid_repeats=2", "search.eval_repeats=2",
-        "tracking.experiment=it-exploration-valid", "tracking.register=false",
+        "tracking.experiment=it-exploration-valid", "tracking.register=false", *_replay_data(),
     ])
     result = run_exploration_search(cfg)
     assert result.scenario_info["valid_events"] > 0 and len(result.scenario_info["split_ts"]) == 3
@@ -184,13 +199,14 @@ def test_interrupted_tune_search_resumes_without_rerunning_finished_trials(ray_c
 
     overrides = [
         "scenario=logs", f"logs.path={feedback_logs}", "logs.n_bootstrap=200", "logs.n_sim=200", "logs.l2=1.0",
-        "search.num_samples=6", "search.max_concurrent=1", "search.eval_repeats=1", "search.name=it-resume",
+        "search.num_samples=10", "search.max_concurrent=1", "search.eval_repeats=1", "search.name=it-resume",
         f"search.storage_path={tmp_path}", "tracking.experiment=it-exploration-resume", "tracking.register=false",
     ]
     script = ("import sys; from lmrec.config import load_config; "
               "from lmrec.tuning.exploration import TuneExplorationConfig, run_exploration_search; "
               "run_exploration_search(load_config(TuneExplorationConfig, None, sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", script, *overrides], env=os.environ.copy(),
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
+    proc = subprocess.Popen([sys.executable, "-c", script, *overrides], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = tmp_path / "it-resume"
     deadline = time.time() + 300
@@ -200,14 +216,14 @@ def test_interrupted_tune_search_resumes_without_rerunning_finished_trials(ray_c
     os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-search (laptop closed, head pre-empted)
     proc.wait()
     before = _finished_trials(exp)
-    assert 2 <= len(before) < 6, before
+    assert 2 <= len(before) < 10, before
     first_run = __import__("json").loads((exp / "lmrec_search.json").read_text())["search_run_id"]
 
     result = run_exploration_search(load_config(TuneExplorationConfig, None, overrides))  # same name: resumes
     after = _finished_trials(exp)
-    assert len(after) == 6 and len(result.trials) == 6, (before, after)
+    assert len(after) == 10 and len(result.trials) == 10, (before, after)
     for trial, lines in before.items():
         assert lines == 1 and after[trial] == 1, f"finished trial {trial} was run again"
     assert result.parent_run_id == first_run  # the same MLflow search run continues
     parent = MlflowClient(mlflow_server.uri).get_run(first_run)
-    assert parent.info.status == "FINISHED" and parent.data.tags["lmrec.trials"] == "6"
+    assert parent.info.status == "FINISHED" and parent.data.tags["lmrec.trials"] == "10"

@@ -316,7 +316,21 @@ def _replay_cache_dir(rc: ReplayScenarioConfig, source_fingerprint: str) -> Path
 
 
 def load_interactions(dataset: str, data_dir: Optional[str]) -> tuple[Any, str]:
-    """The raw interaction table of a MovieLens/SASRec dataset and its file fingerprint."""
+    """The raw interaction table of a MovieLens/SASRec dataset and its file fingerprint.
+
+    `synthetic` (for machines without MovieLens, e.g. tests) generates 600 users over 300
+    items with the hidden cluster chain; every interaction is rated 5 (a click).
+    """
+    if dataset == "synthetic":
+        import pyarrow as pa
+
+        from lmrec.data.config import SyntheticConfig
+        from lmrec.data.synthetic import generate
+
+        scfg = SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=30)
+        table = generate(scfg)
+        table = table.set_column(3, "rating", pa.array(np.full(table.num_rows, 5.0, dtype=np.float32)))
+        return table, f"synthetic:{scfg.num_users}x{scfg.num_items}x{scfg.num_clusters}x{scfg.mean_seq_len}:{scfg.seed}"
     from lmrec.data.download import locate_dataset
     from lmrec.data.prepare import _file_fingerprint
     from lmrec.data.readers import dataset_spec, read_interactions
