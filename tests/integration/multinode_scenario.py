@@ -42,7 +42,10 @@ def main(out_path: str) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lmrec-mn-"))
     report: dict = {"events": []}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    from lmrec.cluster.local import free_port
+
+    # Its own dashboard port: another Ray on this machine (a user's, the test session's) may hold 8265.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": free_port()})
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()

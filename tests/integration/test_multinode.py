@@ -24,7 +24,7 @@ def test_training_spreads_over_nodes_and_survives_losing_one(mlflow_server, tmp_
     report = json.loads(out.read_text())
     detail = f"{report}\n{proc.stderr[-4000:]}"
     assert report["nodes_alive_at_start"] == 3, detail  # head + two workers joined
-    assert len(report["worker_nodes_before"]) == 2, detail  # one training worker per node (STRICT_SPREAD)
+    assert len(report.get("worker_nodes_before", [])) == 2, detail  # one training worker per node (STRICT_SPREAD)
     assert report["removed_node"] in report["worker_nodes_before"], detail
     assert "error" not in report, detail
     assert report["restarts"] >= 1, detail  # the worker group was restarted from a checkpoint
