@@ -43,14 +43,15 @@ def _wait_healthy(url: str, timeout: float = 120) -> dict:
 
 
 @pytest.fixture(scope="module")
-def app_url(serve_model, serve_http, tmp_path_factory) -> str:
+def app_url(serve_model, serve_http, tmp_path_factory):  # type: ignore[no-untyped-def]
     from ray import serve
 
     tmp = tmp_path_factory.mktemp("serve-app")
     serve.run(launch.build_app(_args(tmp)), name="it-main", route_prefix="/main")
     url = f"{serve_http}/main"
     _wait_healthy(url)
-    return url
+    yield url
+    serve.delete("it-main")  # later tests share the 2 cores
 
 
 def test_recommend_feedback_version_and_openapi(app_url: str, serve_model) -> None:
