@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from support import MlflowServer, RayHead, start_mlflow_server, start_ray_head
+from support import SERVE_MODEL, MlflowServer, RayHead, start_mlflow_server, start_ray_head  # noqa: F401
 
 RAY_NUM_CPUS = 6  # oversubscribes 2 real cores on purpose: trainers, Tune trials and Serve share it
 
@@ -48,9 +48,6 @@ def synthetic_prepared(ray_cluster: RayHead):
 
     cfg = DataConfig(dataset="synthetic", synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20))
     return cfg, prepare_dataset(cfg)
-
-
-SERVE_MODEL = "it-serve-seqrec"
 
 
 @pytest.fixture(scope="session")

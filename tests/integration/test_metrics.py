@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import SERVE_MODEL
+from support import SERVE_MODEL
 from lmrec.serving import launch
 
 pytestmark = pytest.mark.integration

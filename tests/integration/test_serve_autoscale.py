@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import requests
 
-from conftest import SERVE_MODEL
+from support import SERVE_MODEL
 from lmrec.serving import launch
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from conftest import SERVE_MODEL
+from support import SERVE_MODEL
 from lmrec.serving import launch
 
 pytestmark = pytest.mark.integration
