@@ -105,7 +105,7 @@ class RayHead:
     metrics_port: int = 0  # the head's Prometheus endpoint: http://127.0.0.1:<metrics_port>/metrics
 
     def stop(self) -> None:
-        stop_ray_head(self.temp_dir)
+        stop_ray_head(self.temp_dir, gcs_port=self.port)
 
 
 def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> RayHead:
@@ -139,8 +139,12 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     return RayHead(f"127.0.0.1:{port}", url, temp_dir, port, metrics_port)
 
 
-def stop_ray_head(temp_dir: str) -> None:
-    """Kill every process of the head started with `temp_dir` (and their children)."""
+def stop_ray_head(temp_dir: str, gcs_port: Optional[int] = None) -> None:
+    """Kill every process of the head started with `temp_dir` (and their children).
+
+    The Ray client server names only the GCS address, not the temp dir: with `gcs_port` it
+    is matched by `--address=<host>:<gcs_port>` (it would otherwise outlive the head).
+    """
     import psutil
 
     me = psutil.Process()
@@ -150,7 +154,10 @@ def stop_ray_head(temp_dir: str) -> None:
         if p.info["pid"] in spared:
             continue
         try:
-            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+            cmd = p.info["cmdline"] or []
+            if any(temp_dir in part for part in cmd) or (
+                gcs_port and any(part.startswith("--address=") and part.endswith(f":{gcs_port}") for part in cmd)
+            ):
                 procs.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
