@@ -200,9 +200,12 @@ class FeedbackLog:
 # ---------------------------------------------------------------- Ranker
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
-class Ranker:
-    """Ranks with the current model version; explores; hot-swaps versions in the background."""
+class RankerCore:
+    """Ranks with the current model version; explores; hot-swaps versions in the background.
+
+    A plain class so that it can run in either process: as the `Ranker` deployment
+    (topology `split`, the default) or inside the `Ingress` replica (topology `fused`).
+    """
 
     def __init__(self, cfg: dict[str, Any], feedback_log: Any) -> None:
         from ray.util import metrics
@@ -481,25 +484,46 @@ class Ranker:
         }
 
 
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
+class Ranker(RankerCore):
+    """The model deployment of the `split` topology, called by the Ingress through a handle."""
+
+
 # ---------------------------------------------------------------- Ingress
 
 
 @serve.deployment(max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(API)
 class Ingress:
-    """HTTP front: validation, API key, error mapping (4xx for client errors), latency metrics."""
+    """HTTP front: validation, API key, error mapping (4xx for client errors), latency metrics.
+
+    `ranker` is the Ranker deployment's handle (topology `split`), or None (topology
+    `fused`): then this replica holds the model itself and ranks in-process.
+    """
 
     def __init__(self, cfg: dict[str, Any], ranker: Any, feedback_log: Any) -> None:
         from ray.util import metrics
 
         self.cfg = from_dict(ServeConfig, cfg)
         self.ranker = ranker
+        self.core = RankerCore(cfg, feedback_log) if ranker is None else None
         self.feedback_log = feedback_log
         self.api_key = _read_api_key(self.cfg)
         self._latency = metrics.Histogram(
             "lmrec_serve_request_latency_ms", description="end-to-end handler latency",
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], tag_keys=("endpoint", "status"),
         )
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Fused topology: batch settings, policy and model_uri applied live, as on a Ranker."""
+        if self.core is None:
+            raise ValueError("user_config on the Ingress applies only to topology 'fused'; set it on the Ranker")
+        await self.core.reconfigure(user_config)
+
+    async def _ranker_call(self, method: str, retry_s: float, *args: Any) -> dict[str, Any]:
+        if self.core is not None:  # fused: same process, no hop
+            return await getattr(self.core, method)(*args)
+        return await _call_upstream(getattr(self.ranker, method), retry_s, *args)
 
     def _check_key(self, request: Request) -> Optional[JSONResponse]:
         if self.api_key is None:
@@ -524,7 +548,7 @@ class Ingress:
         if body.history is not None and len(body.history) > self.cfg.max_history:
             self._observe("recommend", 422, t0)
             return _error(422, f"history has {len(body.history)} items; the limit is {self.cfg.max_history}")
-        result = await _call_upstream(self.ranker.recommend, self.cfg.upstream_retry_s, body.model_dump())
+        result = await self._ranker_call("recommend", self.cfg.upstream_retry_s, body.model_dump())
         status = int(result.pop("status", 200)) if "error" in result else 200
         self._observe("recommend", status, t0)
         return _error(status, result["error"]) if status != 200 else result
@@ -546,7 +570,7 @@ class Ingress:
 
     @API.get("/healthz")
     async def healthz(self) -> Any:
-        st = await _call_upstream(self.ranker.status, 0.0)
+        st = await self._ranker_call("status", 0.0)
         if "error" in st:
             return _error(503, st["error"])
         if not st["ready"]:
@@ -555,14 +579,19 @@ class Ingress:
 
     @API.get("/version", response_model=VersionResponse)
     async def version(self) -> Any:
-        st = await _call_upstream(self.ranker.status, self.cfg.upstream_retry_s)
+        st = await self._ranker_call("status", self.cfg.upstream_retry_s)
         if "error" in st:
             return _error(503, st["error"])
         return {**{k: st.get(k) for k in VersionResponse.model_fields if k in st}, "lmrec_version": lmrec.__version__}
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate `args` (ServeConfig keys; errors name the key) and bind the three deployments."""
+    """Validate `args` (ServeConfig keys; errors name the key) and bind the deployments.
+
+    Topology `split`: Ingress -> Ranker -> FeedbackLog. Topology `fused`: the Ingress
+    ranks in-process (Ingress -> FeedbackLog), one hop fewer per request; its replicas
+    take the Ranker's defaults (1 CPU, user_config for batching and hot-swap).
+    """
     cfg = from_dict(ServeConfig, dict(args or {}))
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         # Fail at build time, before anything is deployed, when the secret is missing.
@@ -570,8 +599,9 @@ def build_app(args: dict[str, Any]) -> Application:
     plain = to_dict(cfg)
     opts = cfg.deployments
     feedback_log = FeedbackLog.options(**opts.get("FeedbackLog", {})).bind(plain)
-    ranker = Ranker.options(
-        user_config={"max_batch_size": cfg.batch.max_batch_size, "batch_wait_timeout_s": cfg.batch.batch_wait_timeout_s},
-        **opts.get("Ranker", {}),
-    ).bind(plain, feedback_log)
+    user_config = {"max_batch_size": cfg.batch.max_batch_size, "batch_wait_timeout_s": cfg.batch.batch_wait_timeout_s}
+    if cfg.topology == "fused":
+        fused = {"max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 1}, **opts.get("Ingress", {})}
+        return Ingress.options(user_config=user_config, **fused).bind(plain, None, feedback_log)
+    ranker = Ranker.options(user_config=user_config, **opts.get("Ranker", {})).bind(plain, feedback_log)
     return Ingress.options(**opts.get("Ingress", {})).bind(plain, ranker, feedback_log)

@@ -157,17 +157,19 @@ async def _load(url: str, stop: asyncio.Event, seen: list[tuple[float, int, str]
         await asyncio.gather(*(worker(session, i) for i in range(concurrency)))
 
 
-def test_hot_swap_under_load_drops_nothing(app_url: str, serve_model) -> None:
-    from lmrec.tracking.mlflow_utils import register_model, set_alias
+def _swap_under_load(url: str, serve_model) -> None:  # type: ignore[no-untyped-def]
+    """Move `champion` to a new version under steady load: no failures, and only the new version after."""
+    from lmrec.tracking.mlflow_utils import register_model, resolve_model_version, set_alias
 
+    old = str(requests.get(f"{url}/version").json()["model_version"])
     new_version = register_model(serve_model.run_id, SERVE_MODEL, tags={"kind": "hot-swap-test"})
-    old = f"{SERVE_MODEL}/{serve_model.model_version}"
     new = f"{SERVE_MODEL}/{new_version}"
+    assert old != new and old.startswith(f"{SERVE_MODEL}/")
     seen: list[tuple[float, int, str]] = []
 
     async def scenario() -> float:
         stop = asyncio.Event()
-        load = asyncio.create_task(_load(app_url, stop, seen))
+        load = asyncio.create_task(_load(url, stop, seen))
         await asyncio.sleep(2.0)
         set_alias(SERVE_MODEL, "champion", new_version)  # replicas poll the alias and swap in the background
         deadline = time.monotonic() + 60
@@ -191,3 +193,39 @@ def test_hot_swap_under_load_drops_nothing(app_url: str, serve_model) -> None:
     after = [v for t, _, v in seen if t > swapped_at + 0.5]
     assert after and set(after) == {new}, "responses after the swap must come from the new version only"
     assert len(seen) > 50
+    assert str(resolve_model_version(f"models:/{SERVE_MODEL}@champion")["version"]) == str(new_version)
+
+
+def test_hot_swap_under_load_drops_nothing(app_url: str, serve_model) -> None:
+    assert requests.get(f"{app_url}/version").json()["model_version"] == f"{SERVE_MODEL}/{serve_model.model_version}"
+    _swap_under_load(app_url, serve_model)
+
+
+def test_fused_topology_ranks_in_the_ingress_logs_feedback_and_hot_swaps(serve_model, serve_http, tmp_path: Path) -> None:
+    """topology=fused: no Ranker deployment; the Ingress replica holds the model and does the same job."""
+    from ray import serve
+
+    serve.run(launch.build_app(_args(tmp_path, topology="fused")), name="it-fused", route_prefix="/fused")
+    url = f"{serve_http}/fused"
+    try:
+        _wait_healthy(url)
+        deployments = set(serve.status().applications["it-fused"].deployments)
+        assert deployments == {"Ingress", "FeedbackLog"}, deployments
+        body = {"history": [1, 2, 3], "k": 5, "explore": False}
+        first = requests.post(f"{url}/recommend", json=body)
+        assert first.status_code == 200, first.text
+        first = first.json()
+        assert len(first["items"]) == 5 and first["policy"] == "greedy" and not first["cached"]
+        assert requests.post(f"{url}/recommend", json=body).json()["cached"]
+        explored = [requests.post(f"{url}/recommend", json={**body, "explore": True}).json() for _ in range(30)]
+        assert any(e["explored"] for e in explored) and all(0 < p <= 1 for e in explored for p in e["propensities"])
+        fb = requests.post(f"{url}/feedback", json={"request_id": first["request_id"], "item_id": first["items"][1], "reward": 1})
+        assert fb.status_code == 200 and fb.json()["position"] == 1, fb.text
+        for endpoint, payload, status in FUZZ:  # same 4xx contract as the split topology
+            r = requests.post(f"{url}/{endpoint}", data=payload, headers={"content-type": "application/json"})
+            assert r.status_code == status, (endpoint, payload[:60], r.status_code, r.text[:300])
+        version = requests.get(f"{url}/version").json()
+        assert version["run_id"] == serve_model.run_id and version["num_items"] > 10
+        _swap_under_load(url, serve_model)
+    finally:
+        serve.delete("it-fused")

@@ -79,6 +79,10 @@ class ServeConfig:
     """Everything the recommender app needs, validated before anything is deployed."""
 
     model_uri: str = "models:/lmrec-seqrec@champion"
+    # split: Ingress (HTTP) -> Ranker (model) -> FeedbackLog, each scaled on its own (GPU rankers,
+    # CPU ingress). fused: the Ingress replicas hold the model and rank in-process, one hop fewer
+    # per request: faster when the model shares a few CPU cores with HTTP (docs/benchmarks.md).
+    topology: Literal["split", "fused"] = "split"
     tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
     alias_poll_s: float = 10.0  # re-resolve `models:/name@alias` this often; 0 = never
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -116,6 +120,9 @@ class ServeConfig:
         for name, opts in self.deployments.items():
             check(name in ("Ingress", "Ranker", "FeedbackLog"), f"deployments.{name}",
                   "unknown deployment; choose Ingress, Ranker or FeedbackLog")
+            check(not (name == "Ranker" and self.topology == "fused"), f"deployments.{name}",
+                  "topology 'fused' has no Ranker deployment: the Ingress holds the model, so set its "
+                  "options (num_gpus, autoscaling_config, ...) under deployments.Ingress")
             bad = sorted(set(opts) - allowed)
             check(not bad, f"deployments.{name}.{bad[0] if bad else ''}", f"unknown option; allowed: {sorted(allowed)}")
             check(name != "FeedbackLog" or opts.get("num_replicas", 1) == 1 and "autoscaling_config" not in opts,

@@ -115,6 +115,8 @@ def test_ttl_lru_cache() -> None:
         ({"deployments": {"Ranker": {"replicas": 3}}}, "deployments.Ranker.replicas"),
         ({"deployments": {"FeedbackLog": {"num_replicas": 2}}}, "deployments.FeedbackLog"),
         ({"precision": "int4"}, "precision"),
+        ({"topology": "merged"}, "topology"),
+        ({"topology": "fused", "deployments": {"Ranker": {"num_replicas": 2}}}, "deployments.Ranker"),
     ],
 )
 def test_serve_config_errors_name_the_key(args: dict, key: str) -> None:
