@@ -1,9 +1,10 @@
-"""Serving benchmark: raw forward ceiling vs Ray Serve (3 ingress variants) vs a plain FastAPI peer.
+"""Serving benchmark: raw forward ceiling vs Ray Serve (proxy and topology variants) vs a plain FastAPI peer.
 
 One run, same model, same request bodies, same machine. For each Serve variant a
 fresh Ray head is started with the variant's environment (the proxy settings are
 read when Ray starts): Serve's default Python proxy, the HAProxy ingress
-(`RAY_SERVE_ENABLE_HA_PROXY=1`), and HAProxy with `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`.
+(`RAY_SERVE_ENABLE_HA_PROXY=1`), and HAProxy with `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`, the
+last with both app topologies (`split`: Ingress -> Ranker; `fused`: the Ingress ranks).
 Measured per variant: latency percentiles and throughput at several concurrency
 levels with batching on, throughput with batching off (max_batch_size=1), and
 cache hits vs misses at concurrency 1. Prints a table and writes JSON.
@@ -34,10 +35,13 @@ from lmrec.models.seqrec import SeqRecModel, init_weights_
 from lmrec.models.sizes import build_config
 from lmrec.serving.loadgen import run_load
 
+HAPROXY_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# name -> (Ray environment, app topology)
 VARIANTS = {
-    "serve_default_proxy": {},
-    "serve_haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    "serve_haproxy_throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "serve_default_proxy": ({}, "split"),
+    "serve_haproxy": ({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, "split"),
+    "serve_haproxy_throughput": (HAPROXY_THROUGHPUT, "split"),
+    "serve_haproxy_throughput_fused": (HAPROXY_THROUGHPUT, "fused"),
 }
 
 
@@ -115,7 +119,8 @@ def _levels(url: str, bodies: list[dict[str, Any]], levels: list[int], total: in
     return res
 
 
-def serve_variant(name: str, env: dict[str, str], model_dir: Path, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path, bodies: list[dict[str, Any]],
+                  args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -135,12 +140,16 @@ def serve_variant(name: str, env: dict[str, str], model_dir: Path, bodies: list[
                 "batch": {"max_batch_size": batch, "batch_wait_timeout_s": args.wait_s},
                 "cache": {"enabled": cache}, "alias_poll_s": 0,
                 "feedback": {"log_dir": tempfile.mkdtemp(prefix="lmrec-bench-fb-")},
-                "deployments": {"Ranker": {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 512}},
+                "topology": topology,
+                # the deployment that holds the model: the Ranker (split) or the Ingress (fused)
+                "deployments": {"Ranker" if topology == "split" else "Ingress":
+                                {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 512,
+                                 "num_replicas": args.replicas}},
             }
             serve.run(launch.build_app(app_args), name="bench", route_prefix="/")
             _wait(f"{url}/healthz")
 
-        out: dict[str, Any] = {"env": env}
+        out: dict[str, Any] = {"env": env, "topology": topology}
         deploy(args.batch, cache=False)
         out["batching_on"] = _levels(url, bodies, args.levels, args.requests)
         sat = max(args.levels)
@@ -164,7 +173,8 @@ def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.N
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmrec.serving.peer", "--model-uri", str(model_dir), "--port", str(port),
-         "--max-batch-size", str(args.batch), "--batch-wait-timeout-s", str(args.wait_s), "--threads", str(args.threads)],
+         "--max-batch-size", str(args.batch), "--batch-wait-timeout-s", str(args.wait_s), "--threads", str(args.threads),
+         "--workers", str(args.peer_workers)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     try:
@@ -190,15 +200,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "model": {"size": args.size, "dataset": data.manifest["dataset"], "num_items": data.num_items},
         "k": args.k, "max_batch_size": args.batch, "batch_wait_timeout_s": args.wait_s, "torch_threads": args.threads,
-        "levels": args.levels, "requests_per_level": args.requests, "host": platform.node(), "cpus": os.cpu_count(),
+        "levels": args.levels, "requests_per_level": args.requests, "rounds": args.rounds, "replicas": args.replicas,
+        "peer_workers": args.peer_workers, "host": platform.node(), "cpus": os.cpu_count(),
         "device": "cpu", "unix_time": int(time.time()),
     }
     result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads)
-    result["fastapi_peer"] = fastapi_peer(model_dir, bodies, args)
-    for name in args.variants:
-        result[name] = serve_variant(name, VARIANTS[name], model_dir, bodies, args)
+    rounds: list[dict[str, Any]] = []
+    for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
+        one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
+        for name in args.variants:
+            env, topology = VARIANTS[name]
+            one[name] = serve_variant(name, env, topology, model_dir, bodies, args)
+        one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"]}, args)
+        rounds.append(one)
+        print(f"round {i + 1}/{args.rounds}: " + json.dumps({k: v.get("throughput_vs_fastapi_peer") for k, v in one["ratios"].items()
+                                                              if isinstance(v, dict) and "throughput_vs_fastapi_peer" in v}))
+    for name in ["fastapi_peer", *args.variants]:
+        result[name] = median_cells([r[name] for r in rounds])
     result["ratios"] = ratios(result, args)
+    if args.rounds > 1:
+        result["per_round"] = rounds
+        result["ratios_per_round"] = {name: [r["ratios"][name] for r in rounds] for name in args.variants}
     return result
+
+
+def median_cells(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cell-wise median over rounds of the same nested {section: {level: summary}} structure."""
+    first = blocks[0]
+    if not isinstance(first, dict):
+        return first
+    if "req_per_s" in first:  # one load summary
+        out = dict(first)
+        for key in ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "seconds"):
+            out[key] = round(float(np.median([b[key] for b in blocks])), 2)
+        out["errors"] = int(sum(b["errors"] for b in blocks))
+        out["rounds"] = len(blocks)
+        return out
+    return {k: median_cells([b[k] for b in blocks]) if isinstance(v, dict) else v for k, v in first.items()}
 
 
 def ratios(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -223,10 +261,11 @@ def ratios(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"\nserving benchmark: {r['model']['size']} model over {r['model']['num_items']} items ({r['model']['dataset']}), "
-          f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs")
+          f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs, "
+          f"{r.get('replicas', 1)} model replica(s), {r.get('peer_workers', 1)} peer worker(s), {r.get('rounds', 1)} round(s)")
     rf = r["raw_forward"]
     print("raw forward (no HTTP): " + ", ".join(f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items()))
-    print(f"{'server':<28}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'server':<34}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ["fastapi_peer", *VARIANTS]:
         if name not in r:
             continue
@@ -237,7 +276,7 @@ def print_table(r: dict[str, Any]) -> None:
             rows = block.items() if "req_per_s" not in block else [("c1", block)]
             for level, s in rows:
                 setting = f"{section.replace('batching_', 'batch ')} {level}"
-                print(f"{name:<28}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['errors']:>8}")
+                print(f"{name:<34}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['errors']:>8}")
     print(json.dumps(r["ratios"], indent=1))
 
 
@@ -252,6 +291,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     p.add_argument("--requests", type=int, default=1500, help="requests per concurrency level")
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    p.add_argument("--rounds", type=int, default=1, help="repeat peer + variants; cells are medians over rounds")
+    p.add_argument("--replicas", type=int, default=1, help="replicas of the deployment that holds the model")
+    p.add_argument("--peer-workers", type=int, default=1, help="uvicorn worker processes of the FastAPI peer")
     p.add_argument("--out", default="out/benchmark_serve.json")
     args = p.parse_args(argv)
     result = run(args)

@@ -93,7 +93,17 @@ def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int
     return app
 
 
+def app_from_env() -> Any:
+    """uvicorn factory for `--workers N`: each worker process loads the model and batches on its own."""
+    import os
+
+    return make_app(os.environ["LMREC_PEER_MODEL_URI"], int(os.environ["LMREC_PEER_MAX_BATCH_SIZE"]),
+                    float(os.environ["LMREC_PEER_BATCH_WAIT_S"]), int(os.environ["LMREC_PEER_THREADS"]))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    import os
+
     import uvicorn
 
     p = argparse.ArgumentParser()
@@ -102,7 +112,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each with its own model and batcher)")
     args = p.parse_args(argv)
+    if args.workers > 1:
+        os.environ.update({"LMREC_PEER_MODEL_URI": args.model_uri, "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
+                           "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads)})
+        uvicorn.run("lmrec.serving.peer:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
+                    port=args.port, log_level="warning", access_log=False)
+        return 0
     app = make_app(args.model_uri, args.max_batch_size, args.batch_wait_timeout_s, args.threads)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
     return 0

@@ -152,3 +152,19 @@ def test_request_schemas_are_strict() -> None:
             RecommendRequest(**bad)
     with pytest.raises(ValidationError):
         FeedbackRequest(request_id="a", item_id=1, reward=2)
+
+
+def test_serving_benchmark_takes_cell_wise_medians_over_rounds() -> None:
+    from lmrec.serving.benchmark import median_cells
+
+    def cell(rps: float, p99: float, errors: int = 0) -> dict:
+        return {"requests": 10, "errors": errors, "seconds": 1.0, "req_per_s": rps, "p50_ms": 1.0, "p95_ms": 2.0,
+                "p99_ms": p99, "statuses": {"200": 10}}
+
+    rounds = [{"batching_on": {"c1": cell(10, 5), "c64": cell(100, 50)}},
+              {"batching_on": {"c1": cell(30, 1), "c64": cell(80, 70, errors=1)}},
+              {"batching_on": {"c1": cell(20, 9), "c64": cell(90, 60)}}]
+    med = median_cells(rounds)
+    assert med["batching_on"]["c1"]["req_per_s"] == 20 and med["batching_on"]["c1"]["p99_ms"] == 5
+    assert med["batching_on"]["c64"]["req_per_s"] == 90 and med["batching_on"]["c64"]["p99_ms"] == 60
+    assert med["batching_on"]["c64"]["errors"] == 1 and med["batching_on"]["c64"]["rounds"] == 3
