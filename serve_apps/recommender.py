@@ -224,6 +224,10 @@ class RankerCore:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._m_batch = metrics.Histogram("lmrec_serve_batch_size", description="requests per model forward",
                                           boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+        # Wall time of one batched forward, seen from the replica: the model's own cost plus any
+        # CPU or GIL contention inside the replica (docs/benchmarks.md, Serving).
+        self._m_forward = metrics.Histogram("lmrec_serve_forward_ms", description="wall time of one batched model forward",
+                                            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], tag_keys=("replica",))
         self._m_cache = metrics.Counter("lmrec_serve_cache_requests_total", description="ranked-candidate cache lookups",
                                         tag_keys=("result",))
         self._m_hit_ratio = metrics.Gauge("lmrec_serve_cache_hit_ratio", description="cache hit ratio of this replica",
@@ -387,9 +391,11 @@ class RankerCore:
         for idxs in by_model.values():
             loaded = items[idxs[0]][0]
             n = max(items[i][3] for i in idxs)
+            t0 = time.perf_counter()
             cand, scores = await loop.run_in_executor(
                 None, loaded.rank, [items[i][1] for i in idxs], n, [items[i][2] for i in idxs]
             )
+            self._m_forward.observe((time.perf_counter() - t0) * 1000, tags={"replica": self.replica})
             for j, i in enumerate(idxs):
                 out[i] = (cand[j, : items[i][3]], scores[j, : items[i][3]])
         return out
