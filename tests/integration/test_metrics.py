@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 
 TRAIN = ["lmrec_train_loss", "lmrec_train_samples_per_s", "lmrec_train_global_step",
          "lmrec_train_valid_full_ndcg_10", "lmrec_train_final_test_full_ndcg_10"]
-SERVE = ["lmrec_serve_request_latency_ms_bucket", "lmrec_serve_batch_size_bucket", "lmrec_serve_forward_ms_bucket", "lmrec_serve_cache_requests_total",
-         "lmrec_serve_cache_hit_ratio", "lmrec_serve_slates_total", "lmrec_serve_exploration_rate",
+SERVE = ["lmrec_serve_request_latency_ms_bucket", "lmrec_serve_batch_size_bucket", "lmrec_serve_forward_ms_bucket",
+         "lmrec_serve_cache_requests_total", "lmrec_serve_cache_hit_ratio", "lmrec_serve_slates_total", "lmrec_serve_exploration_rate",
          "lmrec_serve_model_version", "lmrec_serve_click_through_rate", "lmrec_serve_feedback_total"]
 
 

@@ -227,8 +227,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def median_cells(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     """Cell-wise median over rounds of the same nested {section: {level: summary}} structure."""
     first = blocks[0]
-    if not isinstance(first, dict):
-        return first
     if "req_per_s" in first:  # one load summary
         out = dict(first)
         for key in ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "seconds"):

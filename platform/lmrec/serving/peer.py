@@ -114,14 +114,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each with its own model and batcher)")
     args = p.parse_args(argv)
-    if args.workers > 1:
-        os.environ.update({"LMREC_PEER_MODEL_URI": args.model_uri, "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
-                           "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads)})
-        uvicorn.run("lmrec.serving.peer:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
-                    port=args.port, log_level="warning", access_log=False)
-        return 0
-    app = make_app(args.model_uri, args.max_batch_size, args.batch_wait_timeout_s, args.threads)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    # Every worker process (one by default) builds its app from these through the factory.
+    os.environ.update({"LMREC_PEER_MODEL_URI": args.model_uri, "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
+                       "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads)})
+    uvicorn.run("lmrec.serving.peer:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
+                port=args.port, log_level="warning", access_log=False)
     return 0
 
 
