@@ -101,3 +101,48 @@ def test_early_stopping_and_best_epoch_selection(prepared: Path, tmp_path: Path)
     state = read_state(sorted(tmp_path.glob("checkpoint_*"))[-1])
     assert state.stopped_early and state.epochs_completed == [0, 1, 2]
     assert out["best_epoch"] == 0 and state.best_epoch == 0
+
+
+def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_path: Path) -> None:
+    # select_best off: validation still records the best epoch, but no best weights are
+    # saved, so resuming must not ask the checkpoint for them (it used to fail here).
+    extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "eval.every_epochs=1", "eval.max_users=50",
+             "train.select_best=false")
+    calls = {"n": 0}
+
+    def crashing_loss(model, x, y):  # epoch 1, after its mid-epoch checkpoint at global step 15
+        calls["n"] += 1
+        if calls["n"] == 18:
+            raise Crash("simulated worker death")
+        return default_loss(model, x, y)
+
+    ctx = LocalContext(tmp_path)
+    with pytest.raises(Crash):
+        run_training(_cfg(prepared, *extra), ctx, loss_fn=crashing_loss)
+    last = read_state(ctx.checkpoints[-1])
+    assert last is not None and last.epoch == 1 and last.best_epoch == 0 and last.step_in_epoch > 0
+    out = run_training(_cfg(prepared, *extra), LocalContext(tmp_path))
+    state = read_state(sorted(tmp_path.glob("checkpoint_*"))[-1])
+    assert out["restarts"] == 1 and state.epochs_completed == [0, 1]
+
+
+def test_gpu_benchmark_script_runs_its_checks_on_cpu(prepared: Path, tmp_path: Path) -> None:
+    # The no-Ray GPU script (FSDP2 gradients vs one process, crash/resume, serving forward)
+    # on gloo here; on a GPU it runs the same code over NCCL (docs/benchmarks.md).
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "-m", "lmrec.training.gpu_benchmark", "--prepared", str(prepared), "--device", "cpu",
+           "--parts", "fsdp,forward", "--check-size", "tiny", "--resume-steps", "4", "--forward-sizes", "tiny",
+           "--batches", "1,4", "--repeats", "2", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["backend"] == "gloo"
+    assert res["grad_check"]["fsdp_fp32"]["grad_rel_error"] < 1e-5
+    assert res["grad_check"]["fsdp_bf16"]["grad_rel_error"] < 5e-2
+    c = res["crash_resume"]
+    assert c["ok"] and c["global_step"] == 12 and c["epochs_completed"] == [0, 1, 2] and c["resumed_restarts"] == 1
+    assert [r["batch"] for r in res["forward"]] == [1, 4] and all(r["req_per_s"] > 0 for r in res["forward"])

@@ -92,9 +92,15 @@ class LoadedModel:
         x = left_pad([h[-self.max_seq_len :] for h in histories], self.max_seq_len)
         (x,) = trim_padding(x)
         scores = self.model(torch.from_numpy(x).to(self.device)).float()
-        for i, (h, ex) in enumerate(zip(histories, exclude_seen)):
-            if ex and len(h):
-                scores[i, torch.from_numpy(np.asarray(h, dtype=np.int64)).to(scores.device)] = float("-inf")
+        # Seen items of the whole history (not only the window) -> -inf, in one scatter:
+        # rows are padded with PAD_ID, whose column is -inf already.
+        width = max((len(h) for h, ex in zip(histories, exclude_seen) if ex), default=0)
+        if width:
+            seen = np.full((len(histories), width), PAD_ID, dtype=np.int64)
+            for i, (h, ex) in enumerate(zip(histories, exclude_seen)):
+                if ex and len(h):
+                    seen[i, : len(h)] = h
+            scores.scatter_(1, torch.from_numpy(seen).to(scores.device), float("-inf"))
         n = min(n, self.num_items)
         top = torch.topk(scores, n, dim=1)
         return top.indices.cpu().numpy(), top.values.cpu().numpy()

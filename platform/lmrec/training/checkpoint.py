@@ -84,6 +84,11 @@ def save_checkpoint(
     return directory
 
 
+def _has_best(directory: Path) -> bool:
+    keys = dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+    return any(k.startswith("best_model.") for k in keys)
+
+
 def load_checkpoint(
     model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path
 ) -> tuple[TrainState, Optional[dict[str, torch.Tensor]]]:
@@ -92,7 +97,7 @@ def load_checkpoint(
     state = TrainState.from_json((directory / STATE_FILE).read_text())
     model_sd, optim_sd = get_state_dict(model, optimizer)
     sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
-    if state.best_epoch is not None:
+    if state.best_epoch is not None and _has_best(directory):  # absent when select_best is off
         sd["best_model"] = {k: v.detach().clone() for k, v in model_sd.items()}
     dcp.load(sd, checkpoint_id=str(directory))
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])

@@ -64,10 +64,16 @@ class RunContext(Protocol):
 
 
 class LocalContext:
-    """Single process, no Ray: checkpoints go to `root/checkpoint_<step>`."""
+    """No Ray: one process, or one rank of a plain torch.distributed group (torchrun).
+
+    Checkpoints go to `root/checkpoint_<step>`; with several ranks each rank's shard
+    files land in the same folder, as Ray Train merges them.
+    """
 
     def __init__(self, root: Optional[str | Path] = None, device: str = "cpu") -> None:
-        self.rank, self.world_size = 0, 1
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
+        self.world_size = dist.get_world_size() if distributed else 1
         self.device = torch.device(device)
         self.root = Path(root) if root else None
         self.reports: list[dict[str, Any]] = []
@@ -87,9 +93,9 @@ class LocalContext:
         self.reports.append(dict(metrics))
         if checkpoint_dir and self.root is not None:
             dst = self.root / f"checkpoint_{metrics.get('global_step', len(self.reports)):08d}"
-            if dst.exists():
+            if dst.exists() and self.world_size == 1:
                 shutil.rmtree(dst)
-            shutil.copytree(checkpoint_dir, dst)
+            shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
             self.checkpoints.append(dst)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -138,6 +138,11 @@ def test_loaded_model_ranks_and_masks_seen_items() -> None:
     assert 0 not in cand  # padding is never recommended
     full = model(torch.tensor([[5, 6, 7]]))[0]
     assert cand[1].tolist() == torch.topk(full, 10).indices.tolist()
+    # Rows of different lengths, longer than the model's window: the whole history is masked.
+    long = np.arange(1, 26)
+    cand, _ = loaded.rank([long, hist, np.array([9])], 5, [True, True, True])
+    assert not set(cand[0]) & set(long.tolist()) and set(cand[0]) <= set(range(26, 31))
+    assert not set(cand[1]) & {5, 6, 7} and 9 not in cand[2]
     with pytest.raises(RequestError) as e:
         loaded.to_idx([105, 999])
     assert e.value.status == 422 and "999" in str(e.value)
