@@ -33,6 +33,12 @@ def test_ray_data_pipeline_matches_in_process_preparation(synthetic_prepared, tm
     assert prepared.manifest["item_ids"] == local.manifest["item_ids"]
     again = prepare_dataset(cfg)
     assert again.cached and again.path == prepared.path  # cached by config hash: no second pipeline run
+    # The in-process engine (Serve replicas) writes the same files under the same key.
+    inproc = prepare_dataset(cfg, cache_root=tmp_path / "engine-local", engine="local")
+    c = SequenceData.load(inproc.path)
+    assert inproc.path.name == prepared.path.name and inproc.manifest["config_hash"] == prepared.manifest["config_hash"]
+    assert (a.items == c.items).all() and (a.offsets == c.offsets).all() and (a.ts == c.ts).all()
+    assert (a.user_ids == c.user_ids).all() and inproc.manifest["item_ids"] == prepared.manifest["item_ids"]
 
 
 @pytest.fixture(scope="module")

@@ -151,6 +151,35 @@ def test_prepare_local_kcore_order_ties_and_split(tmp_path: Path) -> None:
     assert seq.column("valid_item").to_pylist() == [1, 3] and seq.column("test_item").to_pylist() == [4, 4]
 
 
+def test_prepare_dataset_local_engine_reads_files_without_ray(tmp_path: Path) -> None:
+    # The in-process engine (what a Serve replica uses) on a MovieLens file: the same
+    # stages as prepare_local on the parsed table, and cached under the dataset's key.
+    import sys
+
+    from lmrec.data.prepare import prepare_dataset
+
+    rows = [(1, 10, 5), (1, 30, 1), (1, 20, 1), (1, 40, 9), (2, 10, 1), (2, 20, 2), (2, 30, 3), (2, 40, 4),
+            (3, 10, 1), (3, 99, 2), (3, 20, 3)]
+    base = tmp_path / "data" / "movielens" / "ml-100k"
+    base.mkdir(parents=True)
+    (base / "u.data").write_text("".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in rows))
+    cfg = DataConfig(dataset="ml-100k", data_dir=str(tmp_path / "data"), min_user_interactions=3,
+                     min_item_interactions=2, download=False)
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    prep = prepare_dataset(cfg, cache_root=tmp_path / "cache", engine="local")
+    assert not prep.cached and prep.manifest["dataset"] == "ml-100k"
+    assert ray_was_running or not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+    ref = prepare_local(DataConfig(dataset="ml-100k", min_user_interactions=3, min_item_interactions=2),
+                        read_interactions(base / "u.data", MOVIELENS_100K), tmp_path / "ref")
+    a, b = SequenceData.load(prep.path), SequenceData.load(ref.path)
+    assert (a.items == b.items).all() and (a.offsets == b.offsets).all() and a.user_ids.tolist() == [1, 2]
+    assert prep.manifest["item_ids"] == [10, 20, 30, 40] and prep.manifest["raw_interactions"] == 11
+    again = prepare_dataset(cfg, cache_root=tmp_path / "cache", engine="local")
+    assert again.cached and again.path == prep.path
+    with pytest.raises(ValueError, match="engine"):
+        prepare_dataset(cfg, cache_root=tmp_path / "cache", engine="spark")
+
+
 def test_training_examples_windows_and_padding() -> None:
     items = np.arange(1, 13, dtype=np.int32)  # one user, 12 items: train part = 1..10
     data = SequenceData(items, np.array([0, 12]), np.ones(12, np.float32), np.arange(12), np.array([7]), 12, {})

@@ -123,8 +123,18 @@ def cache_key(cfg: DataConfig, source: Source) -> str:
     return config_hash(relevant)
 
 
-def prepare_dataset(cfg: DataConfig, force: bool = False, cache_root: Optional[Path] = None) -> PreparedDataset:
-    """Prepared leave-one-out sequences for `cfg`, from cache when the hash matches."""
+def prepare_dataset(
+    cfg: DataConfig, force: bool = False, cache_root: Optional[Path] = None, engine: str = "ray"
+) -> PreparedDataset:
+    """Prepared leave-one-out sequences for `cfg`, from cache when the hash matches.
+
+    `engine="ray"` runs the Ray Data pipeline; `"local"` runs the same stages in this
+    process, for callers that must not start Ray Data tasks (a Serve replica's
+    constructor on a small cluster would wait for CPUs its own deployment holds). Both
+    write the same files under the same cache key.
+    """
+    if engine not in ("ray", "local"):
+        raise ValueError(f"engine must be 'ray' or 'local', got {engine!r}")
     source = resolve_source(cfg)
     if source.notice:
         log.warning(source.notice)
@@ -135,7 +145,7 @@ def prepare_dataset(cfg: DataConfig, force: bool = False, cache_root: Optional[P
     if (out / MANIFEST).exists() and not force:
         return PreparedDataset(out, json.loads((out / MANIFEST).read_text()), cached=True)
     t0 = time.time()
-    manifest = _run_pipeline(cfg, source, out, key)
+    manifest = (_run_pipeline if engine == "ray" else _run_local)(cfg, source, out, key)
     manifest["prep_seconds"] = round(time.time() - t0, 2)
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -363,6 +373,25 @@ def kcore_local(table: pa.Table, min_user: int, min_item: int) -> tuple[pa.Table
             break
         table = _drop(table, bad_u, bad_i)
     return table, iterations
+
+
+def _run_local(cfg: DataConfig, source: Source, out: Path, key: str) -> dict[str, Any]:
+    """The Ray pipeline's stages in-process, on the same source files."""
+    if source.kind == "parquet":
+        table = pa.concat_tables([pq.read_table(f) for f in source.files])
+    else:
+        blobs = pa.table({"bytes": pa.array([Path(f).read_bytes() for f in source.files], pa.binary())})
+        table = _parse_files(blobs, source.fmt)
+    raw = table.num_rows
+    if cfg.min_rating is not None:
+        table = _min_rating(table, cfg.min_rating)
+    table, iterations = kcore_local(table, cfg.min_user_interactions, cfg.min_item_interactions)
+    if table.num_rows == 0:
+        raise ValueError(
+            f"{source.dataset}: no interactions left after the k-core filter "
+            f"(users >= {cfg.min_user_interactions}, items >= {cfg.min_item_interactions})"
+        )
+    return _write_outputs(cfg, source, _user_sequences(table), out, key, raw_interactions=raw, kcore_iterations=iterations)
 
 
 def prepare_local(cfg: DataConfig, table: pa.Table, out: Path) -> PreparedDataset:

@@ -141,7 +141,9 @@ def load_histories(meta: dict[str, Any], data_dir: Optional[str]) -> Optional[Us
     if data_dir:
         cfg.data_dir = data_dir
     try:
-        prepared = prepare_dataset(cfg)
+        # In-process, not Ray Data: this runs in a replica's constructor, and Ray Data tasks
+        # there can wait forever for CPUs that the app's own replicas hold.
+        prepared = prepare_dataset(cfg, engine="local")
     except FileNotFoundError:
         return None
     data = SequenceData.load(prepared.path, with_meta=False)

@@ -173,3 +173,24 @@ def test_serving_benchmark_takes_cell_wise_medians_over_rounds() -> None:
     assert med["batching_on"]["c1"]["req_per_s"] == 20 and med["batching_on"]["c1"]["p99_ms"] == 5
     assert med["batching_on"]["c64"]["req_per_s"] == 90 and med["batching_on"]["c64"]["p99_ms"] == 60
     assert med["batching_on"]["c64"]["errors"] == 1 and med["batching_on"]["c64"]["rounds"] == 3
+
+
+def test_replica_histories_are_prepared_in_process(tmp_path) -> None:
+    # A replica whose model's dataset is not prepared in its LMREC_HOME prepares it itself,
+    # in-process: Ray Data tasks started from a replica's constructor could wait forever for
+    # CPUs held by the app's own replicas (seen on a 2-CPU cluster).
+    import sys
+
+    from lmrec.config import to_dict
+    from lmrec.data.config import DataConfig, SyntheticConfig
+    from lmrec.serving.runtime import load_histories
+
+    syn = SyntheticConfig(num_users=60, num_items=40, num_clusters=4, mean_seq_len=8, seed=987)
+    data_cfg = DataConfig(dataset="synthetic", synthetic=syn, min_user_interactions=3, min_item_interactions=1)
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    hist = load_histories({"data_config": to_dict(data_cfg)}, None)
+    assert ray_was_running or not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+    assert hist is not None and len(hist) > 0
+    uid = int(hist.user_ids[0])
+    got = hist.get(uid)
+    assert got is not None and len(got) >= 3 and got.min() >= 1
