@@ -84,6 +84,9 @@ def test_resume_after_crash_matches_uninterrupted_run(prepared: Path, tmp_path: 
     final_state = read_state(sorted((tmp_path / "run").glob("checkpoint_*"))[-1])
     assert final_state.epochs_completed == [0, 1]  # each epoch exactly once
     assert [h["epoch"] for h in final_state.history] == [0, 1]
+    # The interrupted epoch's mean loss covers all its steps, those before the crash too.
+    ref_state = read_state(sorted((tmp_path / "ref").glob("checkpoint_*"))[-1])
+    assert [h["train_loss"] for h in final_state.history] == pytest.approx([h["train_loss"] for h in ref_state.history])
     # Same data order, RNG and optimizer state: identical weights and metrics.
     a, _, _ = load_model_dir(sorted((tmp_path / "ref").glob("checkpoint_*"))[-1] / EXPORT_DIR)
     b, _, _ = load_model_dir(sorted((tmp_path / "run").glob("checkpoint_*"))[-1] / EXPORT_DIR)

@@ -36,6 +36,9 @@ class TrainState:
     epochs_completed: list[int] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # one row per completed epoch
     restarts: int = 0
+    # (sum, count) of train losses over all ranks for the steps of `epoch` already done,
+    # so an epoch interrupted mid-way still reports the mean over all of its steps
+    epoch_loss: list[float] = field(default_factory=lambda: [0.0, 0.0])
     best_epoch: Optional[int] = None  # epoch whose weights are kept as "best" (validation metric)
     best_metric: Optional[float] = None
     evals_since_best: int = 0
