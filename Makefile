@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/lmrec demo
 
 test: install
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)  # unit first: no Ray cluster or Serve apps running under them
+	$(PY) -m pytest tests/unit tests/integration --durations=25 $(PYTEST_ARGS)  # unit first: no Ray cluster or Serve apps running under them
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

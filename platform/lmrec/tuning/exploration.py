@@ -329,7 +329,8 @@ def load_interactions(dataset: str, data_dir: Optional[str]) -> tuple[Any, str]:
 
         scfg = SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=30)
         table = generate(scfg)
-        table = table.set_column(3, "rating", pa.array(np.full(table.num_rows, 5.0, dtype=np.float32)))
+        i = table.schema.get_field_index("rating")  # by name, not position
+        table = table.set_column(i, "rating", pa.array(np.full(table.num_rows, 5.0, dtype=np.float32)))
         return table, f"synthetic:{scfg.num_users}x{scfg.num_items}x{scfg.num_clusters}x{scfg.mean_seq_len}:{scfg.seed}"
     from lmrec.data.download import locate_dataset
     from lmrec.data.prepare import _file_fingerprint
