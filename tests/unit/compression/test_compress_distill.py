@@ -180,6 +180,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             results[name] = grads
         if rank == 0:
             torch.save(results, Path(out_dir) / "grads.pt")
+        dist.barrier()  # both ranks past every collective before gloo is torn down (see test_sharding)
     finally:
         dist.destroy_process_group()
 
