@@ -382,6 +382,11 @@ def _run_local(cfg: DataConfig, source: Source, out: Path, key: str) -> dict[str
     else:
         blobs = pa.table({"bytes": pa.array([Path(f).read_bytes() for f in source.files], pa.binary())})
         table = _parse_files(blobs, source.fmt)
+    return _stages_local(cfg, source, table, out, key)
+
+
+def _stages_local(cfg: DataConfig, source: Source, table: pa.Table, out: Path, key: str) -> dict[str, Any]:
+    """Rating filter, k-core, per-user sequences and outputs on one in-memory table."""
     raw = table.num_rows
     if cfg.min_rating is not None:
         table = _min_rating(table, cfg.min_rating)
@@ -401,13 +406,6 @@ def prepare_local(cfg: DataConfig, table: pa.Table, out: Path) -> PreparedDatase
     checks that both produce identical sequences.
     """
     raw = table.num_rows
-    if cfg.min_rating is not None:
-        table = _min_rating(table, cfg.min_rating)
-    table, iterations = kcore_local(table, cfg.min_user_interactions, cfg.min_item_interactions)
-    if table.num_rows == 0:
-        raise ValueError("no interactions left after the k-core filter")
-    seqs = _user_sequences(table)
     source = Source(cfg.dataset, "table", [], None, f"table:{raw}")
     key = config_hash({"local": True, "rows": raw, "cfg": to_dict(cfg)})
-    manifest = _write_outputs(cfg, source, seqs, out, key, raw_interactions=raw, kcore_iterations=iterations)
-    return PreparedDataset(out, manifest, cached=False)
+    return PreparedDataset(out, _stages_local(cfg, source, table, out, key), cached=False)
