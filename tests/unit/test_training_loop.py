@@ -129,6 +129,31 @@ def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_pa
     assert out["restarts"] == 1 and state.epochs_completed == [0, 1]
 
 
+def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_rest(prepared: Path, tmp_path: Path) -> None:
+    extra = ("train.epochs=4", "train.checkpoint_every_epochs=2", "train.max_steps_per_epoch=4")
+    calls = {"n": 0}
+
+    def crashing_loss(model, x, y):  # in epoch 3 (index 2): its checkpoint-less start is lost
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise Crash("simulated worker death")
+        return default_loss(model, x, y)
+
+    ctx = LocalContext(tmp_path)
+    with pytest.raises(Crash):
+        run_training(_cfg(prepared, *extra), ctx, loss_fn=crashing_loss)
+    # epoch 1 reports metrics without a checkpoint; epoch 2 saves one
+    assert [r["epochs_completed"] for r in ctx.reports] == [1, 2]
+    assert [c.name for c in ctx.checkpoints] == ["checkpoint_00000008"]
+    out = run_training(_cfg(prepared, *extra), LocalContext(tmp_path))
+    state = read_state(sorted(tmp_path.glob("checkpoint_*"))[-1])
+    assert out["restarts"] == 1 and state.epochs_completed == [0, 1, 2, 3] and state.global_step == 16
+    # 0 = no epoch-end checkpoints, only the final one
+    ctx0 = LocalContext(tmp_path / "none")
+    run_training(_cfg(prepared, "train.epochs=2", "train.checkpoint_every_epochs=0", "train.max_steps_per_epoch=3"), ctx0)
+    assert [c.name for c in ctx0.checkpoints] == ["checkpoint_00000006"] and len(ctx0.reports) == 3
+
+
 def test_gpu_benchmark_script_runs_its_checks_on_cpu(prepared: Path, tmp_path: Path) -> None:
     # The no-Ray GPU script (FSDP2 gradients vs one process, crash/resume, serving forward)
     # on gloo here; on a GPU it runs the same code over NCCL (docs/benchmarks.md).

@@ -8,6 +8,7 @@ Imports neither ray nor torch.distributed: sharding wraps a finished model in
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Callable, Optional
 
 import torch
@@ -70,12 +71,11 @@ class SeqRecModel(nn.Module):
         """(B, L) left-padded item ids -> (B, L, hidden) causal hidden states."""
         mask = (input_ids != PAD_ID).long()
         x = self.emb_dropout(self.backbone.embed_tokens(input_ids))
-        if input_ids.device.type != "cuda":
-            return self.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
-        # Not cuDNN attention: it builds a plan per new (B, L) shape, and sequence batches
+        # On CUDA, not cuDNN attention: it builds a plan per new (B, L) shape, and sequence batches
         # trimmed to their longest row take many shapes. Measured on an H200 in bf16: steps of
         # up to 1.6 s while plans were built, vs ~20 ms with the other kernels (docs/benchmarks.md).
-        with sdpa_kernel(_CUDA_SDPA_BACKENDS):
+        kernels = sdpa_kernel(_CUDA_SDPA_BACKENDS) if input_ids.device.type == "cuda" else nullcontext()
+        with kernels:
             return self.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
 
     def forward(

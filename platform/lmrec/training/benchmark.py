@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ def bare_loop(cfg: TrainJobConfig, data: SequenceData, threads: int) -> dict[str
     return {"samples_per_s": per_epoch[-1], "state_bytes": state_bytes(model, opt)}
 
 
-def ray_train(cfg: TrainJobConfig, workers: int, strategy: str, cpus: float, storage: str, name: str) -> dict[str, Any]:
-    cfg = replace(cfg, [f"train.num_workers={workers}", f"train.strategy={strategy}", f"train.cpus_per_worker={cpus}"])
+def ray_train(cfg: TrainJobConfig, workers: int, strategy: str, cpus: float, storage: str, name: str,
+              *extra: str) -> dict[str, Any]:
+    cfg = replace(cfg, [f"train.num_workers={workers}", f"train.strategy={strategy}", f"train.cpus_per_worker={cpus}",
+                        *extra])
     result = build_trainer(cfg, name, storage).fit()
     state = read_state(result.checkpoint.path)
     assert state is not None
@@ -83,15 +86,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # The bare loop runs with no Ray on the machine: a freshly started local Ray prestarts
     # worker processes whose imports would steal CPU from it (measured: 2.8x slower).
+    # With --rounds N the bare loop and Ray Train's 1-worker run alternate N times (the
+    # order flips every round, so slow drift of the machine falls on both sides), and the
+    # headline ratio is the median of the per-round ratios.
     import ray
 
-    ray.shutdown()
-    bare = bare_loop(cfg, data, threads=args.cpus)
+    rounds: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        order = ("bare", "ray") if r % 2 == 0 else ("ray", "bare")
+        row: dict[str, float] = {}
+        for which in order:
+            if which == "bare":
+                ray.shutdown()
+                bare = bare_loop(cfg, data, threads=args.cpus)
+                row["bare"] = bare["samples_per_s"]
+            else:
+                ensure_ray(num_cpus=max(4, args.cpus + 1))
+                time.sleep(10)  # let the new cluster's start-up finish before timing Ray Train
+                one = ray_train(cfg, 1, "none", float(args.cpus), storage, f"bench-1w-{stamp}-r{r}")
+                row["ray_1_worker"] = one["samples_per_s"]
+                one_state = one["state_bytes_rank0"]
+                if args.no_epoch_checkpoint_run:  # same, without the epoch-1 checkpoint before the timed epoch
+                    row["ray_1_worker_no_epoch_ckpt"] = ray_train(
+                        cfg, 1, "none", float(args.cpus), storage, f"bench-1w-nockpt-{stamp}-r{r}",
+                        "train.checkpoint_every_epochs=0")["samples_per_s"]
+        row["ratio"] = row["ray_1_worker"] / row["bare"]
+        if "ray_1_worker_no_epoch_ckpt" in row:
+            row["ratio_no_epoch_ckpt"] = row["ray_1_worker_no_epoch_ckpt"] / row["bare"]
+        rounds.append(row)
+        print(f"[benchmark_train] round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     ensure_ray(num_cpus=max(4, args.cpus + 1))
-    time.sleep(10)  # let the new cluster's start-up finish before timing Ray Train
-    one = ray_train(cfg, 1, "none", float(args.cpus), storage, f"bench-1w-{stamp}")
     two = ray_train(cfg, 2, "fsdp", args.cpus / 2, storage, f"bench-2w-fsdp-{stamp}")
     unsharded = bare["state_bytes"]["total"]
+    bare_sps = statistics.median(r["bare"] for r in rounds)
+    one_sps = statistics.median(r["ray_1_worker"] for r in rounds)
     out = {
         "dataset": prepared.manifest["dataset"],
         "model": {"size": model_cfg.name, "parameters": model_cfg.num_parameters(), **to_dict(cfg.model)},
@@ -101,14 +129,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": "cuda" if cfg.train.use_gpu else "cpu",
         "host": platform.node(),
         "torch": torch.__version__,
-        "results": {
-            "bare_pytorch": {"samples_per_s": bare["samples_per_s"], "state_bytes_per_rank": unsharded},
-            "ray_train_1_worker": {"samples_per_s": one["samples_per_s"], "state_bytes_per_rank": one["state_bytes_rank0"]},
+        "rounds": rounds,
+        "results": {  # samples/s: medians over rounds (the 2-worker run is measured once, after the rounds)
+            "bare_pytorch": {"samples_per_s": bare_sps, "state_bytes_per_rank": unsharded},
+            "ray_train_1_worker": {"samples_per_s": one_sps, "state_bytes_per_rank": one_state},
             "ray_train_2_workers_fsdp": {"samples_per_s": two["samples_per_s"], "state_bytes_per_rank": two["state_bytes_rank0"]},
         },
         "ratios": {
-            "ray1_vs_bare_throughput": one["samples_per_s"] / bare["samples_per_s"],
-            "fsdp2_vs_bare_throughput": two["samples_per_s"] / bare["samples_per_s"],
+            "ray1_vs_bare_throughput": statistics.median(r["ratio"] for r in rounds),  # median of per-round ratios
+            "ray1_vs_bare_throughput_per_round": [r["ratio"] for r in rounds],
+            **({"ray1_no_epoch_ckpt_vs_bare_throughput": statistics.median(r["ratio_no_epoch_ckpt"] for r in rounds)}
+               if args.no_epoch_checkpoint_run else {}),
+            "fsdp2_vs_bare_throughput": two["samples_per_s"] / bare_sps,
             "fsdp2_per_rank_state_vs_unsharded": two["state_bytes_rank0"] / unsharded,
         },
         "targets": {"ray1_vs_bare_throughput": ">= 0.9", "fsdp2_per_rank_state_vs_unsharded": "<= 0.55"},
@@ -137,10 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", help="TrainJobConfig YAML (defaults: ML-100k, small model)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the bare loop and the 1-worker run; split over 2 ranks")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the bare loop and Ray Train 1 worker this many times; the ratio is the median")
+    p.add_argument("--no-epoch-checkpoint-run", action="store_true",
+                   help="per round, also time Ray Train 1 worker with train.checkpoint_every_epochs=0")
     p.add_argument("--storage", default="out/bench_storage")
     p.add_argument("--out", default="out/benchmark_train.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     out = run(args)
     print_table(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

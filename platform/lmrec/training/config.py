@@ -37,6 +37,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     # checkpoints and fault tolerance
     checkpoint_every_steps: int = 0  # 0 = only at epoch ends
+    # checkpoint at the end of every Nth epoch; 0 = none at epoch ends (then only every
+    # checkpoint_every_steps and the final one). On CPU a DCP save slows the steps after it
+    # (docs/benchmarks.md), so short CPU runs may save less often.
+    checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 2
     max_failures: int = 2
     storage_path: Optional[str] = None  # local folder or URI (s3://, gs://); None = LMREC_HOME/ray_results
@@ -61,6 +65,7 @@ class TrainConfig:
             "strategy 'none' trains on one worker; use 'fsdp' or 'ddp' with num_workers > 1",
         )
         check(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0")
+        check(self.checkpoint_every_epochs >= 0, "checkpoint_every_epochs", "must be >= 0")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.max_failures >= -1, "max_failures", "must be >= -1 (-1 = retry forever)")
         check(self.log_every_steps >= 1, "log_every_steps", "must be >= 1")
