@@ -464,11 +464,8 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
                 f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}")
         if ctx.rank == 0:
             ctx.publish({k: v for k, v in row.items() if isinstance(v, (int, float))}, gauge_tags)
-        epoch_metrics = {**row, "epochs_completed": len(state.epochs_completed)}
-        if tc.checkpoint_every_epochs and (epoch + 1) % tc.checkpoint_every_epochs == 0:
-            checkpoint(epoch_metrics)
-        else:
-            ctx.report(epoch_metrics, None)
+        save = bool(tc.checkpoint_every_epochs) and (epoch + 1) % tc.checkpoint_every_epochs == 0
+        ctx.report({**row, "epochs_completed": len(state.epochs_completed)}, write_checkpoint() if save else None)
         if tc.early_stopping_patience and state.evals_since_best >= tc.early_stopping_patience:
             if ctx.rank == 0:
                 say(f"[lmrec.train] early stop after epoch {epoch + 1}: no {ec.select_metric} gain in "
