@@ -48,6 +48,19 @@ class Crash(RuntimeError):
     pass
 
 
+def _crash_on_step(n: int):  # type: ignore[no-untyped-def]
+    """The default loss, raising Crash (a simulated worker death) on its n-th call."""
+    calls = {"n": 0}
+
+    def loss(model, x, y):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash("simulated worker death")
+        return default_loss(model, x, y)
+
+    return loss
+
+
 @pytest.fixture()
 def deterministic():
     """Bitwise-repeatable CPU kernels: one thread, deterministic algorithms."""
@@ -64,13 +77,7 @@ def test_resume_after_crash_matches_uninterrupted_run(prepared: Path, tmp_path: 
     ref_ctx = LocalContext(tmp_path / "ref")
     ref = run_training(_cfg(prepared, *extra), ref_ctx)
 
-    calls = {"n": 0}
-
-    def crashing_loss(model, x, y):  # dies on the 8th step: mid-epoch, after a checkpoint at step 6
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise Crash("simulated worker death")
-        return default_loss(model, x, y)
+    crashing_loss = _crash_on_step(8)  # dies on the 8th step: mid-epoch, after a checkpoint at step 6
 
     ctx = LocalContext(tmp_path / "run")
     with pytest.raises(Crash):
@@ -111,13 +118,7 @@ def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_pa
     # saved, so resuming must not ask the checkpoint for them (it used to fail here).
     extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "eval.every_epochs=1", "eval.max_users=50",
              "train.select_best=false")
-    calls = {"n": 0}
-
-    def crashing_loss(model, x, y):  # epoch 1, after its mid-epoch checkpoint at global step 15
-        calls["n"] += 1
-        if calls["n"] == 18:
-            raise Crash("simulated worker death")
-        return default_loss(model, x, y)
+    crashing_loss = _crash_on_step(18)  # epoch 1, after its mid-epoch checkpoint at global step 15
 
     ctx = LocalContext(tmp_path)
     with pytest.raises(Crash):
@@ -131,13 +132,7 @@ def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_pa
 
 def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_rest(prepared: Path, tmp_path: Path) -> None:
     extra = ("train.epochs=4", "train.checkpoint_every_epochs=2", "train.max_steps_per_epoch=4")
-    calls = {"n": 0}
-
-    def crashing_loss(model, x, y):  # in epoch 3 (index 2): its checkpoint-less start is lost
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise Crash("simulated worker death")
-        return default_loss(model, x, y)
+    crashing_loss = _crash_on_step(11)  # in epoch 3 (index 2): its checkpoint-less start is lost
 
     ctx = LocalContext(tmp_path)
     with pytest.raises(Crash):

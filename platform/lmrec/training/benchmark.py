@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # headline ratio is the median of the per-round ratios.
     import ray
 
+    def one_worker(name: str, *extra: str) -> dict[str, Any]:
+        return ray_train(cfg, 1, "none", float(args.cpus), storage, name, *extra)
+
     rounds: list[dict[str, float]] = []
     for r in range(args.rounds):
         order = ("bare", "ray") if r % 2 == 0 else ("ray", "bare")
@@ -103,13 +106,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 ensure_ray(num_cpus=max(4, args.cpus + 1))
                 time.sleep(10)  # let the new cluster's start-up finish before timing Ray Train
-                one = ray_train(cfg, 1, "none", float(args.cpus), storage, f"bench-1w-{stamp}-r{r}")
+                one = one_worker(f"bench-1w-{stamp}-r{r}")
                 row["ray_1_worker"] = one["samples_per_s"]
                 one_state = one["state_bytes_rank0"]
                 if args.no_epoch_checkpoint_run:  # same, without the epoch-1 checkpoint before the timed epoch
-                    row["ray_1_worker_no_epoch_ckpt"] = ray_train(
-                        cfg, 1, "none", float(args.cpus), storage, f"bench-1w-nockpt-{stamp}-r{r}",
-                        "train.checkpoint_every_epochs=0")["samples_per_s"]
+                    row["ray_1_worker_no_epoch_ckpt"] = one_worker(
+                        f"bench-1w-nockpt-{stamp}-r{r}", "train.checkpoint_every_epochs=0")["samples_per_s"]
         row["ratio"] = row["ray_1_worker"] / row["bare"]
         if "ray_1_worker_no_epoch_ckpt" in row:
             row["ratio_no_epoch_ckpt"] = row["ray_1_worker_no_epoch_ckpt"] / row["bare"]
