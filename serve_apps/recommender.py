@@ -6,7 +6,7 @@
 Three deployments joined by DeploymentHandles:
 
 * `Ingress`  — HTTP (FastAPI): validation, optional API key, latency metrics.
-* `Ranker`   — the model (autoscaled; GPU or CPU): `@serve.batch` forward, LRU+TTL cache
+* `Ranker`   — the model (autoscaled; GPU or CPU): `@serve.batch` micro-batches merged into forwards, LRU+TTL cache
   of ranked candidates, exploration policy, background hot-swap of model versions.
 * `FeedbackLog` — one replica owning the Parquet impression/feedback log and the
   merged exploration statistics that rankers pull.
@@ -240,6 +240,8 @@ class RankerCore:
                                         tag_keys=("replica", "model"))
         self._slates = 0
         self._explored = 0
+        self._waiting: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]] = []  # micro-batched requests
+        self._forward_wake = asyncio.Event()
         self._apply_batch_config(self.cfg.batch.max_batch_size, self.cfg.batch.batch_wait_timeout_s)
         # Load before the constructor returns: Serve routes traffic to a replica only once it is
         # RUNNING, so a new replica (scale-up, restart after a crash) never answers "not loaded".
@@ -253,7 +255,8 @@ class RankerCore:
             log.warning("initial model load failed (%s); retrying in the background", self.load_error)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
-                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias())]
+                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias()),
+                       loop.create_task(self._forward_loop())]
 
     # ---- configuration and hot-swap
     def _build_policy(self) -> Any:
@@ -379,26 +382,52 @@ class RankerCore:
                 log.warning("stats sync failed: %s", exc)
 
     # ---- ranking
+    # Two stages. `@serve.batch` groups requests that arrive within `batch_wait_timeout_s` into
+    # micro-batches, and returns at once a future per request. `_forward_loop` runs the model:
+    # each forward takes every micro-batch waiting (up to `max_batch_size` rows), so that while
+    # one forward runs the next one grows. Why not the forward inside the batch handler: Serve
+    # forms the next batch while the last one runs (the handler's concurrency semaphore is taken
+    # after the batch is cut), so under load batches are cut by the wait timeout, not by what
+    # is waiting: 6 rows per forward at 64 clients on 2 CPU cores (docs/benchmarks.md, Serving).
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def _rank_batch(self, items: list[tuple[Any, np.ndarray, bool, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One forward for many requests; runs in a thread so the next batch can gather meanwhile."""
-        self._m_batch.observe(len(items))
+    async def _rank_batch(self, items: list[tuple[Any, np.ndarray, bool, int]]) -> list[asyncio.Future]:
         loop = asyncio.get_event_loop()
-        out: list[Any] = [None] * len(items)
-        by_model: dict[int, list[int]] = {}
-        for i, (loaded, _, _, _) in enumerate(items):
-            by_model.setdefault(id(loaded), []).append(i)  # a swap can split one batch across versions
-        for idxs in by_model.values():
-            loaded = items[idxs[0]][0]
-            n = max(items[i][3] for i in idxs)
-            t0 = time.perf_counter()
-            cand, scores = await loop.run_in_executor(
-                None, loaded.rank, [items[i][1] for i in idxs], n, [items[i][2] for i in idxs]
-            )
-            self._m_forward.observe((time.perf_counter() - t0) * 1000, tags={"replica": self.replica})
-            for j, i in enumerate(idxs):
-                out[i] = (cand[j, : items[i][3]], scores[j, : items[i][3]])
-        return out
+        futures = [loop.create_future() for _ in items]
+        self._waiting.extend(zip(items, futures))
+        self._forward_wake.set()
+        return futures
+
+    async def _forward_loop(self) -> None:
+        loop = asyncio.get_event_loop()
+        while True:
+            await self._forward_wake.wait()
+            self._forward_wake.clear()
+            while self._waiting:
+                take = min(len(self._waiting), self.cfg.batch.max_batch_size)
+                batch, self._waiting = self._waiting[:take], self._waiting[take:]
+                self._m_batch.observe(len(batch))
+                by_model: dict[int, list[int]] = {}
+                for i, ((loaded, _, _, _), _) in enumerate(batch):
+                    by_model.setdefault(id(loaded), []).append(i)  # a swap can split one batch across versions
+                for idxs in by_model.values():
+                    loaded = batch[idxs[0]][0][0]
+                    n = max(batch[i][0][3] for i in idxs)
+                    t0 = time.perf_counter()
+                    try:  # the forward runs in a thread: requests keep arriving meanwhile
+                        cand, scores = await loop.run_in_executor(
+                            None, loaded.rank, [batch[i][0][1] for i in idxs], n, [batch[i][0][2] for i in idxs],
+                            self.cfg.batch.forward_rows(loaded.device.type),
+                        )
+                    except Exception as exc:  # noqa: BLE001 - fail these requests, keep the loop alive
+                        for i in idxs:
+                            if not batch[i][1].done():
+                                batch[i][1].set_exception(exc)
+                        continue
+                    self._m_forward.observe((time.perf_counter() - t0) * 1000, tags={"replica": self.replica})
+                    for j, i in enumerate(idxs):
+                        (_, _, _, k), fut = batch[i]
+                        if not fut.done():  # its client may have gone
+                            fut.set_result((cand[j, :k], scores[j, :k]))
 
     def _context(self, loaded: Any, req: dict[str, Any]) -> tuple[np.ndarray, str]:
         from lmrec.serving.runtime import RequestError, history_key
@@ -438,7 +467,7 @@ class RankerCore:
         self._m_cache.inc(1, tags={"result": "hit" if hit is not None else "miss"})
         self._m_hit_ratio.set(self.cache.hit_ratio, tags={"replica": self.replica})
         if hit is None:
-            cand_idx, scores = await self._rank_batch((loaded, hist, exclude, n))
+            cand_idx, scores = await (await self._rank_batch((loaded, hist, exclude, n)))
             if self.cfg.cache.enabled:
                 self.cache.put(key, (cand_idx, scores))
         else:
@@ -481,6 +510,7 @@ class RankerCore:
             "num_items": loaded.num_items if loaded else None,
             "precision": loaded.dtype if loaded else None,
             "device": str(loaded.device) if loaded else None,
+            "forward": loaded.forward if loaded else None,
             "loaded_at": loaded.loaded_at if loaded else None,
             "policy": self.policy.config.to_dict(),
             "replica": self.replica,

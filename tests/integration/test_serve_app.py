@@ -58,6 +58,7 @@ def test_recommend_feedback_version_and_openapi(app_url: str, serve_model) -> No
     version = requests.get(f"{app_url}/version").json()
     assert version["model_version"] == f"{SERVE_MODEL}/{serve_model.model_version}"
     assert version["run_id"] == serve_model.run_id and version["num_items"] > 10
+    assert version["device"] == "cpu" and version["forward"] == "torchscript"  # forward: auto on CPU
 
     data = serve_model.prepared
     from lmrec.data.sequences import SequenceData

@@ -8,7 +8,7 @@ Imports neither ray nor torch.distributed: sharding wraps a finished model in
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable, Optional
 
 import torch
@@ -46,6 +46,17 @@ def llama_config(cfg: SeqRecConfig) -> LlamaConfig:
 _CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def attention_kernels(device: torch.device) -> AbstractContextManager:
+    """The SDPA kernels the model runs with on `device` (a no-op off CUDA).
+
+    On CUDA, not cuDNN attention: it builds a plan per new (B, L) shape, and sequence batches
+    trimmed to their longest row take many shapes. Measured on an H200 in bf16: steps of
+    up to 1.6 s while plans were built, vs ~20 ms with the other kernels (docs/benchmarks.md).
+    A traced forward (serving) records no kernel choice, so its caller enters this itself.
+    """
+    return sdpa_kernel(_CUDA_SDPA_BACKENDS) if device.type == "cuda" else nullcontext()
+
+
 class SeqRecModel(nn.Module):
     """Next-item prediction over a catalog of `num_items` items (ids 1..num_items, 0 = pad)."""
 
@@ -71,11 +82,7 @@ class SeqRecModel(nn.Module):
         """(B, L) left-padded item ids -> (B, L, hidden) causal hidden states."""
         mask = (input_ids != PAD_ID).long()
         x = self.emb_dropout(self.backbone.embed_tokens(input_ids))
-        # On CUDA, not cuDNN attention: it builds a plan per new (B, L) shape, and sequence batches
-        # trimmed to their longest row take many shapes. Measured on an H200 in bf16: steps of
-        # up to 1.6 s while plans were built, vs ~20 ms with the other kernels (docs/benchmarks.md).
-        kernels = sdpa_kernel(_CUDA_SDPA_BACKENDS) if input_ids.device.type == "cuda" else nullcontext()
-        with kernels:
+        with attention_kernels(input_ids.device):
             return self.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
 
     def forward(

@@ -75,23 +75,27 @@ def request_bodies(data: SequenceData, n: int, k: int, seed: int = 0) -> list[di
     return bodies
 
 
-def raw_ceiling(model_dir: Path, bodies: list[dict[str, Any]], batch: int, threads: int, repeats: int = 20) -> dict[str, Any]:
+def raw_ceiling(model_dir: Path, bodies: list[dict[str, Any]], batch: int, threads: int, forward: str = "auto",
+                rows_per_forward: Optional[int] = None, repeats: int = 20) -> dict[str, Any]:
     """Requests/s of the model forward alone (no HTTP, no Serve) at batch `batch` and 1."""
     from lmrec.config import from_dict
     from lmrec.serving.config import ServeConfig
     from lmrec.serving.runtime import load_model
 
     torch.set_num_threads(threads)
-    loaded = load_model(str(model_dir), from_dict(ServeConfig, {"model_uri": str(model_dir), "torch_threads": threads}))
+    cfg = from_dict(ServeConfig, {"model_uri": str(model_dir), "torch_threads": threads, "forward": forward,
+                                  "batch": {"rows_per_forward": rows_per_forward}})
+    loaded = load_model(str(model_dir), cfg)
+    rows = cfg.batch.forward_rows(loaded.device.type)
     hists = [loaded.to_idx(b["history"]) for b in bodies]
     k = bodies[0]["k"]
-    out = {}
+    out: dict[str, Any] = {"forward": loaded.forward, "rows_per_forward": rows}
     for bs in (1, batch):
-        loaded.rank(hists[:bs], k, [True] * bs)  # warm-up
+        loaded.rank(hists[:bs], k, [True] * bs, rows)  # warm-up
         t0 = time.perf_counter()
         for r in range(repeats):
             chunk = [hists[(r * bs + i) % len(hists)] for i in range(bs)]
-            loaded.rank(chunk, k, [True] * bs)
+            loaded.rank(chunk, k, [True] * bs, rows)
         dt = (time.perf_counter() - t0) / repeats
         out[f"batch_{bs}"] = {"forward_ms": round(dt * 1000, 2), "req_per_s": round(bs / dt, 1)}
     return out
@@ -136,8 +140,9 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
 
         def deploy(batch: int, cache: bool) -> None:
             app_args = {
-                "model_uri": str(model_dir), "torch_threads": args.threads, "max_history": 200,
-                "batch": {"max_batch_size": batch, "batch_wait_timeout_s": args.wait_s},
+                "model_uri": str(model_dir), "torch_threads": args.threads, "forward": args.forward, "max_history": 200,
+                "batch": {"max_batch_size": batch, "batch_wait_timeout_s": args.wait_s,
+                          "rows_per_forward": args.rows_per_forward},
                 "cache": {"enabled": cache}, "alias_poll_s": 0,
                 "feedback": {"log_dir": tempfile.mkdtemp(prefix="lmrec-bench-fb-")},
                 "topology": topology,
@@ -151,7 +156,15 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
 
         out: dict[str, Any] = {"env": env, "topology": topology}
         deploy(args.batch, cache=False)
-        out["batching_on"] = _levels(url, bodies, args.levels, args.requests)
+        out["batching_on"] = _levels(url, bodies, args.levels[:-1], args.requests)
+        # The saturation level also reports rows per forward, from the replica's own metric
+        # (lmrec_serve_batch_size on Ray's Prometheus endpoint, exported every few seconds).
+        before = _metric_sum_count("ray_lmrec_serve_batch_size", settle_s=12)
+        out["batching_on"].update(_levels(url, bodies, args.levels[-1:], args.requests))
+        after = _metric_sum_count("ray_lmrec_serve_batch_size", settle_s=12)
+        forwards = after[1] - before[1]
+        out["batching_on"][f"c{args.levels[-1]}"]["rows_per_forward_mean"] = (
+            round((after[0] - before[0]) / forwards, 2) if forwards else None)
         sat = max(args.levels)
         deploy(1, cache=False)
         out["batching_off"] = {f"c{sat}": run_load(f"{url}/recommend", bodies, sat, args.requests).summary()}
@@ -167,6 +180,21 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
         head.stop()
 
 
+def _metric_sum_count(name: str, settle_s: float) -> tuple[float, float]:
+    """(sum, count) of a histogram over this Ray node's Prometheus endpoint, after `settle_s`."""
+    import urllib.request
+
+    import ray
+
+    time.sleep(settle_s)  # let the replicas' last observations be exported
+    port = ray.nodes()[0]["MetricsExportPort"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    sums = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}_sum")]
+    counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}_count")]
+    return sum(sums), sum(counts)
+
+
 def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     from lmrec.cluster.local import free_port
 
@@ -174,7 +202,8 @@ def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.N
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmrec.serving.peer", "--model-uri", str(model_dir), "--port", str(port),
          "--max-batch-size", str(args.batch), "--batch-wait-timeout-s", str(args.wait_s), "--threads", str(args.threads),
-         "--workers", str(args.peer_workers)],
+         "--forward", args.forward, "--workers", str(args.peer_workers),
+         *(["--rows-per-forward", str(args.rows_per_forward)] if args.rows_per_forward is not None else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     try:
@@ -200,11 +229,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "model": {"size": args.size, "dataset": data.manifest["dataset"], "num_items": data.num_items},
         "k": args.k, "max_batch_size": args.batch, "batch_wait_timeout_s": args.wait_s, "torch_threads": args.threads,
-        "levels": args.levels, "requests_per_level": args.requests, "rounds": args.rounds, "replicas": args.replicas,
+        "forward": args.forward, "rows_per_forward": args.rows_per_forward, "levels": args.levels, "requests_per_level": args.requests, "rounds": args.rounds,
+        "replicas": args.replicas,
         "peer_workers": args.peer_workers, "host": platform.node(), "cpus": os.cpu_count(),
         "device": "cpu", "unix_time": int(time.time()),
     }
-    result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads)
+    result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward)
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
         one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
@@ -232,6 +262,8 @@ def median_cells(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "seconds"):
             out[key] = round(float(np.median([b[key] for b in blocks])), 2)
         out["errors"] = int(sum(b["errors"] for b in blocks))
+        if all(b.get("rows_per_forward_mean") is not None for b in blocks):
+            out["rows_per_forward_mean"] = round(float(np.median([b["rows_per_forward_mean"] for b in blocks])), 2)
         out["rounds"] = len(blocks)
         return out
     return {k: median_cells([b[k] for b in blocks]) if isinstance(v, dict) else v for k, v in first.items()}
@@ -262,7 +294,8 @@ def print_table(r: dict[str, Any]) -> None:
           f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs, "
           f"{r.get('replicas', 1)} model replica(s), {r.get('peer_workers', 1)} peer worker(s), {r.get('rounds', 1)} round(s)")
     rf = r["raw_forward"]
-    print("raw forward (no HTTP): " + ", ".join(f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items()))
+    print(f"raw forward (no HTTP, {rf.get('forward', 'eager')}): " + ", ".join(
+        f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)))
     print(f"{'server':<34}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ["fastapi_peer", *VARIANTS]:
         if name not in r:
@@ -274,7 +307,9 @@ def print_table(r: dict[str, Any]) -> None:
             rows = block.items() if "req_per_s" not in block else [("c1", block)]
             for level, s in rows:
                 setting = f"{section.replace('batching_', 'batch ')} {level}"
-                print(f"{name:<34}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['errors']:>8}")
+                rows_fwd = f"  ({s['rows_per_forward_mean']} rows/forward)" if s.get("rows_per_forward_mean") else ""
+                print(f"{name:<34}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}"
+                      f"{s['errors']:>8}{rows_fwd}")
     print(json.dumps(r["ratios"], indent=1))
 
 
@@ -286,6 +321,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--wait-s", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--forward", default="auto", choices=["auto", "eager", "torchscript"],
+                   help="ServeConfig.forward of the raw ceiling, every Serve variant and the peer alike")
+    p.add_argument("--rows-per-forward", type=int, default=None,
+                   help="BatchConfig.rows_per_forward for all of them (default: the device's default)")
     p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     p.add_argument("--requests", type=int, default=1500, help="requests per concurrency level")
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))

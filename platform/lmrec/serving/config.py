@@ -14,10 +14,22 @@ class BatchConfig:
 
     max_batch_size: int = 64
     batch_wait_timeout_s: float = 0.005
+    # A batch is sorted by history length and run in forwards of at most this many rows, so
+    # short histories are not padded to the batch's longest. None: 16 on CPU (where compute
+    # grows with padded tokens), the whole batch on GPU; 0: always the whole batch.
+    rows_per_forward: Optional[int] = None
 
     def validate(self) -> None:
         check(1 <= self.max_batch_size <= 4096, "max_batch_size", f"must be in [1, 4096], got {self.max_batch_size}")
         check(0 <= self.batch_wait_timeout_s <= 5, "batch_wait_timeout_s", "must be in [0, 5] seconds")
+        check(self.rows_per_forward is None or self.rows_per_forward >= 0, "rows_per_forward",
+              "must be >= 0 (0: the whole batch in one forward), or null for the device's default")
+
+    def forward_rows(self, device_type: str) -> int:
+        """`rows_per_forward` resolved for a device ("cpu" or "cuda")."""
+        if self.rows_per_forward is None:
+            return 16 if device_type == "cpu" else 0
+        return self.rows_per_forward
 
 
 @dataclass
@@ -88,6 +100,10 @@ class ServeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     torch_threads: int = 0  # 0: the replica's CPU allotment
+    # The scoring forward: a TorchScript trace (checked against eager at load; releases the GIL
+    # for the whole forward) or the eager model. auto: the trace on CPU, falling back to eager if
+    # it fails its check; eager on GPU (the trace is untested there).
+    forward: Literal["auto", "eager", "torchscript"] = "auto"
     max_history: int = 200  # longest history accepted in a request (items)
     max_k: int = 100
     data_dir: Optional[str] = None  # where to find the model's dataset for user histories

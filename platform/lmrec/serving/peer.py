@@ -55,7 +55,8 @@ class MicroBatcher:
                         fut.set_exception(exc)
 
 
-def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int) -> Any:
+def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int, forward: str = "auto",
+             rows_per_forward: Optional[int] = None) -> Any:
     from fastapi import FastAPI
 
     from lmrec.config import from_dict
@@ -63,13 +64,15 @@ def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int
     from lmrec.serving.runtime import RequestError, load_model
     from lmrec.serving.schemas import RecommendRequest
 
-    cfg = from_dict(ServeConfig, {"model_uri": model_uri, "torch_threads": threads})
+    cfg = from_dict(ServeConfig, {"model_uri": model_uri, "torch_threads": threads, "forward": forward,
+                                  "batch": {"rows_per_forward": rows_per_forward}})
     loaded = load_model(model_uri, cfg)
     app = FastAPI(title="plain FastAPI peer")
+    rows = cfg.batch.forward_rows(loaded.device.type)  # the same length-sorted forwards as the Serve app
 
     def forward(items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         n = max(k for _, k in items)
-        cand, scores = loaded.rank([h for h, _ in items], n, [True] * len(items))
+        cand, scores = loaded.rank([h for h, _ in items], n, [True] * len(items), rows)
         return [(cand[i, :k], scores[i, :k]) for i, (_, k) in enumerate(items)]
 
     batcher = MicroBatcher(forward, max_batch_size, timeout_s)
@@ -98,7 +101,9 @@ def app_from_env() -> Any:
     import os
 
     return make_app(os.environ["LMREC_PEER_MODEL_URI"], int(os.environ["LMREC_PEER_MAX_BATCH_SIZE"]),
-                    float(os.environ["LMREC_PEER_BATCH_WAIT_S"]), int(os.environ["LMREC_PEER_THREADS"]))
+                    float(os.environ["LMREC_PEER_BATCH_WAIT_S"]), int(os.environ["LMREC_PEER_THREADS"]),
+                    os.environ.get("LMREC_PEER_FORWARD", "auto"),
+                    int(os.environ["LMREC_PEER_ROWS"]) if os.environ.get("LMREC_PEER_ROWS") else None)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -112,11 +117,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--forward", default="auto", choices=["auto", "eager", "torchscript"], help="as ServeConfig.forward")
+    p.add_argument("--rows-per-forward", type=int, default=None, help="as BatchConfig.rows_per_forward")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each with its own model and batcher)")
     args = p.parse_args(argv)
     # Every worker process (one by default) builds its app from these through the factory.
     os.environ.update({"LMREC_PEER_MODEL_URI": args.model_uri, "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
-                       "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads)})
+                       "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads),
+                       "LMREC_PEER_FORWARD": args.forward,
+                       "LMREC_PEER_ROWS": "" if args.rows_per_forward is None else str(args.rows_per_forward)})
     uvicorn.run("lmrec.serving.peer:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
                 port=args.port, log_level="warning", access_log=False)
     return 0

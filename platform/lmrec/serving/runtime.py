@@ -7,7 +7,9 @@ history store. Loading reads only safetensors + JSON (never pickles).
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -18,7 +20,10 @@ import torch
 from lmrec.data.sequences import left_pad, trim_padding
 from lmrec.models.artifacts import load_model_dir
 from lmrec.models.config import PAD_ID
+from lmrec.models.seqrec import attention_kernels
 from lmrec.serving.config import ServeConfig
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
@@ -59,6 +64,9 @@ class LoadedModel:
     device: torch.device
     dtype: str
     histories: Optional[UserHistories] = None
+    # "eager": `model` is the SeqRecModel. "torchscript": `model` is trace_forward's compiled
+    # (x, seen, n) -> (top-n indices, values) module.
+    forward: str = "eager"
     loaded_at: float = field(default_factory=time.time)
     _sorted_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     _sorted_idx: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
@@ -87,23 +95,55 @@ class LoadedModel:
         return self.item_ids[np.asarray(idx) - 1]
 
     @torch.inference_mode()
-    def rank(self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`n` (item_idx, score) per history, as (B, n) arrays; seen items masked on request."""
+    def rank(self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool],
+             rows_per_forward: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`n` (item_idx, score) per history, as (B, n) arrays; seen items masked on request.
+
+        `rows_per_forward` > 0 sorts the batch by history length and runs it in forwards of at
+        most that many rows, so that short histories are not padded to the batch's longest
+        (on CPU, compute grows with padded tokens; docs/benchmarks.md, Serving). 0: one forward.
+        """
+        n = min(n, self.num_items)
+        if not rows_per_forward or len(histories) <= rows_per_forward:
+            return self._rank(histories, n, exclude_seen)
+        lengths = np.fromiter((min(len(h), self.max_seq_len) for h in histories), np.int64, len(histories))
+        order = np.argsort(lengths, kind="stable")
+        idx = np.empty((len(histories), n), np.int64)
+        val = np.empty((len(histories), n), np.float32)
+        for rows in np.array_split(order, -(-len(order) // rows_per_forward)):
+            idx[rows], val[rows] = self._rank([histories[i] for i in rows], n, [exclude_seen[i] for i in rows])
+        return idx, val
+
+    def _rank(self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
         x = left_pad([h[-self.max_seq_len :] for h in histories], self.max_seq_len)
         (x,) = trim_padding(x)
-        scores = self.model(torch.from_numpy(x).to(self.device)).float()
         # Seen items of the whole history (not only the window) -> -inf, in one scatter:
         # rows are padded with PAD_ID, whose column is -inf already.
-        width = max((len(h) for h, ex in zip(histories, exclude_seen) if ex), default=0)
-        if width:
-            seen = np.full((len(histories), width), PAD_ID, dtype=np.int64)
-            for i, (h, ex) in enumerate(zip(histories, exclude_seen)):
-                if ex and len(h):
-                    seen[i, : len(h)] = h
-            scores.scatter_(1, torch.from_numpy(seen).to(scores.device), float("-inf"))
-        n = min(n, self.num_items)
+        width = max((len(h) for h, ex in zip(histories, exclude_seen) if ex), default=1)
+        seen = np.full((len(histories), width), PAD_ID, dtype=np.int64)
+        for i, (h, ex) in enumerate(zip(histories, exclude_seen)):
+            if ex and len(h):
+                seen[i, : len(h)] = h
+        x_t, seen_t = torch.from_numpy(x).to(self.device), torch.from_numpy(seen).to(self.device)
+        with attention_kernels(self.device):
+            top_n = self.model if self.forward == "torchscript" else _TopN(self.model)
+            idx, val = top_n(x_t, seen_t, n)
+        return idx.cpu().numpy(), val.cpu().numpy()
+
+
+class _TopN(torch.nn.Module):
+    """Scores, seen-item mask and top-n as one module: scripted around a traced forward, the
+    whole step is one C++ call, so a replica's busy event loop cannot stall it between ops."""
+
+    def __init__(self, scorer: torch.nn.Module) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, x: torch.Tensor, seen: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.scorer(x).float()
+        scores.scatter_(1, seen, float("-inf"))
         top = torch.topk(scores, n, dim=1)
-        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+        return top.indices, top.values
 
 
 def pick_device(cfg: ServeConfig) -> torch.device:
@@ -125,6 +165,54 @@ def _cast(model: torch.nn.Module, precision: str, device: torch.device) -> tuple
 
         return quantize_int8(model.to("cpu")), "int8"
     return model.to(device), "fp32"
+
+
+def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len: int,
+                  device: torch.device) -> tuple[torch.nn.Module, str]:
+    """Scoring, seen-item mask and top-n compiled to TorchScript and checked against eager; or the eager model.
+
+    Why: the compiled step runs as one C++ call that releases the GIL for its whole length.
+    The eager Hugging Face forward is hundreds of small ops, each re-taking the GIL, so in a
+    replica whose event loop is busy with requests every op waits for the loop (and the loop
+    for it). Measured on this CPU with one busy Python thread beside it, a batch-8 forward took
+    1150 ms eager instead of 54 ms, and 58 ms compiled (docs/benchmarks.md, Serving).
+
+    How: the model is traced (generic over batch size, length and left padding: transformers
+    never skips the attention mask while tracing), `_TopN` is scripted around the trace (top-n's
+    n stays an argument), and the result is frozen (`torch.jit.freeze` + `optimize_for_inference`).
+    The result is checked against the eager model on three shapes other than the traced one.
+    `mode="auto"` falls back to eager (with a warning) if any step or the check fails, and
+    `mode="torchscript"` raises. TorchScript is deprecated in torch 2.x: when a future torch
+    drops it, "auto" keeps serving, eagerly.
+
+    Returns (module, "torchscript") with module(x, seen, n) -> (indices, values), or (model, "eager").
+    """
+    if mode == "eager":
+        return model, "eager"
+    gen = torch.Generator().manual_seed(0)
+    n = min(10, num_items)
+
+    def sample(batch: int, length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(1, num_items + 1, (batch, length), generator=gen)
+        x[0, :pad] = PAD_ID  # left padding in the first row (never a fully padded row)
+        seen = torch.where(x[:, : max(1, length // 2)] == PAD_ID, PAD_ID, x[:, : max(1, length // 2)])
+        return x.to(device), seen.to(device)
+
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(), attention_kernels(device):
+            warnings.simplefilter("ignore")  # TracerWarning on shape checks, and the deprecation notices
+            traced = torch.jit.trace(model, (sample(2, min(8, max_seq_len), 3)[0],), check_trace=False)
+            compiled = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(_TopN(traced)).eval()))
+            for batch, length, pad in ((1, 1, 0), (3, max_seq_len, max_seq_len // 2), (5, max(2, max_seq_len // 3), 1)):
+                x, seen = sample(batch, length, pad)
+                torch.testing.assert_close(compiled(x, seen, n)[1], _TopN(model)(x, seen, n)[1],
+                                           msg=lambda m: f"compiled top-{n} differs from eager at {tuple(x.shape)}: {m}")
+    except Exception as exc:  # noqa: BLE001 - any failure means: serve eagerly, or refuse when asked for the trace
+        if mode == "torchscript":
+            raise RuntimeError(f"forward='torchscript' was requested, but compiling the model failed: {exc}") from exc
+        log.warning("serving the eager forward: compiling it failed (%s)", str(exc).splitlines()[0][:300])
+        return model, "eager"
+    return compiled, "torchscript"
 
 
 def load_histories(meta: dict[str, Any], data_dir: Optional[str]) -> Optional[UserHistories]:
@@ -169,17 +257,27 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     model, dtype = _cast(model.eval(), cfg.precision, device)
+    max_seq_len = int(model.config.max_seq_len) if hasattr(model, "config") else 50
+    forward, kind = trace_forward(model, _forward_mode(cfg, device), len(vocab), max_seq_len, device)
     version = f"{info['name']}/{info['version']}" if info.get("version") else Path(str(model_uri)).name
     return LoadedModel(
-        model=model,
+        model=forward,
         item_ids=np.asarray(vocab, dtype=np.int64),
         version=version,
         info={**info, "dataset": meta.get("dataset"), "metrics": meta.get("metrics", {})},
-        max_seq_len=int(model.config.max_seq_len) if hasattr(model, "config") else 50,
+        max_seq_len=max_seq_len,
         device=device,
         dtype=dtype,
         histories=load_histories(meta, cfg.data_dir),
+        forward=kind,
     )
+
+
+def _forward_mode(cfg: ServeConfig, device: torch.device) -> str:
+    """auto: the trace on CPU (measured faster under load there); eager on GPU, where it is what was measured."""
+    if cfg.forward == "auto":
+        return "auto" if device.type == "cpu" else "eager"
+    return cfg.forward
 
 
 def history_key(user_id: Optional[int], history: Optional[Sequence[int]]) -> str:

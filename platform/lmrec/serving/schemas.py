@@ -100,5 +100,6 @@ class VersionResponse(BaseModel):
     policy: dict
     precision: Optional[str]
     device: Optional[str]
+    forward: Optional[str] = None  # "torchscript" (traced, checked at load) or "eager"
     loaded_at: Optional[float]
     lmrec_version: str

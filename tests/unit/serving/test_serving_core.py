@@ -17,7 +17,7 @@ from lmrec.models import SeqRecModel, build_config, init_weights_
 from lmrec.serving.cache import TTLCache
 from lmrec.serving.config import FeedbackConfig, ServeConfig
 from lmrec.serving.feedback import FeedbackStore
-from lmrec.serving.runtime import LoadedModel, RequestError
+from lmrec.serving.runtime import LoadedModel, RequestError, trace_forward
 from lmrec.serving.schemas import FeedbackRequest, RecommendRequest
 
 
@@ -116,6 +116,8 @@ def test_ttl_lru_cache() -> None:
         ({"deployments": {"FeedbackLog": {"num_replicas": 2}}}, "deployments.FeedbackLog"),
         ({"precision": "int4"}, "precision"),
         ({"topology": "merged"}, "topology"),
+        ({"forward": "compiled"}, "forward"),
+        ({"batch": {"rows_per_forward": -1}}, "batch.rows_per_forward"),
         ({"topology": "fused", "deployments": {"Ranker": {"num_replicas": 2}}}, "deployments.Ranker"),
     ],
 )
@@ -149,6 +151,54 @@ def test_loaded_model_ranks_and_masks_seen_items() -> None:
     assert loaded.to_ids(np.array([1, 30])).tolist() == [101, 130]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_compiled_forward_ranks_like_eager_at_any_batch_length_and_padding(precision: str) -> None:
+    torch.manual_seed(0)
+    model = SeqRecModel(build_config("tiny", 40, dropout=0.0))
+    init_weights_(model, 1)
+    model.eval()
+    if precision == "int8":
+        from lmrec.compression.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    traced, kind = trace_forward(model, "auto", 40, 50, torch.device("cpu"))
+    assert kind == "torchscript" and isinstance(traced, torch.jit.ScriptModule)
+    assert trace_forward(model, "eager", 40, 50, torch.device("cpu")) == (model, "eager")
+    eager = LoadedModel(model, np.arange(1, 41), "m/1", {}, 50, torch.device("cpu"), precision)
+    fast = LoadedModel(traced, np.arange(1, 41), "m/1", {}, 50, torch.device("cpu"), precision, forward=kind)
+    rng = np.random.default_rng(0)
+    for lengths in ([1], [3, 17, 50], [60, 2, 9, 33, 5, 1, 12]):  # ragged rows are left-padded per batch
+        hists = [rng.integers(1, 41, n) for n in lengths]
+        exclude = [bool(i % 2) for i in range(len(hists))]
+        (c1, s1), (c2, s2) = eager.rank(hists, 8, exclude), fast.rank(hists, 8, exclude)
+        np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-5)
+        assert (c1 == c2).mean() > 0.95  # equal up to ties
+        # Length-sorted forwards of at most 2 rows: the same answers, back in request order.
+        # (Dynamic int8 quantizes activations with one scale per forward, so its scores move a
+        # little with the batch's makeup, chunked or not.)
+        c3, s3 = fast.rank(hists, 8, exclude, rows_per_forward=2)
+        tol = 1e-5 if precision == "fp32" else 2e-2
+        np.testing.assert_allclose(s3, s1, rtol=tol, atol=tol)
+        assert (c3 == c1).mean() > (0.95 if precision == "fp32" else 0.8)
+
+
+class _ShapeBranch(torch.nn.Module):
+    """A forward that a trace cannot follow: it branches on the input's length in Python."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # scores over 10 items (+ the pad column)
+        scores = x.float().sum(1, keepdim=True) * torch.arange(11.0)
+        return scores * 2 if x.shape[1] > 4 else scores
+
+
+def test_a_forward_the_trace_gets_wrong_is_served_eagerly_or_refused(caplog: pytest.LogCaptureFixture) -> None:
+    model = _ShapeBranch()
+    with caplog.at_level("WARNING"):
+        assert trace_forward(model, "auto", 10, 50, torch.device("cpu")) == (model, "eager")
+    assert "compiled top-10 differs from eager at (1, 1)" in caplog.text
+    with pytest.raises(RuntimeError, match="forward='torchscript' was requested, but compiling the model failed"):
+        trace_forward(model, "torchscript", 10, 50, torch.device("cpu"))
+
+
 def test_request_schemas_are_strict() -> None:
     assert RecommendRequest(user_id=3).k == 10
     for bad in ({}, {"user_id": 1, "history": [1]}, {"history": []}, {"user_id": "3"}, {"user_id": 3, "k": 0},
@@ -166,10 +216,11 @@ def test_serving_benchmark_takes_cell_wise_medians_over_rounds() -> None:
         return {"requests": 10, "errors": errors, "seconds": 1.0, "req_per_s": rps, "p50_ms": 1.0, "p95_ms": 2.0,
                 "p99_ms": p99, "statuses": {"200": 10}}
 
-    rounds = [{"batching_on": {"c1": cell(10, 5), "c64": cell(100, 50)}},
-              {"batching_on": {"c1": cell(30, 1), "c64": cell(80, 70, errors=1)}},
-              {"batching_on": {"c1": cell(20, 9), "c64": cell(90, 60)}}]
+    rounds = [{"batching_on": {"c1": cell(10, 5), "c64": {**cell(100, 50), "rows_per_forward_mean": 20.0}}},
+              {"batching_on": {"c1": cell(30, 1), "c64": {**cell(80, 70, errors=1), "rows_per_forward_mean": 30.0}}},
+              {"batching_on": {"c1": cell(20, 9), "c64": {**cell(90, 60), "rows_per_forward_mean": 25.0}}}]
     med = median_cells(rounds)
+    assert med["batching_on"]["c64"]["rows_per_forward_mean"] == 25.0 and "rows_per_forward_mean" not in med["batching_on"]["c1"]
     assert med["batching_on"]["c1"]["req_per_s"] == 20 and med["batching_on"]["c1"]["p99_ms"] == 5
     assert med["batching_on"]["c64"]["req_per_s"] == 90 and med["batching_on"]["c64"]["p99_ms"] == 60
     assert med["batching_on"]["c64"]["errors"] == 1 and med["batching_on"]["c64"]["rounds"] == 3
