@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -240,8 +241,9 @@ class RankerCore:
                                         tag_keys=("replica", "model"))
         self._slates = 0
         self._explored = 0
-        self._waiting: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]] = []  # micro-batched requests
-        self._forward_wake = asyncio.Event()
+        # Micro-batched requests waiting for the forward thread, and its wake-up.
+        self._waiting: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]] = []
+        self._waiting_cv = threading.Condition()
         self._apply_batch_config(self.cfg.batch.max_batch_size, self.cfg.batch.batch_wait_timeout_s)
         # Load before the constructor returns: Serve routes traffic to a replica only once it is
         # RUNNING, so a new replica (scale-up, restart after a crash) never answers "not loaded".
@@ -255,8 +257,8 @@ class RankerCore:
             log.warning("initial model load failed (%s); retrying in the background", self.load_error)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
-                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias()),
-                       loop.create_task(self._forward_loop())]
+                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias())]
+        threading.Thread(target=self._forward_thread, args=(loop,), name="lmrec-forward", daemon=True).start()
 
     # ---- configuration and hot-swap
     def _build_policy(self) -> Any:
@@ -383,51 +385,72 @@ class RankerCore:
 
     # ---- ranking
     # Two stages. `@serve.batch` groups requests that arrive within `batch_wait_timeout_s` into
-    # micro-batches, and returns at once a future per request. `_forward_loop` runs the model:
+    # micro-batches and returns at once a future per request. One forward thread runs the model:
     # each forward takes every micro-batch waiting (up to `max_batch_size` rows), so that while
-    # one forward runs the next one grows. Why not the forward inside the batch handler: Serve
-    # forms the next batch while the last one runs (the handler's concurrency semaphore is taken
-    # after the batch is cut), so under load batches are cut by the wait timeout, not by what
-    # is waiting: 6 rows per forward at 64 clients on 2 CPU cores (docs/benchmarks.md, Serving).
+    # one forward runs the next one grows, and forwards follow each other without waiting for
+    # the event loop. Why not the forward inside the batch handler: Serve cuts the next batch
+    # while the last one runs (the handler's concurrency semaphore is taken after the cut), so
+    # under load batches were cut by the wait timeout: 6 rows per forward at 64 clients on 2 CPU
+    # cores. Why a thread and not an asyncio task around run_in_executor: the task's next turn
+    # waits behind every request callback queued on the loop (docs/benchmarks.md, Serving).
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _rank_batch(self, items: list[tuple[Any, np.ndarray, bool, int]]) -> list[asyncio.Future]:
         loop = asyncio.get_event_loop()
         futures = [loop.create_future() for _ in items]
-        self._waiting.extend(zip(items, futures))
-        self._forward_wake.set()
+        with self._waiting_cv:
+            self._waiting.extend(zip(items, futures))
+            self._waiting_cv.notify()
         return futures
 
-    async def _forward_loop(self) -> None:
-        loop = asyncio.get_event_loop()
-        while True:
-            await self._forward_wake.wait()
-            self._forward_wake.clear()
-            while self._waiting:
+    def _forward_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not loop.is_closed():
+            with self._waiting_cv:
+                while not self._waiting:
+                    self._waiting_cv.wait()
                 take = min(len(self._waiting), self.cfg.batch.max_batch_size)
                 batch, self._waiting = self._waiting[:take], self._waiting[take:]
-                self._m_batch.observe(len(batch))
-                by_model: dict[int, list[int]] = {}
-                for i, ((loaded, _, _, _), _) in enumerate(batch):
-                    by_model.setdefault(id(loaded), []).append(i)  # a swap can split one batch across versions
-                for idxs in by_model.values():
-                    loaded = batch[idxs[0]][0][0]
-                    n = max(batch[i][0][3] for i in idxs)
-                    t0 = time.perf_counter()
-                    try:  # the forward runs in a thread: requests keep arriving meanwhile
-                        cand, scores = await loop.run_in_executor(
-                            None, loaded.rank, [batch[i][0][1] for i in idxs], n, [batch[i][0][2] for i in idxs],
-                            self.cfg.batch.forward_rows(loaded.device.type),
-                        )
-                    except Exception as exc:  # noqa: BLE001 - fail these requests, keep the loop alive
-                        for i in idxs:
-                            if not batch[i][1].done():
-                                batch[i][1].set_exception(exc)
-                        continue
-                    self._m_forward.observe((time.perf_counter() - t0) * 1000, tags={"replica": self.replica})
-                    for j, i in enumerate(idxs):
-                        (_, _, _, k), fut = batch[i]
-                        if not fut.done():  # its client may have gone
-                            fut.set_result((cand[j, :k], scores[j, :k]))
+            try:
+                done = self._forward(batch)
+            except Exception as exc:  # noqa: BLE001 - fail these requests, keep the thread alive
+                done = [(fut, None, exc) for _, fut in batch]
+            try:
+                loop.call_soon_threadsafe(self._deliver, len(batch), done)
+            except RuntimeError:  # the loop closed: the replica is shutting down
+                return
+
+    def _forward(self, batch: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]]) -> list[tuple]:
+        """Rank one merged batch (split by model version: a swap can straddle it) -> (future, result, error)."""
+        by_model: dict[int, list[int]] = {}
+        for i, ((loaded, _, _, _), _) in enumerate(batch):
+            by_model.setdefault(id(loaded), []).append(i)
+        done: list[tuple] = []
+        for idxs in by_model.values():
+            loaded = batch[idxs[0]][0][0]
+            n = max(batch[i][0][3] for i in idxs)
+            t0 = time.perf_counter()
+            try:
+                cand, scores = loaded.rank([batch[i][0][1] for i in idxs], n, [batch[i][0][2] for i in idxs],
+                                           self.cfg.batch.forward_rows(loaded.device.type))
+            except Exception as exc:  # noqa: BLE001 - these requests fail; others in the batch may not
+                done.extend((batch[i][1], None, exc) for i in idxs)
+                continue
+            done.append((None, (time.perf_counter() - t0) * 1000, None))  # the forward's wall time
+            for j, i in enumerate(idxs):
+                k = batch[i][0][3]
+                done.append((batch[i][1], (cand[j, :k], scores[j, :k]), None))
+        return done
+
+    def _deliver(self, rows: int, done: list[tuple]) -> None:
+        """On the event loop: metrics, then the results to the waiting requests."""
+        self._m_batch.observe(rows)
+        for fut, result, error in done:
+            if fut is None:
+                self._m_forward.observe(result, tags={"replica": self.replica})
+            elif not fut.done():  # its client may have gone
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
 
     def _context(self, loaded: Any, req: dict[str, Any]) -> tuple[np.ndarray, str]:
         from lmrec.serving.runtime import RequestError, history_key

@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -99,22 +99,30 @@ class LoadedModel:
              rows_per_forward: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Top-`n` (item_idx, score) per history, as (B, n) arrays; seen items masked on request.
 
-        `rows_per_forward` > 0 sorts the batch by history length and runs it in forwards of at
+        `rows_per_forward` > 0 sorts the batch by history length and runs it in slices of at
         most that many rows, so that short histories are not padded to the batch's longest
-        (on CPU, compute grows with padded tokens; docs/benchmarks.md, Serving). 0: one forward.
+        (on CPU, compute grows with padded tokens; docs/benchmarks.md, Serving). 0: one slice.
+        With the compiled forward, all slices run in one call, which holds no GIL.
         """
         n = min(n, self.num_items)
         if not rows_per_forward or len(histories) <= rows_per_forward:
-            return self._rank(histories, n, exclude_seen)
-        lengths = np.fromiter((min(len(h), self.max_seq_len) for h in histories), np.int64, len(histories))
-        order = np.argsort(lengths, kind="stable")
+            slices = [np.arange(len(histories))]
+        else:
+            lengths = np.fromiter((min(len(h), self.max_seq_len) for h in histories), np.int64, len(histories))
+            order = np.argsort(lengths, kind="stable")
+            slices = np.array_split(order, -(-len(order) // rows_per_forward))
+        xs, seens = zip(*(self._inputs([histories[i] for i in rows], [exclude_seen[i] for i in rows]) for rows in slices))
+        with attention_kernels(self.device):
+            top_n = self.model if self.forward == "torchscript" else _TopN(self.model)
+            out = top_n(list(xs), list(seens), n)
         idx = np.empty((len(histories), n), np.int64)
         val = np.empty((len(histories), n), np.float32)
-        for rows in np.array_split(order, -(-len(order) // rows_per_forward)):
-            idx[rows], val[rows] = self._rank([histories[i] for i in rows], n, [exclude_seen[i] for i in rows])
+        for rows, (i, v) in zip(slices, out):
+            idx[rows], val[rows] = _numpy(i), _numpy(v)
         return idx, val
 
-    def _rank(self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(self, histories: Sequence[np.ndarray], exclude_seen: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One slice's left-padded windows and its seen-item ids (PAD_ID where nothing is masked)."""
         x = left_pad([h[-self.max_seq_len :] for h in histories], self.max_seq_len)
         (x,) = trim_padding(x)
         # Seen items of the whole history (not only the window) -> -inf, in one scatter:
@@ -124,26 +132,33 @@ class LoadedModel:
         for i, (h, ex) in enumerate(zip(histories, exclude_seen)):
             if ex and len(h):
                 seen[i, : len(h)] = h
-        x_t, seen_t = torch.from_numpy(x).to(self.device), torch.from_numpy(seen).to(self.device)
-        with attention_kernels(self.device):
-            top_n = self.model if self.forward == "torchscript" else _TopN(self.model)
-            idx, val = top_n(x_t, seen_t, n)
-        return idx.cpu().numpy(), val.cpu().numpy()
+        x_t, seen_t = torch.from_numpy(x), torch.from_numpy(seen)
+        if self.device.type != "cpu":  # each torch call re-takes the GIL: none needed on CPU
+            x_t, seen_t = x_t.to(self.device), seen_t.to(self.device)
+        return x_t, seen_t
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
 
 
 class _TopN(torch.nn.Module):
-    """Scores, seen-item mask and top-n as one module: scripted around a traced forward, the
-    whole step is one C++ call, so a replica's busy event loop cannot stall it between ops."""
+    """Scores, seen-item mask and top-n for a list of slices, as one module. Scripted around a
+    traced forward (trace_forward), the whole step is one C++ call that releases the GIL, so a
+    replica's busy event loop cannot stall it between ops."""
 
     def __init__(self, scorer: torch.nn.Module) -> None:
         super().__init__()
         self.scorer = scorer
 
-    def forward(self, x: torch.Tensor, seen: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.scorer(x).float()
-        scores.scatter_(1, seen, float("-inf"))
-        top = torch.topk(scores, n, dim=1)
-        return top.indices, top.values
+    def forward(self, xs: List[torch.Tensor], seens: List[torch.Tensor], n: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        out: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for i in range(len(xs)):
+            scores = self.scorer(xs[i]).float()
+            scores.scatter_(1, seens[i], float("-inf"))
+            top = torch.topk(scores, n, dim=1)
+            out.append((top.indices, top.values))
+        return out
 
 
 def pick_device(cfg: ServeConfig) -> torch.device:
@@ -185,7 +200,8 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
     `mode="torchscript"` raises. TorchScript is deprecated in torch 2.x: when a future torch
     drops it, "auto" keeps serving, eagerly.
 
-    Returns (module, "torchscript") with module(x, seen, n) -> (indices, values), or (model, "eager").
+    Returns (module, "torchscript") with module([x, ...], [seen, ...], n) -> [(indices, values), ...],
+    or (model, "eager").
     """
     if mode == "eager":
         return model, "eager"
@@ -205,7 +221,7 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
             compiled = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(_TopN(traced)).eval()))
             for batch, length, pad in ((1, 1, 0), (3, max_seq_len, max_seq_len // 2), (5, max(2, max_seq_len // 3), 1)):
                 x, seen = sample(batch, length, pad)
-                torch.testing.assert_close(compiled(x, seen, n)[1], _TopN(model)(x, seen, n)[1],
+                torch.testing.assert_close(compiled([x], [seen], n)[0][1], _TopN(model)([x], [seen], n)[0][1],
                                            msg=lambda m: f"compiled top-{n} differs from eager at {tuple(x.shape)}: {m}")
     except Exception as exc:  # noqa: BLE001 - any failure means: serve eagerly, or refuse when asked for the trace
         if mode == "torchscript":
