@@ -410,20 +410,23 @@ class RankerCore:
                 take = min(len(self._waiting), self.cfg.batch.max_batch_size)
                 batch, self._waiting = self._waiting[:take], self._waiting[take:]
             try:
-                done = self._forward(batch)
+                done, forward_ms = self._forward(batch)
             except Exception as exc:  # noqa: BLE001 - fail these requests, keep the thread alive
-                done = [(fut, None, exc) for _, fut in batch]
+                done, forward_ms = [(fut, None, exc) for _, fut in batch], []
             try:
-                loop.call_soon_threadsafe(self._deliver, len(batch), done)
+                loop.call_soon_threadsafe(self._deliver, len(batch), done, forward_ms)
             except RuntimeError:  # the loop closed: the replica is shutting down
                 return
 
-    def _forward(self, batch: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]]) -> list[tuple]:
-        """Rank one merged batch (split by model version: a swap can straddle it) -> (future, result, error)."""
+    def _forward(self, batch: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]]) -> tuple[list[tuple], list[float]]:
+        """Rank one merged batch (split by model version: a swap can straddle it).
+
+        Returns (future, result, error) per request and the wall time (ms) of each forward."""
         by_model: dict[int, list[int]] = {}
         for i, ((loaded, _, _, _), _) in enumerate(batch):
             by_model.setdefault(id(loaded), []).append(i)
         done: list[tuple] = []
+        forward_ms: list[float] = []
         for idxs in by_model.values():
             loaded = batch[idxs[0]][0][0]
             n = max(batch[i][0][3] for i in idxs)
@@ -434,23 +437,24 @@ class RankerCore:
             except Exception as exc:  # noqa: BLE001 - these requests fail; others in the batch may not
                 done.extend((batch[i][1], None, exc) for i in idxs)
                 continue
-            done.append((None, (time.perf_counter() - t0) * 1000, None))  # the forward's wall time
+            forward_ms.append((time.perf_counter() - t0) * 1000)
             for j, i in enumerate(idxs):
                 k = batch[i][0][3]
                 done.append((batch[i][1], (cand[j, :k], scores[j, :k]), None))
-        return done
+        return done, forward_ms
 
-    def _deliver(self, rows: int, done: list[tuple]) -> None:
+    def _deliver(self, rows: int, done: list[tuple], forward_ms: list[float]) -> None:
         """On the event loop: metrics, then the results to the waiting requests."""
         self._m_batch.observe(rows)
+        for ms in forward_ms:
+            self._m_forward.observe(ms, tags={"replica": self.replica})
         for fut, result, error in done:
-            if fut is None:
-                self._m_forward.observe(result, tags={"replica": self.replica})
-            elif not fut.done():  # its client may have gone
-                if error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(result)
+            if fut.done():  # its client may have gone
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
 
     def _context(self, loaded: Any, req: dict[str, Any]) -> tuple[np.ndarray, str]:
         from lmrec.serving.runtime import RequestError, history_key

@@ -70,12 +70,12 @@ def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int
     app = FastAPI(title="plain FastAPI peer")
     rows = cfg.batch.forward_rows(loaded.device.type)  # the same length-sorted forwards as the Serve app
 
-    def forward(items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def rank_batch(items: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         n = max(k for _, k in items)
         cand, scores = loaded.rank([h for h, _ in items], n, [True] * len(items), rows)
         return [(cand[i, :k], scores[i, :k]) for i, (_, k) in enumerate(items)]
 
-    batcher = MicroBatcher(forward, max_batch_size, timeout_s)
+    batcher = MicroBatcher(rank_batch, max_batch_size, timeout_s)
 
     @app.post("/recommend")
     async def recommend(body: RecommendRequest) -> Any:

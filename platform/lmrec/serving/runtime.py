@@ -70,11 +70,13 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     _sorted_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     _sorted_idx: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    _top_n: torch.nn.Module = field(default=None, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids = self.item_ids[order]
         self._sorted_idx = (order + 1).astype(np.int64)
+        self._top_n = self.model if self.forward == "torchscript" else _TopN(self.model)
 
     @property
     def num_items(self) -> int:
@@ -113,8 +115,7 @@ class LoadedModel:
             slices = np.array_split(order, -(-len(order) // rows_per_forward))
         xs, seens = zip(*(self._inputs([histories[i] for i in rows], [exclude_seen[i] for i in rows]) for rows in slices))
         with attention_kernels(self.device):
-            top_n = self.model if self.forward == "torchscript" else _TopN(self.model)
-            out = top_n(list(xs), list(seens), n)
+            out = self._top_n(list(xs), list(seens), n)
         idx = np.empty((len(histories), n), np.int64)
         val = np.empty((len(histories), n), np.float32)
         for rows, (i, v) in zip(slices, out):
@@ -211,7 +212,7 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
     def sample(batch: int, length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randint(1, num_items + 1, (batch, length), generator=gen)
         x[0, :pad] = PAD_ID  # left padding in the first row (never a fully padded row)
-        seen = torch.where(x[:, : max(1, length // 2)] == PAD_ID, PAD_ID, x[:, : max(1, length // 2)])
+        seen = x[:, : max(1, length // 2)]  # the first half of each row as its history (pads mask column 0)
         return x.to(device), seen.to(device)
 
     try:
