@@ -17,6 +17,7 @@ errors name the key) and returns the bound application.
 
 
 import asyncio
+import collections
 import hmac
 import logging
 import os
@@ -36,11 +37,14 @@ from ray.serve import Application
 import lmrec
 from lmrec.config import from_dict, to_dict
 from lmrec.serving.config import ServeConfig
+from lmrec.serving.fastpath import RecommendFastPath, invalid_body, register
 from lmrec.serving.schemas import (
     ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse, VersionResponse,
 )
 
 log = logging.getLogger("ray.serve")
+METRICS_FLUSH_S = 1.0  # per-request counters reach ray.util.metrics this often
+IMPRESSION_SHIP_S = 0.1  # impressions travel to the FeedbackLog in batches this often (feedback waits for them)
 
 API = FastAPI(
     title="lmrec recommender",
@@ -56,8 +60,11 @@ def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
 @API.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Malformed JSON, wrong types, unknown fields: 422 with the offending locations."""
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-    return _error(422, "invalid request", errors)
+    return JSONResponse(status_code=422, content=invalid_body(exc.errors()))
+
+
+# POST /recommend skips FastAPI's layers when the replica registers its handler (http_fast_path).
+API.add_middleware(RecommendFastPath)
 
 
 def _read_api_key(cfg: ServeConfig) -> Optional[str]:
@@ -241,6 +248,9 @@ class RankerCore:
                                         tag_keys=("replica", "model"))
         self._slates = 0
         self._explored = 0
+        # Per-request counts are summed here and handed to ray.util.metrics once a second by
+        # `_flush_metrics` (Ray exports every few seconds anyway): four metric calls fewer per request.
+        self._counts: collections.Counter = collections.Counter()
         # Micro-batched requests waiting for the forward thread, and its wake-up.
         self._waiting: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]] = []
         self._waiting_cv = threading.Condition()
@@ -257,7 +267,8 @@ class RankerCore:
             log.warning("initial model load failed (%s); retrying in the background", self.load_error)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
-                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias())]
+                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias()),
+                       loop.create_task(self._flush_metrics())]
         threading.Thread(target=self._forward_thread, args=(loop,), name="lmrec-forward", daemon=True).start()
 
     # ---- configuration and hot-swap
@@ -360,9 +371,26 @@ class RankerCore:
             if str(info.get("version")) != str(cur.info.get("version")):
                 await self._swap_to(uri)
 
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        counts, self._counts = self._counts, collections.Counter()
+        for (name, *tags), n in counts.items():
+            if name == "cache":
+                self._m_cache.inc(n, tags={"result": tags[0]})
+            else:
+                self._m_explore.inc(n, tags={"explored": tags[0], "policy": tags[1]})
+        if counts:
+            self._m_hit_ratio.set(self.cache.hit_ratio, tags={"replica": self.replica})
+            if self._slates:
+                self._m_explore_rate.set(self._explored / self._slates, tags={"replica": self.replica})
+
     async def _ship_impressions(self) -> None:
         while True:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(IMPRESSION_SHIP_S)
             if self._impressions:
                 batch, self._impressions = self._impressions, []
                 try:
@@ -491,8 +519,7 @@ class RankerCore:
             return {"error": str(exc), "status": exc.status}
         key = (ctx_key, exclude, n, loaded.version)
         hit = self.cache.get(key) if self.cfg.cache.enabled else None
-        self._m_cache.inc(1, tags={"result": "hit" if hit is not None else "miss"})
-        self._m_hit_ratio.set(self.cache.hit_ratio, tags={"replica": self.replica})
+        self._counts["cache", "miss" if hit is None else "hit"] += 1
         if hit is None:
             cand_idx, scores = await (await self._rank_batch((loaded, hist, exclude, n)))
             if self.cfg.cache.enabled:
@@ -510,8 +537,7 @@ class RankerCore:
         explored = not np.array_equal(np.sort(idx), np.arange(len(idx)))
         self._slates += 1
         self._explored += int(explored)
-        self._m_explore.inc(1, tags={"explored": str(explored).lower(), "policy": policy})
-        self._m_explore_rate.set(self._explored / self._slates, tags={"replica": self.replica})
+        self._counts["slates", "true" if explored else "false", policy] += 1
         self._impressions.append({
             "request_id": request_id, "candidates": cand.tolist(), "scores": scores.tolist(),
             "slate": items.tolist(), "propensities": [float(p) for p in props], "policy": policy,
@@ -572,10 +598,12 @@ class Ingress:
         self.core = RankerCore(cfg, feedback_log) if ranker is None else None
         self.feedback_log = feedback_log
         self.api_key = _read_api_key(self.cfg)
+        self.api_key_header = self.cfg.api_key_header.lower().encode("latin-1")
         self._latency = metrics.Histogram(
             "lmrec_serve_request_latency_ms", description="end-to-end handler latency",
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], tag_keys=("endpoint", "status"),
         )
+        register(self if self.cfg.http_fast_path else None)  # one replica per process
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Fused topology: batch settings, policy and model_uri applied live, as on a Ranker."""
@@ -588,33 +616,36 @@ class Ingress:
             return await getattr(self.core, method)(*args)
         return await _call_upstream(getattr(self.ranker, method), retry_s, *args)
 
-    def _check_key(self, request: Request) -> Optional[JSONResponse]:
-        if self.api_key is None:
-            return None
-        got = request.headers.get(self.cfg.api_key_header, "")
-        if not hmac.compare_digest(got.encode(), self.api_key.encode()):
-            return _error(401, f"missing or invalid {self.cfg.api_key_header} header")
-        return None
+    def _key_ok(self, got: Optional[str]) -> bool:
+        return self.api_key is None or hmac.compare_digest((got or "").encode(), self.api_key.encode())
 
-    def _observe(self, endpoint: str, status: int, t0: float) -> None:
+    def _check_key(self, request: Request) -> Optional[JSONResponse]:
+        if self._key_ok(request.headers.get(self.cfg.api_key_header)):
+            return None
+        return _error(401, f"missing or invalid {self.cfg.api_key_header} header")
+
+    def observe(self, endpoint: str, status: int, t0: float) -> None:
         self._latency.observe((time.perf_counter() - t0) * 1000, tags={"endpoint": endpoint, "status": str(status)})
 
     @API.post("/recommend", response_model=RecommendResponse,
               responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
                          503: {"model": ErrorResponse}})
     async def recommend(self, body: RecommendRequest, request: Request) -> Any:
-        t0 = time.perf_counter()
-        denied = self._check_key(request)
-        if denied is not None:
-            self._observe("recommend", 401, t0)
-            return denied
+        status, content = await self.recommend_handler(request.headers.get(self.cfg.api_key_header), body, time.perf_counter())
+        return content if status == 200 else JSONResponse(status_code=status, content=content)
+
+    async def recommend_handler(self, api_key: Optional[str], body: RecommendRequest, t0: float) -> tuple[int, dict[str, Any]]:
+        """/recommend for the FastAPI route and the fast path alike: (status, JSON body)."""
+        if not self._key_ok(api_key):
+            self.observe("recommend", 401, t0)
+            return 401, {"error": f"missing or invalid {self.cfg.api_key_header} header", "detail": None}
         if body.history is not None and len(body.history) > self.cfg.max_history:
-            self._observe("recommend", 422, t0)
-            return _error(422, f"history has {len(body.history)} items; the limit is {self.cfg.max_history}")
+            self.observe("recommend", 422, t0)
+            return 422, {"error": f"history has {len(body.history)} items; the limit is {self.cfg.max_history}", "detail": None}
         result = await self._ranker_call("recommend", self.cfg.upstream_retry_s, body.model_dump())
         status = int(result.pop("status", 200)) if "error" in result else 200
-        self._observe("recommend", status, t0)
-        return _error(status, result["error"]) if status != 200 else result
+        self.observe("recommend", status, t0)
+        return (200, result) if status == 200 else (status, {"error": result["error"], "detail": None})
 
     @API.post("/feedback", response_model=FeedbackResponse,
               responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
@@ -623,12 +654,12 @@ class Ingress:
         t0 = time.perf_counter()
         denied = self._check_key(request)
         if denied is not None:
-            self._observe("feedback", 401, t0)
+            self.observe("feedback", 401, t0)
             return denied
         result = await _call_upstream(self.feedback_log.feedback, self.cfg.upstream_retry_s,
                                       body.request_id, body.item_id, body.reward)
         status = int(result.pop("status", 200)) if "error" in result else 200
-        self._observe("feedback", status, t0)
+        self.observe("feedback", status, t0)
         return _error(status, result["error"]) if status != 200 else result
 
     @API.get("/healthz")

@@ -119,6 +119,10 @@ def test_bad_input_gets_4xx_and_the_app_stays_healthy(app_url: str) -> None:
         r = requests.post(f"{app_url}/{endpoint}", data=payload, headers={"content-type": "application/json"})
         assert r.status_code == status, (endpoint, payload[:60], r.status_code, r.text[:300])
         assert "error" in r.json() and r.json()["error"]
+    # Answered by the plain-ASGI route (http_fast_path, the default), below the app's route prefix:
+    # pydantic reads the body itself, where FastAPI would say "JSON decode error".
+    r = requests.post(f"{app_url}/recommend", data=b"{not json", headers={"content-type": "application/json"})
+    assert r.json()["detail"][0]["msg"].startswith("Invalid JSON"), r.text
     rng = random.Random(0)
     junk_values = [None, -1, 0, 1.5, "x", [], {}, [None], True, 10**18, "💥"]
     for _ in range(60):  # random structurally-wrong bodies: any 4xx, never 5xx
@@ -135,7 +139,10 @@ def test_api_key_protects_recommend_and_feedback(serve_model, serve_http, tmp_pa
 
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-token\n")
-    serve.run(launch.build_app(_args(tmp_path, api_key_file=str(key_file))), name="it-secured", route_prefix="/secured")
+    # This app serves /recommend through its FastAPI route (the fast path is off), so both routes
+    # check the key: the main app's fuzz test runs on the fast path.
+    serve.run(launch.build_app(_args(tmp_path, api_key_file=str(key_file), http_fast_path=False)),
+              name="it-secured", route_prefix="/secured")
     url = f"{serve_http}/secured"
     _wait_healthy(url)
     body = {"history": [1, 2, 3], "k": 3}
@@ -143,6 +150,8 @@ def test_api_key_protects_recommend_and_feedback(serve_model, serve_http, tmp_pa
     assert requests.post(f"{url}/recommend", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
     ok = requests.post(f"{url}/recommend", json=body, headers={"X-API-Key": "s3cret-token"})
     assert ok.status_code in (200, 422), ok.text  # 422 only if items 1..3 are not in the catalog
+    bad = requests.post(f"{url}/recommend", data=b"{not json", headers={"content-type": "application/json", "X-API-Key": "s3cret-token"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["msg"] == "JSON decode error"  # FastAPI's own parser
     assert requests.post(f"{url}/feedback", json={"request_id": "a", "item_id": 1, "reward": 1}).status_code == 401
     serve.delete("it-secured")
 

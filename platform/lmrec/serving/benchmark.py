@@ -36,12 +36,14 @@ from lmrec.models.sizes import build_config
 from lmrec.serving.loadgen import run_load
 
 HAPROXY_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-# name -> (Ray environment, app topology)
-VARIANTS = {
-    "serve_default_proxy": ({}, "split"),
-    "serve_haproxy": ({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, "split"),
-    "serve_haproxy_throughput": (HAPROXY_THROUGHPUT, "split"),
-    "serve_haproxy_throughput_fused": (HAPROXY_THROUGHPUT, "fused"),
+# name -> (Ray environment, app topology, further app args)
+VARIANTS: dict[str, tuple[dict[str, str], str, dict[str, Any]]] = {
+    "serve_default_proxy": ({}, "split", {}),
+    "serve_haproxy": ({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, "split", {}),
+    "serve_haproxy_throughput": (HAPROXY_THROUGHPUT, "split", {}),
+    "serve_haproxy_throughput_fused": (HAPROXY_THROUGHPUT, "fused", {}),
+    # the same, with POST /recommend through FastAPI's route instead of the plain-ASGI fast path
+    "serve_haproxy_throughput_fused_fastapi": (HAPROXY_THROUGHPUT, "fused", {"http_fast_path": False}),
 }
 
 
@@ -124,7 +126,7 @@ def _levels(url: str, bodies: list[dict[str, Any]], levels: list[int], total: in
 
 
 def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path, bodies: list[dict[str, Any]],
-                  args: argparse.Namespace) -> dict[str, Any]:
+                  args: argparse.Namespace, app_extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -145,7 +147,7 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
                           "rows_per_forward": args.rows_per_forward},
                 "cache": {"enabled": cache}, "alias_poll_s": 0,
                 "feedback": {"log_dir": tempfile.mkdtemp(prefix="lmrec-bench-fb-")},
-                "topology": topology,
+                "topology": topology, **(app_extra or {}),
                 # the deployment that holds the model: the Ranker (split) or the Ingress (fused)
                 "deployments": {"Ranker" if topology == "split" else "Ingress":
                                 {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 512,
@@ -154,7 +156,7 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
             serve.run(launch.build_app(app_args), name="bench", route_prefix="/")
             _wait(f"{url}/healthz")
 
-        out: dict[str, Any] = {"env": env, "topology": topology}
+        out: dict[str, Any] = {"env": env, "topology": topology, "app_args": app_extra or {}}
         deploy(args.batch, cache=False)
         out["batching_on"] = _levels(url, bodies, args.levels[:-1], args.requests)
         # The saturation level also reports rows per forward, from the replica's own metric
@@ -239,8 +241,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
         one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
         for name in args.variants:
-            env, topology = VARIANTS[name]
-            one[name] = serve_variant(name, env, topology, model_dir, bodies, args)
+            env, topology, extra = VARIANTS[name]
+            one[name] = serve_variant(name, env, topology, model_dir, bodies, args, extra)
         one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"]}, args)
         rounds.append(one)
         print(f"round {i + 1}/{args.rounds}: " + json.dumps({k: v.get("throughput_vs_fastapi_peer") for k, v in one["ratios"].items()
@@ -333,6 +335,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--peer-workers", type=int, default=1, help="uvicorn worker processes of the FastAPI peer")
     p.add_argument("--out", default="out/benchmark_serve.json")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
     result = run(args)
     print_table(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

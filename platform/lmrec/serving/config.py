@@ -104,6 +104,10 @@ class ServeConfig:
     # for the whole forward) or the eager model. auto: the trace on CPU, falling back to eager if
     # it fails its check; eager on GPU (the trace is untested there).
     forward: Literal["auto", "eager", "torchscript"] = "auto"
+    # POST /recommend through a plain-ASGI route in front of FastAPI's middleware, routing,
+    # dependency and response-model layers (same validation, same responses; docs/serving.md).
+    # false: every request goes through the FastAPI route.
+    http_fast_path: bool = True
     max_history: int = 200  # longest history accepted in a request (items)
     max_k: int = 100
     data_dir: Optional[str] = None  # where to find the model's dataset for user histories

@@ -118,6 +118,7 @@ def test_ttl_lru_cache() -> None:
         ({"topology": "merged"}, "topology"),
         ({"forward": "compiled"}, "forward"),
         ({"batch": {"rows_per_forward": -1}}, "batch.rows_per_forward"),
+        ({"http_fast_path": "yes"}, "http_fast_path"),
         ({"topology": "fused", "deployments": {"Ranker": {"num_replicas": 2}}}, "deployments.Ranker"),
     ],
 )
