@@ -97,8 +97,16 @@ def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(ray_cluster, syn
             assert f.status_code == 200
         missing = scraper.wait_for(SERVE, timeout=90)
         assert not missing, f"serving metrics not exported: {missing}"
-        version_lines = [ln for ln in scraper.text.splitlines() if "lmrec_serve_model_version" in ln and not ln.startswith("#")]
-        assert any(f'model="{SERVE_MODEL}/{serve_model.model_version}"' in ln for ln in version_lines), version_lines[:3]
+        # This replica's own version series (names alone may have been seen from an earlier app's replicas
+        # when other tests deployed apps on the same cluster first).
+        want = f'model="{SERVE_MODEL}/{serve_model.model_version}"'
+        deadline = time.time() + 90
+        while True:
+            version_lines = [ln for ln in scraper.text.splitlines() if "lmrec_serve_model_version" in ln and not ln.startswith("#")]
+            if any(want in ln for ln in version_lines) or time.time() > deadline:
+                break
+            time.sleep(1.0)
+        assert any(want in ln for ln in version_lines), version_lines[:3]
         serve.delete("it-metrics")
     finally:
         scraper.stop.set()

@@ -298,7 +298,7 @@ def print_table(r: dict[str, Any]) -> None:
     rf = r["raw_forward"]
     print(f"raw forward (no HTTP, {rf.get('forward', 'eager')}): " + ", ".join(
         f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)))
-    print(f"{'server':<34}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'server':<40}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ["fastapi_peer", *VARIANTS]:
         if name not in r:
             continue
@@ -310,7 +310,7 @@ def print_table(r: dict[str, Any]) -> None:
             for level, s in rows:
                 setting = f"{section.replace('batching_', 'batch ')} {level}"
                 rows_fwd = f"  ({s['rows_per_forward_mean']} rows/forward)" if s.get("rows_per_forward_mean") else ""
-                print(f"{name:<34}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}"
+                print(f"{name:<40}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}"
                       f"{s['errors']:>8}{rows_fwd}")
     print(json.dumps(r["ratios"], indent=1))
 
