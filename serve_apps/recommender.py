@@ -251,6 +251,7 @@ class RankerCore:
         # Per-request counts are summed here and handed to ray.util.metrics once a second by
         # `_flush_metrics` (Ray exports every few seconds anyway): four metric calls fewer per request.
         self._counts: collections.Counter = collections.Counter()
+        self._version_value: Optional[tuple[float, str]] = None  # (version number, label) of the model served
         # Micro-batched requests waiting for the forward thread, and its wake-up.
         self._waiting: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]] = []
         self._waiting_cv = threading.Condition()
@@ -337,6 +338,7 @@ class RankerCore:
             num = 0.0
         if old is not None and old.version != loaded.version:  # the old series reads 0, not a stale version
             self._m_version.set(0.0, tags={"replica": self.replica, "model": old.version})
+        self._version_value = (num, loaded.version)
         self._m_version.set(num, tags={"replica": self.replica, "model": loaded.version})
         log.info("serving %s (was %s)", loaded.version, old.version if old else None)
 
@@ -377,6 +379,11 @@ class RankerCore:
             self.flush_metrics()
 
     def flush_metrics(self) -> None:
+        if self._version_value is not None:
+            # Re-set every flush: a gauge set only at load time was seen to vanish from the Prometheus
+            # endpoint after other apps' replicas on the cluster had stopped (tests/integration/test_metrics.py).
+            num, version = self._version_value
+            self._m_version.set(num, tags={"replica": self.replica, "model": version})
         counts, self._counts = self._counts, collections.Counter()
         for (name, *tags), n in counts.items():
             if name == "cache":
