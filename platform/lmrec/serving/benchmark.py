@@ -4,7 +4,8 @@ One run, same model, same request bodies, same machine. For each Serve variant a
 fresh Ray head is started with the variant's environment (the proxy settings are
 read when Ray starts): Serve's default Python proxy, the HAProxy ingress
 (`RAY_SERVE_ENABLE_HA_PROXY=1`), and HAProxy with `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`, the
-last with both app topologies (`split`: Ingress -> Ranker; `fused`: the Ingress ranks).
+last with both app topologies (`split`: Ingress -> Ranker; `fused`: the Ingress ranks), and
+`fused` once more with POST /recommend through FastAPI's route instead of the ASGI fast path.
 Measured per variant: latency percentiles and throughput at several concurrency
 levels with batching on, throughput with batching off (max_batch_size=1), and
 cache hits vs misses at concurrency 1. Prints a table and writes JSON.
