@@ -53,8 +53,12 @@ API = FastAPI(
 )
 
 
+def _error_body(error: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": error, "detail": detail}
+
+
 def _error(status: int, error: str, detail: Any = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+    return JSONResponse(status_code=status, content=_error_body(error, detail))
 
 
 @API.exception_handler(RequestValidationError)
@@ -645,14 +649,14 @@ class Ingress:
         """/recommend for the FastAPI route and the fast path alike: (status, JSON body)."""
         if not self._key_ok(api_key):
             self.observe("recommend", 401, t0)
-            return 401, {"error": f"missing or invalid {self.cfg.api_key_header} header", "detail": None}
+            return 401, _error_body(f"missing or invalid {self.cfg.api_key_header} header")
         if body.history is not None and len(body.history) > self.cfg.max_history:
             self.observe("recommend", 422, t0)
-            return 422, {"error": f"history has {len(body.history)} items; the limit is {self.cfg.max_history}", "detail": None}
+            return 422, _error_body(f"history has {len(body.history)} items; the limit is {self.cfg.max_history}")
         result = await self._ranker_call("recommend", self.cfg.upstream_retry_s, body.model_dump())
         status = int(result.pop("status", 200)) if "error" in result else 200
         self.observe("recommend", status, t0)
-        return (200, result) if status == 200 else (status, {"error": result["error"], "detail": None})
+        return (200, result) if status == 200 else (status, _error_body(result["error"]))
 
     @API.post("/feedback", response_model=FeedbackResponse,
               responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
