@@ -575,6 +575,7 @@ class RankerCore:
             "precision": loaded.dtype if loaded else None,
             "device": str(loaded.device) if loaded else None,
             "forward": loaded.forward if loaded else None,
+            "last_position_only": loaded.last_position_only if loaded else None,
             "loaded_at": loaded.loaded_at if loaded else None,
             "policy": self.policy.config.to_dict(),
             "replica": self.replica,

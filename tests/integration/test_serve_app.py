@@ -59,6 +59,7 @@ def test_recommend_feedback_version_and_openapi(app_url: str, serve_model) -> No
     assert version["model_version"] == f"{SERVE_MODEL}/{serve_model.model_version}"
     assert version["run_id"] == serve_model.run_id and version["num_items"] > 10
     assert version["device"] == "cpu" and version["forward"] == "torchscript"  # forward: auto on CPU
+    assert version["last_position_only"] is True
 
     data = serve_model.prepared
     from lmrec.data.sequences import SequenceData

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from lmrec.config import ConfigError
 from lmrec.models import PAD_ID, SeqRecModel, build_config, init_weights_, size_table
@@ -59,6 +60,33 @@ def test_left_padding_does_not_change_the_last_position() -> None:
     short = torch.tensor([[7, 8, 9]])
     padded = torch.tensor([[0, 0, 0, 0, 7, 8, 9]])
     assert torch.allclose(m(short), m(padded), atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(num_kv_heads=1), dict(num_layers=1)])
+def test_last_position_block_scores_like_the_full_block(kw: dict) -> None:
+    """Serving's last-position block (grouped-query attention and a one-block model too) gives the
+    full forward's scores, with and without left padding, and can be undone."""
+    import copy
+
+    from lmrec.models.seqrec import LastPositionLayer, score_full_sequence, score_last_position_only
+
+    m = _model(**kw)
+    fast = score_last_position_only(copy.deepcopy(m))
+    assert isinstance(fast.backbone.layers[-1], LastPositionLayer)
+    assert score_last_position_only(fast) is fast and isinstance(fast.backbone.layers[-1].block, nn.Module)
+    assert not isinstance(fast.backbone.layers[-1].block, LastPositionLayer)  # not wrapped twice
+    x = torch.randint(1, 51, (6, 12), generator=torch.Generator().manual_seed(0))
+    x[0, :7] = PAD_ID
+    x[3, :11] = PAD_ID  # one real item
+    with torch.inference_mode():
+        full, last = m(x), fast(x)
+        assert torch.isinf(last[:, PAD_ID]).all()
+        torch.testing.assert_close(last[:, 1:], full[:, 1:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x[:, -1:])[:, 1:], m(x[:, -1:])[:, 1:], rtol=1e-5, atol=1e-5)  # length 1
+        assert not isinstance(m.backbone.layers[-1], LastPositionLayer)  # the copy was changed, not m
+        score_full_sequence(fast)
+        assert not isinstance(fast.backbone.layers[-1], LastPositionLayer)
+        torch.testing.assert_close(fast(x), full)
 
 
 @pytest.mark.parametrize("kw", [dict(loss="full"), dict(loss="sampled", negative_sampling="uniform", num_negatives=20),

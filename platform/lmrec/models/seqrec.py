@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaConfig, LlamaModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
 from lmrec.models.config import PAD_ID, SeqRecConfig
 
@@ -158,3 +160,54 @@ def init_weights_(model: SeqRecModel, seed: int) -> None:
         for block in model.blocks:
             block.self_attn.o_proj.weight.mul_(scale)
             block.mlp.down_proj.weight.mul_(scale)
+
+
+class LastPositionLayer(nn.Module):
+    """A decoder block that returns only the last position: (B, L, H) in, (B, 1, H) out.
+
+    Scoring needs the last position's hidden state only. In the last block, every other
+    position contributes keys and values, but its query, attention output, o-projection and
+    MLP are wasted work. With the MLP at 3 x H x F multiply-adds per token, that is about
+    85 % of the block (small: 4 x 256, F 768). It wraps the block's own modules (same
+    parameters, so int8 or pruned blocks work too) and uses the backbone's attention
+    function, so the result equals the full block's last row up to float rounding.
+    The caller checks that (lmrec.serving.runtime) and keeps the full block when it does not.
+    Inference only: training and evaluation under FSDP use the full block.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None, **kwargs: object) -> torch.Tensor:
+        block, attn = self.block, self.block.self_attn
+        batch, length = hidden_states.shape[:2]
+        normed = block.input_layernorm(hidden_states)
+        q = attn.q_proj(normed[:, -1:]).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        cos, sin = position_embeddings  # (B or 1, L, head_dim)
+        q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        mask = attention_mask[:, :, -1:, :] if isinstance(attention_mask, torch.Tensor) else None
+        fn = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
+        out, _ = fn(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
+        h = hidden_states[:, -1:] + attn.o_proj(out.reshape(batch, 1, -1).contiguous())
+        return h + block.mlp(block.post_attention_layernorm(h))
+
+
+def score_last_position_only(model: SeqRecModel) -> SeqRecModel:
+    """Swap the last block for a `LastPositionLayer` in place (an inference copy's scores only)."""
+    layers = model.backbone.layers
+    if not isinstance(layers[-1], LastPositionLayer):
+        layers[-1] = LastPositionLayer(layers[-1])
+    return model
+
+
+def score_full_sequence(model: SeqRecModel) -> SeqRecModel:
+    """Undo `score_last_position_only`."""
+    layers = model.backbone.layers
+    if isinstance(layers[-1], LastPositionLayer):
+        layers[-1] = layers[-1].block
+    return model

@@ -79,7 +79,7 @@ def request_bodies(data: SequenceData, n: int, k: int, seed: int = 0) -> list[di
 
 
 def raw_ceiling(model_dir: Path, bodies: list[dict[str, Any]], batch: int, threads: int, forward: str = "auto",
-                rows_per_forward: Optional[int] = None, repeats: int = 20) -> dict[str, Any]:
+                rows_per_forward: Optional[int] = None, repeats: int = 20, last_position_only: bool = True) -> dict[str, Any]:
     """Requests/s of the model forward alone (no HTTP, no Serve) at batch `batch` and 1."""
     from lmrec.config import from_dict
     from lmrec.serving.config import ServeConfig
@@ -87,12 +87,12 @@ def raw_ceiling(model_dir: Path, bodies: list[dict[str, Any]], batch: int, threa
 
     torch.set_num_threads(threads)
     cfg = from_dict(ServeConfig, {"model_uri": str(model_dir), "torch_threads": threads, "forward": forward,
-                                  "batch": {"rows_per_forward": rows_per_forward}})
+                                  "batch": {"rows_per_forward": rows_per_forward}, "last_position_only": last_position_only})
     loaded = load_model(str(model_dir), cfg)
     rows = cfg.batch.forward_rows(loaded.device.type)
     hists = [loaded.to_idx(b["history"]) for b in bodies]
     k = bodies[0]["k"]
-    out: dict[str, Any] = {"forward": loaded.forward, "rows_per_forward": rows}
+    out: dict[str, Any] = {"forward": loaded.forward, "rows_per_forward": rows, "last_position_only": loaded.last_position_only}
     for bs in (1, batch):
         loaded.rank(hists[:bs], k, [True] * bs, rows)  # warm-up
         t0 = time.perf_counter()
@@ -238,6 +238,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": "cpu", "unix_time": int(time.time()),
     }
     result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward)
+    # The same forward with the last block over every position (ServeConfig.last_position_only: false), for the A/B.
+    result["raw_forward_full_last_block"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward,
+                                                        args.rows_per_forward, last_position_only=False)
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
         one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
@@ -296,9 +299,11 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nserving benchmark: {r['model']['size']} model over {r['model']['num_items']} items ({r['model']['dataset']}), "
           f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs, "
           f"{r.get('replicas', 1)} model replica(s), {r.get('peer_workers', 1)} peer worker(s), {r.get('rounds', 1)} round(s)")
-    rf = r["raw_forward"]
-    print(f"raw forward (no HTTP, {rf.get('forward', 'eager')}): " + ", ".join(
-        f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)))
+    for key, label in (("raw_forward", "last block at the scored position only"), ("raw_forward_full_last_block", "last block at every position")):
+        rf = r.get(key)
+        if rf:
+            print(f"raw forward (no HTTP, {rf.get('forward', 'eager')}, {label}): " + ", ".join(
+                f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)))
     print(f"{'server':<40}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ["fastapi_peer", *VARIANTS]:
         if name not in r:

@@ -104,6 +104,10 @@ class ServeConfig:
     # for the whole forward) or the eager model. auto: the trace on CPU, falling back to eager if
     # it fails its check; eager on GPU (the trace is untested there).
     forward: Literal["auto", "eager", "torchscript"] = "auto"
+    # The last block computes only the last position (the one that is scored), not every
+    # position's query, attention output and MLP. Checked against the full forward at load and
+    # kept only where it matches (never for int8, whose activation ranges are per tensor).
+    last_position_only: bool = True
     # POST /recommend through a plain-ASGI route in front of FastAPI's middleware, routing,
     # dependency and response-model layers (same validation, same responses; docs/serving.md).
     # false: every request goes through the FastAPI route.

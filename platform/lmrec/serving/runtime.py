@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -67,6 +67,7 @@ class LoadedModel:
     # "eager": `model` is the SeqRecModel. "torchscript": `model` is trace_forward's compiled
     # (x, seen, n) -> (top-n indices, values) module.
     forward: str = "eager"
+    last_position_only: bool = False  # the last block computes the scored position only (last_position_scoring)
     loaded_at: float = field(default_factory=time.time)
     _sorted_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     _sorted_idx: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
@@ -206,15 +207,8 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
     """
     if mode == "eager":
         return model, "eager"
-    gen = torch.Generator().manual_seed(0)
     n = min(10, num_items)
-
-    def sample(batch: int, length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randint(1, num_items + 1, (batch, length), generator=gen)
-        x[0, :pad] = PAD_ID  # left padding in the first row (never a fully padded row)
-        seen = x[:, : max(1, length // 2)]  # the first half of each row as its history (pads mask column 0)
-        return x.to(device), seen.to(device)
-
+    sample = _sampler(num_items, device)
     try:
         with warnings.catch_warnings(), torch.inference_mode(), attention_kernels(device):
             warnings.simplefilter("ignore")  # TracerWarning on shape checks, and the deprecation notices
@@ -230,6 +224,55 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
         log.warning("serving the eager forward: compiling it failed (%s)", str(exc).splitlines()[0][:300])
         return model, "eager"
     return compiled, "torchscript"
+
+
+def _sampler(num_items: int, device: torch.device) -> Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """sample(batch, length, pad) -> (x, seen): random windows, the first row left-padded by `pad`."""
+    gen = torch.Generator().manual_seed(0)
+
+    def sample(batch: int, length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(1, num_items + 1, (batch, length), generator=gen)
+        x[0, :pad] = PAD_ID  # left padding in the first row (never a fully padded row)
+        seen = x[:, : max(1, length // 2)]  # the first half of each row as its history (pads mask column 0)
+        return x.to(device), seen.to(device)
+
+    return sample
+
+
+def last_position_scoring(model: torch.nn.Module, dtype: str, num_items: int, max_seq_len: int,
+                          device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """The model with its last block computing only the scored position, if that gives its scores.
+
+    Why: scoring reads one position; the last block's query, attention output and MLP at every
+    other position are wasted (about 20 % of a forward of the small model on this CPU;
+    docs/benchmarks.md, Serving). How: `score_last_position_only`, then the scores are compared
+    with the full forward's on the shapes `trace_forward` checks (float rounding apart, they are
+    the same computation). Kept full where they differ, and for int8: its activations are
+    quantized with one range per tensor, so one position gives other (if anything closer to
+    fp32) scores than the sequence did, and the compression benchmarks measured the latter.
+    Returns (model, applied).
+    """
+    from lmrec.models.seqrec import SeqRecModel, score_full_sequence, score_last_position_only
+
+    if not isinstance(model, SeqRecModel) or dtype == "int8" or any(
+            type(m).__name__ == "Int8Linear" for m in model.modules()):
+        return model, False
+    sample = _sampler(num_items, device)
+    xs = [sample(batch, length, pad)[0] for batch, length, pad in
+          ((1, 1, 0), (3, max_seq_len, max_seq_len // 2), (5, max(2, max_seq_len // 3), 1))]
+    tol = 1e-4 if dtype == "fp32" else 2e-2
+    with torch.inference_mode(), attention_kernels(device):
+        full = [model(x)[:, 1:].float() for x in xs]
+        score_last_position_only(model)
+        try:
+            for x, ref in zip(xs, full):
+                torch.testing.assert_close(model(x)[:, 1:].float(), ref, rtol=tol, atol=tol)
+        except Exception as exc:  # noqa: BLE001 - any mismatch or failure: score the full sequence
+            score_full_sequence(model)
+            log.warning("scoring with the full last block: the last-position block differs (%s)",
+                        str(exc).splitlines()[0][:300])
+            return model, False
+    return model, True
 
 
 def load_histories(meta: dict[str, Any], data_dir: Optional[str]) -> Optional[UserHistories]:
@@ -275,6 +318,9 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
         torch.set_num_threads(cfg.torch_threads)
     model, dtype = _cast(model.eval(), cfg.precision, device)
     max_seq_len = int(model.config.max_seq_len) if hasattr(model, "config") else 50
+    last_position = False
+    if cfg.last_position_only:
+        model, last_position = last_position_scoring(model, dtype, len(vocab), max_seq_len, device)
     forward, kind = trace_forward(model, _forward_mode(cfg, device), len(vocab), max_seq_len, device)
     version = f"{info['name']}/{info['version']}" if info.get("version") else Path(str(model_uri)).name
     return LoadedModel(
@@ -287,6 +333,7 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
         dtype=dtype,
         histories=load_histories(meta, cfg.data_dir),
         forward=kind,
+        last_position_only=last_position,
     )
 
 

@@ -101,5 +101,6 @@ class VersionResponse(BaseModel):
     precision: Optional[str]
     device: Optional[str]
     forward: Optional[str] = None  # "torchscript" (traced, checked at load) or "eager"
+    last_position_only: Optional[bool] = None  # the last block computes only the scored position (checked at load)
     loaded_at: Optional[float]
     lmrec_version: str

@@ -17,7 +17,7 @@ from lmrec.models import SeqRecModel, build_config, init_weights_
 from lmrec.serving.cache import TTLCache
 from lmrec.serving.config import FeedbackConfig, ServeConfig
 from lmrec.serving.feedback import FeedbackStore
-from lmrec.serving.runtime import LoadedModel, RequestError, trace_forward
+from lmrec.serving.runtime import LoadedModel, RequestError, last_position_scoring, trace_forward
 from lmrec.serving.schemas import FeedbackRequest, RecommendRequest
 
 
@@ -181,6 +181,47 @@ def test_compiled_forward_ranks_like_eager_at_any_batch_length_and_padding(preci
         tol = 1e-5 if precision == "fp32" else 2e-2
         np.testing.assert_allclose(s3, s1, rtol=tol, atol=tol)
         assert (c3 == c1).mean() > (0.95 if precision == "fp32" else 0.8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_last_position_scoring_is_kept_only_where_it_gives_the_full_scores(
+        precision: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from lmrec.models.seqrec import LastPositionLayer
+
+    torch.manual_seed(0)
+    model = SeqRecModel(build_config("small", 40, dropout=0.0))
+    init_weights_(model, 1)
+    model.eval()
+    if precision == "int8":
+        from lmrec.compression.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    reference = LoadedModel(model, np.arange(1, 41), "m/1", {}, 50, torch.device("cpu"), precision)
+    rng = np.random.default_rng(0)
+    hists = [rng.integers(1, 41, n) for n in (60, 2, 9, 33, 5, 1, 12)]
+    exclude = [bool(i % 2) for i in range(len(hists))]
+    c1, s1 = reference.rank(hists, 8, exclude)
+    out, applied = last_position_scoring(model, precision, 40, 50, torch.device("cpu"))
+    assert out is model
+    if precision == "int8":  # one range per activation tensor: one position gives other scores
+        assert not applied and not isinstance(model.backbone.layers[-1], LastPositionLayer)
+        return
+    assert applied and isinstance(model.backbone.layers[-1], LastPositionLayer)
+    traced, kind = trace_forward(model, "auto", 40, 50, torch.device("cpu"))  # and it compiles
+    for m, forward in ((model, "eager"), (traced, kind)):
+        c2, s2 = LoadedModel(m, np.arange(1, 41), "m/1", {}, 50, torch.device("cpu"), precision, forward=forward).rank(
+            hists, 8, exclude, rows_per_forward=3)
+        np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-5)
+        assert (c2 == c1).mean() > 0.95  # equal up to ties
+    # A last-position block that gets the scores wrong is dropped at load, with a warning.
+    from lmrec.models.seqrec import score_full_sequence
+
+    score_full_sequence(model)
+    monkeypatch.setattr(LastPositionLayer, "forward", lambda self, h, *a, **k: h[:, -1:] * 2)
+    with caplog.at_level("WARNING"):
+        assert last_position_scoring(model, precision, 40, 50, torch.device("cpu")) == (model, False)
+    assert not isinstance(model.backbone.layers[-1], LastPositionLayer)
+    assert "scoring with the full last block" in caplog.text
 
 
 class _ShapeBranch(torch.nn.Module):
