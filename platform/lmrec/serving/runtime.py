@@ -214,7 +214,7 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
             warnings.simplefilter("ignore")  # TracerWarning on shape checks, and the deprecation notices
             traced = torch.jit.trace(model, (sample(2, min(8, max_seq_len), 3)[0],), check_trace=False)
             compiled = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(_TopN(traced)).eval()))
-            for batch, length, pad in ((1, 1, 0), (3, max_seq_len, max_seq_len // 2), (5, max(2, max_seq_len // 3), 1)):
+            for batch, length, pad in _check_shapes(max_seq_len):
                 x, seen = sample(batch, length, pad)
                 torch.testing.assert_close(compiled([x], [seen], n)[0][1], _TopN(model)([x], [seen], n)[0][1],
                                            msg=lambda m: f"compiled top-{n} differs from eager at {tuple(x.shape)}: {m}")
@@ -224,6 +224,11 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
         log.warning("serving the eager forward: compiling it failed (%s)", str(exc).splitlines()[0][:300])
         return model, "eager"
     return compiled, "torchscript"
+
+
+def _check_shapes(max_seq_len: int) -> list[tuple[int, int, int]]:
+    """(batch, length, left padding of the first row) that a changed forward is checked on at load."""
+    return [(1, 1, 0), (3, max_seq_len, max_seq_len // 2), (5, max(2, max_seq_len // 3), 1)]
 
 
 def _sampler(num_items: int, device: torch.device) -> Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]:
@@ -258,8 +263,7 @@ def last_position_scoring(model: torch.nn.Module, dtype: str, num_items: int, ma
             type(m).__name__ == "Int8Linear" for m in model.modules()):
         return model, False
     sample = _sampler(num_items, device)
-    xs = [sample(batch, length, pad)[0] for batch, length, pad in
-          ((1, 1, 0), (3, max_seq_len, max_seq_len // 2), (5, max(2, max_seq_len // 3), 1))]
+    xs = [sample(batch, length, pad)[0] for batch, length, pad in _check_shapes(max_seq_len)]
     tol = 1e-4 if dtype == "fp32" else 2e-2
     with torch.inference_mode(), attention_kernels(device):
         full = [model(x)[:, 1:].float() for x in xs]
