@@ -152,16 +152,22 @@ def test_loaded_model_ranks_and_masks_seen_items() -> None:
     assert loaded.to_ids(np.array([1, 30])).tolist() == [101, 130]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_compiled_forward_ranks_like_eager_at_any_batch_length_and_padding(precision: str) -> None:
+def _scoring_model(size: str, precision: str) -> torch.nn.Module:
+    """A seeded eval-mode model over 40 items, dynamic-int8 quantized when `precision` is "int8"."""
     torch.manual_seed(0)
-    model = SeqRecModel(build_config("tiny", 40, dropout=0.0))
+    model = SeqRecModel(build_config(size, 40, dropout=0.0))
     init_weights_(model, 1)
     model.eval()
     if precision == "int8":
         from lmrec.compression.quantize import quantize_int8
 
         model = quantize_int8(model)
+    return model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_compiled_forward_ranks_like_eager_at_any_batch_length_and_padding(precision: str) -> None:
+    model = _scoring_model("tiny", precision)
     traced, kind = trace_forward(model, "auto", 40, 50, torch.device("cpu"))
     assert kind == "torchscript" and isinstance(traced, torch.jit.ScriptModule)
     assert trace_forward(model, "eager", 40, 50, torch.device("cpu")) == (model, "eager")
@@ -188,14 +194,7 @@ def test_last_position_scoring_is_kept_only_where_it_gives_the_full_scores(
         precision: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from lmrec.models.seqrec import LastPositionLayer
 
-    torch.manual_seed(0)
-    model = SeqRecModel(build_config("small", 40, dropout=0.0))
-    init_weights_(model, 1)
-    model.eval()
-    if precision == "int8":
-        from lmrec.compression.quantize import quantize_int8
-
-        model = quantize_int8(model)
+    model = _scoring_model("small", precision)
     reference = LoadedModel(model, np.arange(1, 41), "m/1", {}, 50, torch.device("cpu"), precision)
     rng = np.random.default_rng(0)
     hists = [rng.integers(1, 41, n) for n in (60, 2, 9, 33, 5, 1, 12)]
