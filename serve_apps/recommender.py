@@ -44,7 +44,7 @@ from lmrec.serving.schemas import (
 
 log = logging.getLogger("ray.serve")
 METRICS_FLUSH_S = 1.0  # per-request counters reach ray.util.metrics this often
-IMPRESSION_SHIP_S = 0.1  # impressions travel to the FeedbackLog in batches this often (feedback waits for them)
+SHUTDOWN_SHIP_TIMEOUT_S = 5.0  # a stopping replica waits this long for the FeedbackLog to take its last impressions
 
 API = FastAPI(
     title="lmrec recommender",
@@ -401,15 +401,38 @@ class RankerCore:
 
     async def _ship_impressions(self) -> None:
         while True:
-            await asyncio.sleep(IMPRESSION_SHIP_S)
-            if self._impressions:
-                batch, self._impressions = self._impressions, []
-                try:
-                    await self.feedback_log.add_impressions.remote(batch)
-                except Exception as exc:  # noqa: BLE001 (re-queue; the log replica may be restarting)
-                    self._impressions = batch + self._impressions
-                    log.warning("impression shipping failed: %s", exc)
-                    await asyncio.sleep(0.5)
+            await asyncio.sleep(self.cfg.feedback.impression_ship_s)
+            if not await self.ship_impressions():
+                await asyncio.sleep(0.5)  # the log replica may be restarting
+
+    async def ship_impressions(self, timeout_s: Optional[float] = None) -> bool:
+        """Send the buffered impressions to the FeedbackLog; on failure they stay buffered."""
+        if not self._impressions:
+            return True
+        batch, self._impressions = self._impressions, []
+        try:
+            await asyncio.wait_for(self.feedback_log.add_impressions.remote(batch), timeout_s)
+            return True
+        except Exception as exc:  # noqa: BLE001 (re-queue, keeping the order)
+            self._impressions = batch + self._impressions
+            log.warning("impression shipping failed (%d buffered): %s", len(self._impressions), exc)
+            return False
+
+    async def flush(self) -> dict[str, Any]:
+        """Ship buffered impressions and hand per-request counts to the metrics now."""
+        self.flush_metrics()
+        shipped = await self.ship_impressions()
+        return {"replica": self.replica, "shipped": shipped, "buffered_impressions": len(self._impressions)}
+
+    async def shutdown(self) -> None:
+        """Called from the replica's `__del__`, which Serve's graceful shutdown (scale-down,
+        redeploy, delete) awaits once the replica's requests have drained: the last impressions
+        (up to `impression_ship_s` of them) and the last second's metric counts would otherwise
+        go with the process."""
+        self.flush_metrics()
+        if not await self.ship_impressions(SHUTDOWN_SHIP_TIMEOUT_S) and self._impressions:
+            log.error("replica stopping: %d impressions could not reach the FeedbackLog and are lost",
+                      len(self._impressions))
 
     async def _sync_stats(self) -> None:
         from lmrec.exploration.policies import PolicyState
@@ -589,6 +612,9 @@ class RankerCore:
 class Ranker(RankerCore):
     """The model deployment of the `split` topology, called by the Ingress through a handle."""
 
+    async def __del__(self) -> None:  # Serve's graceful shutdown awaits it
+        await self.shutdown()
+
 
 # ---------------------------------------------------------------- Ingress
 
@@ -622,6 +648,16 @@ class Ingress:
         if self.core is None:
             raise ValueError("user_config on the Ingress applies only to topology 'fused'; set it on the Ranker")
         await self.core.reconfigure(user_config)
+
+    async def __del__(self) -> None:  # Serve's graceful shutdown awaits it
+        if self.core is not None:
+            await self.core.shutdown()
+
+    async def flush(self) -> dict[str, Any]:
+        """Fused topology: ship this replica's buffered impressions now (see RankerCore.flush)."""
+        if self.core is None:
+            raise ValueError("flush on the Ingress applies only to topology 'fused'; call it on the Ranker")
+        return await self.core.flush()
 
     async def _ranker_call(self, method: str, retry_s: float, *args: Any) -> dict[str, Any]:
         if self.core is not None:  # fused: same process, no hop

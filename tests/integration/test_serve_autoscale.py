@@ -1,5 +1,7 @@
 """Autoscaling on real Ray Serve: load drives the Ranker's replica count up, and it falls
-back to the minimum once the load stops (short delays from the test config)."""
+back to the minimum once the load stops (short delays from the test config). The replicas
+that scale down ship their buffered impressions as they stop: every slate served is in the
+Parquet log afterwards."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pyarrow.parquet as pq
 import pytest
 import requests
 
@@ -24,10 +27,12 @@ def _ranker_replicas(app: str) -> int:
     return int(status.replica_states.get("RUNNING", 0))
 
 
-def _starting(app: str) -> int:
+def _starting_or_stopping(app: str) -> int:
+    """Replicas not RUNNING yet, or stopping (draining, then `__del__`): both still count here."""
     from ray import serve
 
-    return int(serve.status().applications[app].deployments["Ranker"].replica_states.get("STARTING", 0))
+    states = serve.status().applications[app].deployments["Ranker"].replica_states
+    return int(states.get("STARTING", 0)) + int(states.get("STOPPING", 0))
 
 
 def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_path: Path) -> None:
@@ -35,7 +40,9 @@ def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_
 
     args = {
         "model_uri": f"models:/{SERVE_MODEL}@champion",
-        "feedback": {"log_dir": str(tmp_path / "fb")},
+        # Impressions leave a replica only at stop (or on `flush`) in this test, so a replica that
+        # scales down without shipping its buffer loses slates, and the check below sees it.
+        "feedback": {"log_dir": str(tmp_path / "fb"), "impression_ship_s": 3600},
         "cache": {"enabled": False},  # every request reaches the model
         "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
         "deployments": {"Ranker": {
@@ -56,6 +63,7 @@ def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_
     assert _ranker_replicas("it-scale") == 1
 
     observed: list[int] = []
+    served: list[str] = []  # request ids answered 200
 
     async def drive(max_seconds: float) -> int:
         """Load until a second replica is RUNNING (a new replica imports torch: slow on 2 cores)."""
@@ -68,6 +76,8 @@ def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_
             while time.monotonic() < stop and not done.is_set():
                 async with session.post(f"{url}/recommend", json={"history": [1 + i % 7, 2, 3], "k": 5}) as r:
                     ok += r.status == 200
+                    if r.status == 200:
+                        served.append((await r.json())["request_id"])
 
         async def watch() -> None:
             while time.monotonic() < stop:
@@ -82,12 +92,23 @@ def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_
             await asyncio.gather(watch(), *(worker(session, i) for i in range(24)))
         return ok
 
-    served = asyncio.run(drive(120.0))
-    assert served > 100
+    ok = asyncio.run(drive(120.0))
+    assert ok > 100 and len(served) == ok
     assert max(observed) >= 2, f"replicas never rose above 1 under load: {observed}"
 
     deadline = time.time() + 90
-    while _ranker_replicas("it-scale") > 1 or _starting("it-scale"):
+    while _ranker_replicas("it-scale") > 1 or _starting_or_stopping("it-scale"):
         assert time.time() < deadline, "replicas did not fall back after the load stopped"
         time.sleep(1.0)
+
+    # The replicas that stopped shipped their slates in `__del__`; the one left ships on `flush`.
+    left = serve.get_deployment_handle("Ranker", "it-scale").flush.remote().result(timeout_s=30)
+    assert left["shipped"] and left["buffered_impressions"] == 0, left
+    stats = serve.get_deployment_handle("FeedbackLog", "it-scale").flush.remote().result(timeout_s=30)
+    assert stats["impressions_logged"] == len(served), stats
+    logged: set[str] = set()
+    for f in (tmp_path / "fb" / "impressions").rglob("*.parquet"):
+        logged |= set(pq.read_table(f, columns=["request_id"]).column("request_id").to_pylist())
+    missing = set(served) - logged
+    assert not missing, f"{len(missing)} of {len(served)} served slates are not in the impression log"
     serve.delete("it-scale")

@@ -108,6 +108,22 @@ class RayHead:
         stop_ray_head(self.temp_dir, gcs_port=self.port)
 
 
+def ensure_auth_token(env: dict[str, str]) -> None:
+    """With token auth (`RAY_AUTH_MODE=token`), `ray start --head` refuses to start until a token
+    exists, unlike `ray.init()`, which creates one. On a fresh machine, create it the way Ray's docs
+    say for local development (`ray get-auth-token --generate`: ~/.ray/auth_token, only if there
+    is none yet). The token is printed on stdout, which is captured and dropped."""
+    if env.get("RAY_AUTH_MODE", "").lower() != "token" or env.get("RAY_AUTH_TOKEN"):
+        return
+    path = env.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).expanduser().is_file():
+        return
+    out = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not create a Ray auth token (ray get-auth-token --generate):\n{out.stderr}")
+
+
 def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> RayHead:
     """`ray start --head` on loopback with its own temp dir (so teardown kills only it)."""
     port = free_port()
@@ -126,6 +142,7 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     env = dict(env if env is not None else os.environ)
     # Job drivers run `python ...` from the head's environment: the project's venv, as on a cluster node.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    ensure_auth_token(env)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
         stop_ray_head(temp_dir)

@@ -77,6 +77,10 @@ class FeedbackConfig:
     commit_interval_s: float = 0.02  # feedback group commit: acknowledged after a durable write
     max_impressions: int = 200_000  # impressions kept in memory to join feedback with
     impression_wait_s: float = 0.5  # feedback may race its impression; wait this long before 404
+    # Each ranking replica ships its impressions to the FeedbackLog in batches this often (and
+    # ships what is left when it stops: scale-down, redeploy). Feedback waits for its impression
+    # up to impression_wait_s, so keep this well below that.
+    impression_ship_s: float = 0.1
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -84,6 +88,7 @@ class FeedbackConfig:
         check(0 < self.commit_interval_s <= 1, "commit_interval_s", "must be in (0, 1] seconds")
         check(self.max_impressions >= 100, "max_impressions", "must be >= 100")
         check(self.impression_wait_s >= 0, "impression_wait_s", "must be >= 0")
+        check(self.impression_ship_s > 0, "impression_ship_s", "must be > 0")
 
 
 @dataclass

@@ -119,6 +119,7 @@ def test_ttl_lru_cache() -> None:
         ({"forward": "compiled"}, "forward"),
         ({"batch": {"rows_per_forward": -1}}, "batch.rows_per_forward"),
         ({"http_fast_path": "yes"}, "http_fast_path"),
+        ({"feedback": {"impression_ship_s": 0}}, "feedback.impression_ship_s"),
         ({"topology": "fused", "deployments": {"Ranker": {"num_replicas": 2}}}, "deployments.Ranker"),
     ],
 )
