@@ -221,9 +221,15 @@ class FeedbackLogWriter:
 
     def append(self, record: FeedbackRecord | Mapping[str, Any]) -> int:
         """Validate and buffer one record; returns the number pending (not yet durable)."""
-        row = record.to_row() if isinstance(record, FeedbackRecord) else FeedbackRecord(**record).to_row()
+        return self.append_rows([record.to_row() if isinstance(record, FeedbackRecord) else FeedbackRecord(**record).to_row()])
+
+    def append_rows(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Buffer rows already validated by `FeedbackRecord.to_row` (as a batch); returns the
+        number pending. Flushes when `batch_size` are pending, as `append` does."""
+        if not rows:
+            return self.pending
         with self._lock:
-            self._pending.append(row)
+            self._pending.extend(rows)
             if self._oldest is None:
                 self._oldest = time.monotonic()
             n = len(self._pending)

@@ -72,7 +72,7 @@ class FeedbackConfig:
     """The Parquet impression/feedback log the FeedbackLog deployment owns."""
 
     log_dir: Optional[str] = None  # None: LMREC_HOME/feedback_logs
-    batch_size: int = 512  # impressions per file
+    batch_size: int = 512  # impressions per file (a file is written once this many are pending)
     max_delay_s: float = 2.0  # impressions are flushed at least this often
     commit_interval_s: float = 0.02  # feedback group commit: acknowledged after a durable write
     max_impressions: int = 200_000  # impressions kept in memory to join feedback with

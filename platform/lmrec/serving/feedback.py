@@ -51,6 +51,13 @@ FEEDBACK_EVENT_SCHEMA = pa.schema(
 )
 
 
+def _joinable(row: dict[str, Any]) -> dict[str, Any]:
+    """What a feedback event needs from its impression: not the candidates and their scores,
+    which are most of a row's memory (the join window holds `max_impressions` of these)."""
+    return {"slate": row["slate"], "propensities": row["propensities"], "policy": row["policy"],
+            "model_version": row.get("model_version"), "user_id": row.get("user_id")}
+
+
 class FeedbackStore:
     """Joins feedback to impressions, writes both logs, keeps merged exploration statistics."""
 
@@ -90,8 +97,8 @@ class FeedbackStore:
                 break
         with self._lock:
             for rec in rows:
-                self._impressions[rec["request_id"]] = rec
-                self._count_impression(rec)
+                self._impressions[rec["request_id"]] = _joinable(rec)
+            self._count_impressions(rows)
             self.impressions_logged += len(rows)
         events = 0
         for f in sorted((self.root / "feedback").rglob("*.parquet")):
@@ -110,36 +117,51 @@ class FeedbackStore:
 
     # ---- impressions
     def add_impressions(self, records: list[dict[str, Any]]) -> int:
-        """Remember slates for joining and buffer them for the impression log."""
+        """Remember slates for joining and buffer them for the impression log.
+
+        Every record is validated first, so a bad one changes nothing; the counting is
+        vectorised over the batch (a single FeedbackLog replica takes every replica's slates)."""
+        rows = [FeedbackRecord(**rec).to_row() for rec in records]
         with self._lock:
-            for rec in records:
-                self._impressions[rec["request_id"]] = rec
-                self._impressions.move_to_end(rec["request_id"])
-                self._count_impression(rec)
+            for row in rows:
+                self._impressions[row["request_id"]] = _joinable(row)
+                self._impressions.move_to_end(row["request_id"])
+            self._count_impressions(rows)
             while len(self._impressions) > self.cfg.max_impressions:
                 self._impressions.popitem(last=False)
-            self.impressions_logged += len(records)
-        for rec in records:
-            self.impression_writer.append(FeedbackRecord(**rec))
-        return len(records)
+            self.impressions_logged += len(rows)
+        self.impression_writer.append_rows(rows)
+        return len(rows)
 
-    def _count_impression(self, rec: dict[str, Any]) -> None:
-        """One impression per shown item, with the expected click under the serving policy's calibration."""
-        params = rec.get("policy_params") or {"type": "greedy"}
-        key = params if isinstance(params, str) else json.dumps(params, sort_keys=True)
+    def _click_model(self, params: Any) -> Any:
+        key = params if isinstance(params, str) else json.dumps(params or {"type": "greedy"}, sort_keys=True)
         model = self._click_models.get(key)
         if model is None:
-            cfg = json.loads(key) if isinstance(key, str) else params
-            model = build_policy(PolicyConfig.from_dict(cfg))
+            model = build_policy(PolicyConfig.from_dict(json.loads(key)))
             self._click_models[key] = model
-        cand = list(rec["candidates"])
-        scores = np.asarray(rec["scores"], dtype=np.float64)
-        shown_scores = np.array([scores[cand.index(i)] if i in cand else 0.0 for i in rec["slate"]])
-        expected = model.click_probability(shown_scores)  # type: ignore[attr-defined]
-        for item, p in zip(rec["slate"], expected):
-            st = self._stats.setdefault(int(item), [0, 0, 0])
-            st[0] += 1
-            st[2] += int(round(float(p) * MICRO))
+        return model
+
+    def _count_impressions(self, rows: list[dict[str, Any]]) -> None:
+        """One impression per shown item, with the expected click under the serving policy's
+        calibration. Rows of one policy and shape are scored together: each slate item's score
+        is found among its candidates by one broadcast comparison."""
+        groups: dict[tuple[Any, int, int], list[dict[str, Any]]] = {}
+        for row in rows:
+            params = row.get("policy_params") or "{\"type\": \"greedy\"}"
+            key = (params if isinstance(params, str) else json.dumps(params, sort_keys=True),
+                   len(row["candidates"]), len(row["slate"]))
+            groups.setdefault(key, []).append(row)
+        for (params, _, _), group in groups.items():
+            cand = np.array([r["candidates"] for r in group], dtype=np.int64)  # (n, N)
+            scores = np.array([r["scores"] for r in group], dtype=np.float64)  # (n, N)
+            slate = np.array([r["slate"] for r in group], dtype=np.int64)  # (n, K)
+            match = cand[:, None, :] == slate[:, :, None]  # (n, K, N)
+            shown = np.where(match.any(-1), np.take_along_axis(scores, match.argmax(-1), axis=1), 0.0)
+            micro = np.round(self._click_model(params).click_probability(shown) * MICRO).astype(np.int64)
+            for item, e in zip(slate.ravel().tolist(), micro.ravel().tolist()):
+                st = self._stats.setdefault(item, [0, 0, 0])
+                st[0] += 1
+                st[2] += e
 
     @property
     def state(self) -> PolicyState:

@@ -56,6 +56,38 @@ def test_feedback_join_dedupe_and_durable_commit(tmp_path: Path) -> None:
     assert sorted(logged.column("request_id").to_pylist()) == ["r1", "r2"]
 
 
+def test_batched_impression_counting_matches_each_slate_scored_alone(tmp_path: Path) -> None:
+    """add_impressions scores a batch's slates together (grouped by policy and shape); the
+    expected micro-clicks must be what each slate gives alone: the shown items' own scores
+    through their policy's click model. A bad record in a batch changes nothing."""
+    from lmrec.exploration.policies import MICRO, PolicyConfig, build_policy
+
+    greedy = {"type": "greedy"}
+    recs = [_impression("a", [5, 6, 7]), _impression("b", [7, 5]), {**_impression("c", [6, 900, 8]), "policy": "greedy",
+            "policy_params": greedy}, _impression("d", [901, 5, 6])]
+    # the slate is not the candidates' prefix here, and 901 is a candidate twice (the first one counts)
+    recs[3].update(candidates=[6, 901, 5, 900, 901], scores=[0.5, -1.0, 2.0, 0.0, 1.5])
+    store = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
+    with pytest.raises(Exception, match="not among the candidates"):
+        store.add_impressions([recs[0], {**recs[1], "slate": [7, 404]}])
+    assert store.stats()["impressions_logged"] == 0 and not store.has_impression("a") and store.state.ids.size == 0
+    store.add_impressions(recs)
+    want: dict[int, list[int]] = {}
+    for r in recs:
+        model = build_policy(PolicyConfig.from_dict(r["policy_params"]))
+        for item in r["slate"]:
+            score = r["scores"][r["candidates"].index(item)]
+            e = int(round(float(model.click_probability(np.array([score]))[0]) * MICRO))
+            n_e = want.setdefault(item, [0, 0])
+            n_e[0] += 1
+            n_e[1] += e
+    items = np.array(sorted(want))
+    n, c, e = store.state.stats(items)
+    assert n.tolist() == [want[i][0] for i in items.tolist()] and not c.any()
+    assert e.tolist() == pytest.approx([want[i][1] / MICRO for i in items.tolist()], abs=1.5 / MICRO)
+    assert store.event("d", 901, 1)["position"] == 0  # the join window keeps what events need
+
+
 def test_a_restarted_store_recovers_the_join_window_from_disk(tmp_path: Path) -> None:
     """What a restarted FeedbackLog replica does: earlier slates joinable, written feedback seen."""
     first = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
