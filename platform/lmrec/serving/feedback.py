@@ -51,6 +51,9 @@ FEEDBACK_EVENT_SCHEMA = pa.schema(
 )
 
 
+GREEDY_PARAMS = '{"type": "greedy"}'
+
+
 def _joinable(row: dict[str, Any]) -> dict[str, Any]:
     """What a feedback event needs from its impression: not the candidates and their scores,
     which are most of a row's memory (the join window holds `max_impressions` of these)."""
@@ -134,7 +137,7 @@ class FeedbackStore:
         return len(rows)
 
     def _click_model(self, params: Any) -> Any:
-        key = params if isinstance(params, str) else json.dumps(params or {"type": "greedy"}, sort_keys=True)
+        key = params if isinstance(params, str) else json.dumps(params, sort_keys=True) if params else GREEDY_PARAMS
         model = self._click_models.get(key)
         if model is None:
             model = build_policy(PolicyConfig.from_dict(json.loads(key)))
@@ -147,7 +150,9 @@ class FeedbackStore:
         is found among its candidates by one broadcast comparison."""
         groups: dict[tuple[Any, int, int], list[dict[str, Any]]] = {}
         for row in rows:
-            params = row.get("policy_params") or "{\"type\": \"greedy\"}"
+            params = row.get("policy_params")
+            if not params or params == "{}":  # to_row writes {} as "{}": no policy given, as before
+                params = GREEDY_PARAMS
             key = (params if isinstance(params, str) else json.dumps(params, sort_keys=True),
                    len(row["candidates"]), len(row["slate"]))
             groups.setdefault(key, []).append(row)

@@ -64,7 +64,7 @@ def test_batched_impression_counting_matches_each_slate_scored_alone(tmp_path: P
 
     greedy = {"type": "greedy"}
     recs = [_impression("a", [5, 6, 7]), _impression("b", [7, 5]), {**_impression("c", [6, 900, 8]), "policy": "greedy",
-            "policy_params": greedy}, _impression("d", [901, 5, 6])]
+            "policy_params": greedy}, _impression("d", [901, 5, 6]), {**_impression("e", [8, 9]), "policy_params": {}}]
     # the slate is not the candidates' prefix here, and 901 is a candidate twice (the first one counts)
     recs[3].update(candidates=[6, 901, 5, 900, 901], scores=[0.5, -1.0, 2.0, 0.0, 1.5])
     store = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
@@ -74,7 +74,7 @@ def test_batched_impression_counting_matches_each_slate_scored_alone(tmp_path: P
     store.add_impressions(recs)
     want: dict[int, list[int]] = {}
     for r in recs:
-        model = build_policy(PolicyConfig.from_dict(r["policy_params"]))
+        model = build_policy(PolicyConfig.from_dict(r["policy_params"] or greedy))  # none given: greedy, as before
         for item in r["slate"]:
             score = r["scores"][r["candidates"].index(item)]
             e = int(round(float(model.click_probability(np.array([score]))[0]) * MICRO))
