@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmrec.serving.feedback_benchmark import markdown, run, write_json
+from lmrec.exploration.benchmark import write_json
+from lmrec.serving.feedback_benchmark import markdown, run
 
 
 def main(argv: list[str] | None = None) -> int:

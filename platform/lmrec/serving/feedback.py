@@ -136,8 +136,8 @@ class FeedbackStore:
         self.impression_writer.append_rows(rows)
         return len(rows)
 
-    def _click_model(self, params: Any) -> Any:
-        key = params if isinstance(params, str) else json.dumps(params, sort_keys=True) if params else GREEDY_PARAMS
+    def _click_model(self, key: str) -> Any:
+        """The policy (for its click_probability) of a row's policy_params JSON, built once."""
         model = self._click_models.get(key)
         if model is None:
             model = build_policy(PolicyConfig.from_dict(json.loads(key)))
@@ -148,13 +148,12 @@ class FeedbackStore:
         """One impression per shown item, with the expected click under the serving policy's
         calibration. Rows of one policy and shape are scored together: each slate item's score
         is found among its candidates by one broadcast comparison."""
-        groups: dict[tuple[Any, int, int], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
         for row in rows:
-            params = row.get("policy_params")
-            if not params or params == "{}":  # to_row writes {} as "{}": no policy given, as before
+            params = row.get("policy_params")  # JSON text, from to_row or the Parquet log
+            if not params or params == "{}":  # no policy given: greedy, as before
                 params = GREEDY_PARAMS
-            key = (params if isinstance(params, str) else json.dumps(params, sort_keys=True),
-                   len(row["candidates"]), len(row["slate"]))
+            key = (params, len(row["candidates"]), len(row["slate"]))
             groups.setdefault(key, []).append(row)
         for (params, _, _), group in groups.items():
             cand = np.array([r["candidates"] for r in group], dtype=np.int64)  # (n, N)

@@ -13,7 +13,6 @@ slates kept for feedback) is most of its memory. This measures both on the real
 from __future__ import annotations
 
 import gc
-import json
 import statistics
 import tempfile
 import time
@@ -104,10 +103,3 @@ def markdown(r: dict[str, Any]) -> str:
         f"| join window, bytes per impression held | {r['join_window_bytes_per_impression']:,.0f} |",
         f"| join window at max_impressions {FeedbackConfig().max_impressions:,} | {r['join_window_mib_at_default_max']:,.0f} MiB |",
     ])
-
-
-def write_json(r: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r, indent=2))
-    return path
