@@ -18,7 +18,8 @@ import numpy as np
 
 from lmrec.config import load_config
 from lmrec.exploration.artifacts import load_policy_config
-from lmrec.exploration.benchmark import markdown_tables, protocol_i, protocol_ii, replay_markdown, simulation_spread, write_json
+from lmrec.exploration.benchmark import (markdown_tables, protocol_i, protocol_ii, replay_markdown, simulation_spread,
+                                         solver_sensitivity, write_json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference_dist and Path(args.reference_dist).is_file():
             ref = np.asarray(json.loads(Path(args.reference_dist).read_text())["action_dist"])
         result["protocol_i"] = protocol_i(args.data_dir, n_bootstrap=args.n_bootstrap, reference_dist=ref)
+        result["solver_sensitivity"] = solver_sensitivity(args.data_dir)
         if args.sim_seeds:
             result["simulation_spread"] = simulation_spread(args.data_dir, seeds=args.sim_seeds)
         if args.runs:

@@ -5,10 +5,12 @@ logged samples, with the BTS log's own click rate (0.0042) as the truth:
 
 (i)  one estimate on the whole sample with a bootstrap CI (obp's quickstart,
      REFERENCE_NUMBERS.md 5c (i)); the evaluation policy's distribution comes from
-     100,000 simulated rankings ("mc", the published protocol, our simulation), from
-     numerical integration ("exact", no simulation noise) and optionally from obp's own
-     simulation ("obp"); the reward model is ours ("lmrec") or the published
-     configuration refitted with our code ("obp_quickstart");
+     100,000 simulated rankings ("mc", the published protocol: our simulation of the
+     evaluation policy's own random stream, equal to obp's), from numerical integration
+     ("exact", no simulation noise) and, where it differs from "mc", from a stored
+     distribution ("obp"); the reward model is ours ("lmrec") or the published
+     configuration refitted with our code ("obp_quickstart"), and the published one
+     again with scikit-learn's solver stopped at several tolerances;
 (ii) relative error averaged over 30 bootstrap resamples of the Random log, the
      reward model refitted on each (obp's examples/obd, REFERENCE_NUMBERS.md 5c (ii)).
 """
@@ -58,9 +60,12 @@ def protocol_i(data_dir: Optional[str] = None, n_sim: int = 100_000, seed: int =
     log = load_obd(data_dir, "random", "all")
     truth = load_obd(data_dir, "bts", "all").on_policy_value
     dists = {"mc": bts_action_dist("all", log.len_list, n_sim, seed, "mc"), "exact": bts_action_dist("all", log.len_list, method="exact")}
-    if reference_dist is not None:
-        dists["obp"] = np.asarray(reference_dist, dtype=np.float64)
     out: dict[str, Any] = {"truth": truth, "behavior_value": log.on_policy_value, "runs": {}}
+    if reference_dist is not None:
+        ref = np.asarray(reference_dist, dtype=np.float64)
+        out["mc_equals_reference"] = bool(np.array_equal(ref, dists["mc"]))
+        if not out["mc_equals_reference"]:  # identical arrays would only repeat the "mc" rows
+            dists["obp"] = ref
     for rm in reward_models:
         t0 = time.time()
         rewards = fit_obd_rewards(log, n_folds, "auto", seed, with_scores=False, reward_model=rm)  # type: ignore[arg-type]
@@ -101,6 +106,43 @@ def simulation_spread(data_dir: Optional[str] = None, seeds: int = 10, n_sim: in
     summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "min": float(np.min(v)),
                    "max": float(np.max(v)), "runs": v} for k, v in errors.items()}
     return {"seeds": list(range(seeds)), "n_sim": n_sim, "relative_errors": summary}
+
+
+SOLVER_TOLS = (1e-4, 1e-6, 1e-8, 1e-10)
+
+
+def solver_sensitivity(data_dir: Optional[str] = None, tols: tuple[float, ...] = SOLVER_TOLS, seed: int = 12345,
+                       n_folds: int = 3) -> dict[str, Any]:
+    """DM and DR of the published reward-model configuration when only the solver's stopping rule changes.
+
+    The objective is fixed (L2 logistic regression, C = 1, per position, the published
+    folds); our Newton solver runs to its optimum, scikit-learn's lbfgs (the solver behind
+    the published figures) stops at `tol`. pi_e is the published protocol's. Needs
+    scikit-learn (a dev dependency); returns {} without it.
+    """
+    try:
+        from sklearn.linear_model import LogisticRegression as SkLogistic
+    except ImportError:
+        return {}
+    from lmrec.exploration.open_bandit import fit_obd_rewards_obp_quickstart
+
+    log = load_obd(data_dir, "random", "all")
+    truth = load_obd(data_dir, "bts", "all").on_policy_value
+    dist = bts_action_dist("all", log.len_list, seed=seed)
+
+    def lbfgs(tol: float) -> Any:
+        def fit(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+            m = SkLogistic(C=1.0, tol=tol, max_iter=100_000).fit(X, y)
+            return m.coef_[0], float(m.intercept_[0])
+        return fit
+
+    runs = []
+    for name, solver in [("lmrec Newton (optimum)", None)] + [(f"scikit-learn lbfgs, tol {t:g}", lbfgs(t)) for t in tols]:
+        rewards = fit_obd_rewards_obp_quickstart(log, n_folds, 1.0, seed, with_scores=False, solver=solver)
+        est = evaluate(ope_data(log, dist, rewards), ("dm", "dr"), n_bootstrap=0)
+        runs.append({"solver": name, **{f"{k}_value": e.value for k, e in est.items()},
+                     **{f"{k}_relative_error": e.relative_error(truth) for k, e in est.items()}})
+    return {"truth": truth, "runs": runs}
 
 
 def protocol_ii(data_dir: Optional[str] = None, n_runs: int = 30, n_sim: int = 100_000, seed: int = 12345,
@@ -149,7 +191,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
             pub_e = f"{pub['relative_error']:.6f}" if pub else "—"
             lines.append(
                 f"| {run['reward_model']} (L2 {run['l2']:g}) | {run['dist']} | {name.upper()} | {r['value']:.6f} "
-                f"| [{r['ci_low']:.6f}, {r['ci_high']:.6f}] | {r['relative_error']:.6f} | {pub_v} | {pub_e} |"
+                f"| [{r['ci_low']:.6f}, {r['ci_high']:.6f}] | {r['relative_error']:.7f} | {pub_v} | {pub_e} |"
             )
     lines.append("\nDR - IPS = (DM - mean q_logged) + mean q_logged * (1 - mean w) - cov(w, q_logged):\n")
     lines.append("| reward model | pi_e | mean w | mean q_logged | DM - mean q | mean q (1 - mean w) | -cov(w, q) | DR - IPS |")
@@ -160,6 +202,18 @@ def markdown_tables(result: dict[str, Any]) -> str:
             f"| {run['reward_model']} | {run['dist']} | {d['mean_weight']:.4f} | {d['mean_q_logged']:.6f} | {d['term_dm_vs_logged']:+.7f} "
             f"| {d['term_weight_mean']:+.7f} | {d['term_cov']:+.7f} | {d['dr_minus_ips']:+.7f} |"
         )
+    if pi.get("mc_equals_reference"):
+        lines.append("\npi_e 'mc' is identical to obp's stored BernoulliTS distribution (same stream, every entry equal).")
+    sens = result.get("solver_sensitivity")
+    if sens:
+        lines.append("\nPublished reward-model configuration, only the solver's stopping rule changed (pi_e: mc):\n")
+        lines.append("| solver | DM | DM rel. error | DR | DR rel. error |")
+        lines.append("|---|---|---|---|---|")
+        for r in sens["runs"]:
+            lines.append(f"| {r['solver']} | {r['dm_value']:.8f} | {r['dm_relative_error']:.7f} | {r['dr_value']:.8f} "
+                         f"| {r['dr_relative_error']:.7f} |")
+        lines.append(f"| published (obp 0.5.4 quickstart) | {PUBLISHED_I['dm']['value']:.6f} | {PUBLISHED_I['dm']['relative_error']:.6f} "
+                     f"| {PUBLISHED_I['dr']['value']:.6f} | {PUBLISHED_I['dr']['relative_error']:.6f} |")
     spread = result.get("simulation_spread")
     if spread:
         lines.append(f"\nRelative error over simulation seeds {spread['seeds'][0]}-{spread['seeds'][-1]} of pi_e, mean ± std (range):\n")

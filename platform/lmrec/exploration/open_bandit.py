@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
 from lmrec.exploration.estimators import ESTIMATORS, Estimate, OPEData, evaluate
 from lmrec.exploration.obd_prior import ZOZOTOWN_BTS_PRIOR
-from lmrec.exploration.policies import _mc_marginals, beta_topk_marginals_exact
+from lmrec.exploration.policies import beta_topk_marginals_exact
 from lmrec.exploration.reward_model import CrossFitRewards, FeatureFn, cross_fit_rewards, log_loss, select_cross_fit
 
 BEHAVIORS = ("random", "bts")
@@ -144,17 +144,32 @@ def bts_action_dist(
 ) -> np.ndarray:
     """(n_actions, len_list) P(item a at position k) under Bernoulli-TS from the prior.
 
-    "mc": rank one Beta draw per item, n_sim times (the published protocol, with
-    its simulation noise); "exact": numerical integration, no noise.
+    "mc": the published protocol, n_sim rankings of one Beta draw per item, drawn from
+    the stream that defines the evaluation policy: obp's `BernoulliTS(random_state=seed)`
+    draws `RandomState(seed).beta(alpha, beta)` once per simulated ranking and shows the
+    items in descending order of their draws (obp/policy/contextfree.py,
+    `compute_batch_action_dist`). The legacy generator fills an array element by element
+    from one stream, so (chunk, n_actions) draws at once equal chunk such calls in a row;
+    for seed 12345 the result is identical to obp's stored distribution (tests/data).
+    "exact": numerical integration, no simulation noise.
     """
     alpha, beta = bts_prior(campaign)
     if method == "exact":
         return beta_topk_marginals_exact(alpha, beta, len_list)
-    rng = np.random.default_rng(seed)
+    if method != "mc":
+        raise ValueError(f"method must be 'mc' or 'exact', got {method!r}")
+    rng = np.random.RandomState(seed)
     n = len(alpha)
-    ones = np.ones((1, n), dtype=bool)
-    dist = _mc_marginals(lambda ins, g, size: g.beta(alpha, beta, size=size), [np.zeros((1, n))], ones, len_list, n_sim, rng)[0]
-    return dist.T
+    counts = np.zeros((len_list, n))
+    for lo in range(0, n_sim, _MC_CHUNK):
+        draws = rng.beta(alpha, beta, size=(min(_MC_CHUNK, n_sim - lo), n))
+        shown = np.argsort(draws, axis=1)[:, ::-1][:, :len_list]  # obp's order: argsort, reversed
+        for k in range(len_list):
+            counts[k] += np.bincount(shown[:, k], minlength=n)
+    return (counts / n_sim).T
+
+
+_MC_CHUNK = 10_000  # rankings per block of draws (80 items: 6.4 MB)
 
 
 # ------------------------------------------------------------------ reward model features
@@ -300,8 +315,13 @@ def obp_quickstart_features(log: OBDLog) -> tuple[np.ndarray, np.ndarray]:
     return ctx, action_ctx
 
 
+# fit(X, y) -> (coef (d,), intercept): a logistic-regression solver for the published configuration
+LogisticSolver = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
+
+
 def fit_obd_rewards_obp_quickstart(
     log: OBDLog, n_folds: int = 3, l2: float = 1.0, seed: int = 12345, with_scores: bool = True,
+    solver: Optional[LogisticSolver] = None,
 ) -> OBDRewards:
     """The reward model behind the published DM/DR figures (obp 0.5.4 quickstart), refitted with ours.
 
@@ -311,7 +331,8 @@ def fit_obd_rewards_obp_quickstart(
     unpenalised intercept: scikit-learn's `LogisticRegression()` objective, solved
     exactly by our Newton solver), rows in time order, folds from `kfold_shuffled`.
     Predictions for a sample come from its own position's model, fitted on the other
-    folds' samples at that position.
+    folds' samples at that position. `solver` replaces our solver (the benchmark's check
+    of where another solver's stopping rule moves DM and DR).
     """
     from lmrec.exploration.reward_model import LogisticRegression, sigmoid
 
@@ -329,14 +350,18 @@ def fit_obd_rewards_obp_quickstart(
             if len(tr) == 0:
                 raise ValueError(f"fold {f}: no training samples at position {pos}")
             X = np.hstack([ctx[tr], act[log.actions[tr]]])
-            model = LogisticRegression(l2=l2, max_iter=200).fit(X, log.rewards[tr])
-            w_ctx, w_act = model.coef_[: ctx.shape[1]], model.coef_[ctx.shape[1] :]
+            if solver is None:
+                model = LogisticRegression(l2=l2, max_iter=200).fit(X, log.rewards[tr])
+                coef, intercept = model.coef_, model.intercept_
+            else:
+                coef, intercept = solver(X, log.rewards[tr])
+            w_ctx, w_act = coef[: ctx.shape[1]], coef[ctx.shape[1] :]
             per_item = act @ w_act  # (A,)
             te = np.flatnonzero(test & (log.positions == pos))
-            logits[te] = (ctx[te] @ w_ctx + model.intercept_)[:, None] + per_item[None, :]
+            logits[te] = (ctx[te] @ w_ctx + intercept)[:, None] + per_item[None, :]
             if scores is not None and pos == 0:  # position-free policy scores: the first position's model
                 te_all = np.flatnonzero(test)
-                scores[te_all] = (ctx[te_all] @ w_ctx + model.intercept_)[:, None] + per_item[None, :]
+                scores[te_all] = (ctx[te_all] @ w_ctx + intercept)[:, None] + per_item[None, :]
     q = sigmoid(logits)
     rows = np.arange(log.n)
     q_logged = q[rows, log.actions]
