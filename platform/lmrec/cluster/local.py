@@ -24,6 +24,13 @@ from typing import Optional
 BIN = Path(sys.executable).parent
 
 
+def ray_cli() -> list[str]:
+    """The `ray` command: the venv's console script, or `python -m` where Ray was unpacked onto
+    PYTHONPATH without one (a lent GPU machine: jobs/device/README.md)."""
+    script = BIN / "ray"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
 def free_port(low: int = 20000, high: int = 60000) -> int:
     """A free TCP port on loopback, outside Ray's default worker range (10002-19999)."""
     for _ in range(200):
@@ -118,7 +125,7 @@ def ensure_auth_token(env: dict[str, str]) -> None:
     path = env.get("RAY_AUTH_TOKEN_PATH")
     if path and Path(path).expanduser().is_file():
         return
-    out = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
+    out = subprocess.run([*ray_cli(), "get-auth-token", "--generate"], env=env, capture_output=True,
                          text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"could not create a Ray auth token (ray get-auth-token --generate):\n{out.stderr}")
@@ -132,7 +139,7 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     # A short path: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="lr", dir="/tmp")
     cmd = [
-        str(BIN / "ray"), "start", "--head",
+        *ray_cli(), "start", "--head",
         f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
         "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
         f"--ray-client-server-port={free_port()}", f"--metrics-export-port={metrics_port}",

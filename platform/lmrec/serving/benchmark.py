@@ -151,7 +151,8 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
                 "topology": topology, **(app_extra or {}),
                 # the deployment that holds the model: the Ranker (split) or the Ingress (fused)
                 "deployments": {"Ranker" if topology == "split" else "Ingress":
-                                {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 512,
+                                {"ray_actor_options": {"num_cpus": 1, **({"num_gpus": args.gpus} if args.gpus else {})},
+                                 "max_ongoing_requests": 512,
                                  "num_replicas": args.replicas}},
             }
             serve.run(launch.build_app(app_args), name="bench", route_prefix="/")
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "forward": args.forward, "rows_per_forward": args.rows_per_forward, "levels": args.levels, "requests_per_level": args.requests, "rounds": args.rounds,
         "replicas": args.replicas,
         "peer_workers": args.peer_workers, "host": platform.node(), "cpus": os.cpu_count(),
-        "device": "cpu", "unix_time": int(time.time()),
+        "device": _device_name(args.gpus), "gpus_per_model_replica": args.gpus, "unix_time": int(time.time()),
     }
     result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward)
     # The same forward with the last block over every position (ServeConfig.last_position_only: false), for the A/B.
@@ -258,6 +259,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["per_round"] = rounds
         result["ratios_per_round"] = {name: [r["ratios"][name] for r in rounds] for name in args.variants}
     return result
+
+
+def _device_name(gpus: float) -> str:
+    """What the model replicas run on: "cpu", or the GPU's name (the peer and raw forward pick it too)."""
+    return f"cuda: {torch.cuda.get_device_name(0)}" if gpus else "cpu"
 
 
 def median_cells(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -339,11 +345,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat peer + variants; cells are medians over rounds")
     p.add_argument("--replicas", type=int, default=1, help="replicas of the deployment that holds the model")
     p.add_argument("--peer-workers", type=int, default=1, help="uvicorn worker processes of the FastAPI peer")
+    p.add_argument("--gpus", type=float, default=0.0,
+                   help="num_gpus of each model replica (0: CPU). With a GPU, the peer and the raw forward use it too "
+                        "(ServeConfig device/precision auto: CUDA, bf16)")
     p.add_argument("--out", default="out/benchmark_serve.json")
     args = p.parse_args(argv)
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    if args.gpus < 0 or (args.gpus > 0 and not torch.cuda.is_available()):
+        p.error(f"--gpus {args.gpus}: must be 0 (CPU) or > 0 on a machine where torch sees a CUDA device")
     result = run(args)
     print_table(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -214,10 +214,10 @@ def resolve_model_version(model_uri: str, uri: Optional[str] = None) -> dict[str
 
 def download_model(model_uri: str, dst: Optional[str | Path] = None, uri: Optional[str] = None) -> Path:
     """Local folder holding the artifact of `models:/...`, `runs:/...` or a path."""
+    if os.path.isdir(model_uri):  # a folder needs no MLflow (a replica on a machine without it can serve one)
+        return Path(model_uri)
     import mlflow
 
-    if os.path.isdir(model_uri):
-        return Path(model_uri)
     dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="lmrec-model-"))
     mlflow.set_tracking_uri(resolve_tracking_uri(uri))
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst))

@@ -319,3 +319,16 @@ def test_replica_histories_are_prepared_in_process(tmp_path) -> None:
     uid = int(hist.user_ids[0])
     got = hist.get(uid)
     assert got is not None and len(got) >= 3 and got.min() >= 1
+
+
+def test_serving_benchmark_refuses_bad_arguments_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from lmrec.serving.benchmark import main
+
+    bad = [["--variants", "nope"], ["--gpus", "-1"]] + ([] if torch.cuda.is_available() else [["--gpus", "1"]])
+    for argv in bad:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert argv[0] in capsys.readouterr().err
