@@ -11,7 +11,8 @@ SCRIPT = (ROOT / "jobs" / "device" / "build_bundle.sh").read_text()
 
 
 def _pins() -> dict[str, str]:
-    block = SCRIPT[SCRIPT.index("WHEELS=("):SCRIPT.index("\n)\n")]
+    start = SCRIPT.index("WHEELS=(")
+    block = SCRIPT[start:SCRIPT.index("\n)\n", start)]
     return dict(re.findall(r"([A-Za-z0-9_.-]+)==(\S+)", block))
 
 
