@@ -10,7 +10,8 @@ logged samples, with the BTS log's own click rate (0.0042) as the truth:
      ("exact", no simulation noise) and, where it differs from "mc", from a stored
      distribution ("obp"); the reward model is ours ("lmrec") or the published
      configuration refitted with our code ("obp_quickstart"), and the published one
-     again with scikit-learn's solver stopped at several tolerances;
+     again with scikit-learn's solver stopped at several tolerances, and re-executed
+     under other scikit-learn releases in their own interpreters;
 (ii) relative error averaged over 30 bootstrap resamples of the Random log, the
      reward model refitted on each (obp's examples/obd, REFERENCE_NUMBERS.md 5c (ii)).
 """
@@ -41,6 +42,15 @@ PUBLISHED_II: dict[str, dict[str, float]] = {  # REFERENCE_NUMBERS.md 5c (ii): m
 
 
 REWARD_MODELS_I = ("lmrec", "obp_quickstart")
+
+
+def load_action_dist(path: str | Path | None) -> Optional[np.ndarray]:
+    """A stored action distribution (JSON with "action_dist", e.g. obp's in tests/data); None for '' or a missing file."""
+    import json
+
+    if not path or not Path(path).is_file():
+        return None
+    return np.asarray(json.loads(Path(path).read_text())["action_dist"], dtype=np.float64)
 
 
 def protocol_i(data_dir: Optional[str] = None, n_sim: int = 100_000, seed: int = 12345, n_bootstrap: int = 10_000,
@@ -145,6 +155,96 @@ def solver_sensitivity(data_dir: Optional[str] = None, tols: tuple[float, ...] =
     return {"truth": truth, "runs": runs}
 
 
+SKLEARN_ERAS = (  # scikit-learn releases from obp 0.5's time (the objective was an unscaled sum before 1.4), with
+    # the SciPy / NumPy they shipped with; all have Python 3.11 wheels
+    "scikit-learn==1.1.3 scipy==1.10.1 numpy==1.24.4",
+    "scikit-learn==1.3.2 scipy==1.11.4 numpy==1.26.4",
+)
+
+
+def make_python_env(spec: str, root: str | Path) -> Path:
+    """A virtualenv under `root` holding `spec` (pip requirement strings), built once and reused; its python.
+
+    Needs the package index (or a local mirror pip is configured for). A failed install
+    raises RuntimeError with pip's last lines and leaves no half-built env to reuse.
+    """
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+
+    env = Path(root) / ("env-" + hashlib.sha1(spec.encode()).hexdigest()[:10])
+    python = env / "bin" / "python"
+    if (env / ".complete").is_file():
+        return python
+    shutil.rmtree(env, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", *spec.split()], capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(env, ignore_errors=True)
+        raise RuntimeError(f"pip install {spec!r} failed: " + "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:]))
+    (env / ".complete").write_text(spec + "\n")
+    return python
+
+
+def rerun_pythons(specs: list[str], root: str | Path) -> list[str | Path]:
+    """This interpreter plus one virtualenv per spec (`make_python_env`); [] when no spec is given."""
+    import sys
+
+    return [sys.executable, *(make_python_env(spec, root) for spec in specs)] if specs else []
+
+
+def published_pipeline_reruns(pythons: list[str | Path], data_dir: Optional[str] = None, seed: int = 12345,
+                              n_folds: int = 3) -> dict[str, Any]:
+    """DM and DR of the published pipeline re-executed under other scikit-learn/SciPy/NumPy installs.
+
+    The published figures came from obp 0.5.4's quickstart: `LogisticRegression(max_iter=1000)`
+    at scikit-learn's default tol, one per position, fitted on the published folds. Here the
+    exact fitting problems (features, labels, folds: ours, checked against obp) are written
+    once; each interpreter in `pythons` fits them with its own scikit-learn
+    (`sklearn_refit.py`), and DM/DR are computed from its coefficients with our estimators
+    and the published pi_e. The spread across installs is how far the published protocol
+    itself reproduces; nothing here is chosen.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    from lmrec.exploration.open_bandit import fit_obd_rewards_obp_quickstart
+
+    log = load_obd(data_dir, "random", "all")
+    truth = load_obd(data_dir, "bts", "all").on_policy_value
+    dist = bts_action_dist("all", log.len_list, seed=seed)
+    problems: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def record(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        problems.append((X, y))
+        return np.zeros(X.shape[1]), 0.0
+
+    fit_obd_rewards_obp_quickstart(log, n_folds, 1.0, seed, with_scores=False, solver=record)
+    child = Path(__file__).with_name("sklearn_refit.py")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "problems.npz"
+        np.savez(src, n=len(problems), **{f"X{i}": X for i, (X, _) in enumerate(problems)},
+                 **{f"y{i}": y for i, (_, y) in enumerate(problems)})
+        for python in pythons:
+            dst = Path(tmp) / "coefs.npz"
+            proc = subprocess.run([str(python), str(child), str(src), str(dst)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{python}: sklearn_refit.py failed: {proc.stderr.strip()[-500:]}")
+            with np.load(dst) as co:
+                coefs = [(co[f"c{i}"].copy(), float(co[f"b{i}"])) for i in range(len(problems))]
+                versions, n_iter = json.loads(str(co["versions"])), co["n_iter"].tolist()
+            it = iter(coefs)
+            rewards = fit_obd_rewards_obp_quickstart(log, n_folds, 1.0, seed, with_scores=False, solver=lambda X, y: next(it))
+            est = evaluate(ope_data(log, dist, rewards), ("dm", "dr"), n_bootstrap=0)
+            runs.append({"python": str(python), "versions": versions, "n_iter": n_iter,
+                         **{f"{k}_value": e.value for k, e in est.items()},
+                         **{f"{k}_relative_error": e.relative_error(truth) for k, e in est.items()}})
+    return {"truth": truth, "base_model": "LogisticRegression(max_iter=1000, random_state=12345)", "runs": runs}
+
+
 def protocol_ii(data_dir: Optional[str] = None, n_runs: int = 30, n_sim: int = 100_000, seed: int = 12345,
                 n_folds: int = 3) -> dict[str, Any]:
     """Relative error over bootstrap resamples of the Random log (reward model refitted each time)."""
@@ -213,6 +313,17 @@ def markdown_tables(result: dict[str, Any]) -> str:
             lines.append(f"| {r['solver']} | {r['dm_value']:.8f} | {r['dm_relative_error']:.7f} | {r['dr_value']:.8f} "
                          f"| {r['dr_relative_error']:.7f} |")
         lines.append(f"| published (obp 0.5.4 quickstart) | {PUBLISHED_I['dm']['value']:.6f} | {PUBLISHED_I['dm']['relative_error']:.6f} "
+                     f"| {PUBLISHED_I['dr']['value']:.6f} | {PUBLISHED_I['dr']['relative_error']:.6f} |")
+    reruns = result.get("published_pipeline_reruns")
+    if reruns:
+        lines.append("\nThe published pipeline (" + reruns["base_model"] + ", default tol) under other installs (pi_e: mc):\n")
+        lines.append("| scikit-learn | SciPy | NumPy | DM | DM rel. error | DR | DR rel. error |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in reruns["runs"]:
+            v = r["versions"]
+            lines.append(f"| {v['scikit-learn']} | {v['scipy']} | {v['numpy']} | {r['dm_value']:.8f} | {r['dm_relative_error']:.7f} "
+                         f"| {r['dr_value']:.8f} | {r['dr_relative_error']:.7f} |")
+        lines.append(f"| published (obp 0.5.4 quickstart) | — | — | {PUBLISHED_I['dm']['value']:.6f} | {PUBLISHED_I['dm']['relative_error']:.6f} "
                      f"| {PUBLISHED_I['dr']['value']:.6f} | {PUBLISHED_I['dr']['relative_error']:.6f} |")
     spread = result.get("simulation_spread")
     if spread:
