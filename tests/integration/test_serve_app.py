@@ -240,3 +240,22 @@ def test_fused_topology_ranks_in_the_ingress_logs_feedback_and_hot_swaps(serve_m
         _swap_under_load(url, serve_model)
     finally:
         serve.delete("it-fused")
+
+
+def test_serving_benchmark_forward_and_peer_run_where_the_replicas_do(serve_model) -> None:
+    """benchmark_serve's raw forward and peer take the replicas' device explicitly, never torch's "auto" pick."""
+    from lmrec.data.sequences import SequenceData
+    from lmrec.serving.benchmark import model_device, raw_ceiling, request_bodies
+    from lmrec.serving.peer import make_app
+
+    assert (model_device(0), model_device(0.5), model_device(1)) == ("cpu", "cuda", "cuda")
+    uri = f"models:/{SERVE_MODEL}@champion"
+    bodies = request_bodies(SequenceData.load(serve_model.prepared.path), 8, 5)
+    out = raw_ceiling(uri, bodies, batch=4, threads=1, device=model_device(0), repeats=2)  # type: ignore[arg-type]
+    assert out["device"] == "cpu" and out["batch_4"]["req_per_s"] > 0 and out["batch_1"]["req_per_s"] > 0
+    from fastapi.testclient import TestClient
+
+    with TestClient(make_app(uri, 4, 0.005, 1, device=model_device(0))) as client:
+        r = client.post("/recommend", json=bodies[0])
+        assert r.status_code == 200, r.text
+        assert len(r.json()["items"]) == 5

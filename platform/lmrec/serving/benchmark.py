@@ -79,20 +79,21 @@ def request_bodies(data: SequenceData, n: int, k: int, seed: int = 0) -> list[di
 
 
 def raw_ceiling(model_dir: Path, bodies: list[dict[str, Any]], batch: int, threads: int, forward: str = "auto",
-                rows_per_forward: Optional[int] = None, repeats: int = 20, last_position_only: bool = True) -> dict[str, Any]:
+                rows_per_forward: Optional[int] = None, repeats: int = 20, last_position_only: bool = True,
+                device: str = "auto") -> dict[str, Any]:
     """Requests/s of the model forward alone (no HTTP, no Serve) at batch `batch` and 1."""
     from lmrec.config import from_dict
     from lmrec.serving.config import ServeConfig
     from lmrec.serving.runtime import load_model
 
     torch.set_num_threads(threads)
-    cfg = from_dict(ServeConfig, {"model_uri": str(model_dir), "torch_threads": threads, "forward": forward,
+    cfg = from_dict(ServeConfig, {"model_uri": str(model_dir), "torch_threads": threads, "forward": forward, "device": device,
                                   "batch": {"rows_per_forward": rows_per_forward}, "last_position_only": last_position_only})
     loaded = load_model(str(model_dir), cfg)
     rows = cfg.batch.forward_rows(loaded.device.type)
     hists = [loaded.to_idx(b["history"]) for b in bodies]
     k = bodies[0]["k"]
-    out: dict[str, Any] = {"forward": loaded.forward, "rows_per_forward": rows, "last_position_only": loaded.last_position_only}
+    out: dict[str, Any] = {"device": loaded.device.type, "forward": loaded.forward, "rows_per_forward": rows, "last_position_only": loaded.last_position_only}
     for bs in (1, batch):
         loaded.rank(hists[:bs], k, [True] * bs, rows)  # warm-up
         t0 = time.perf_counter()
@@ -144,6 +145,7 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
         def deploy(batch: int, cache: bool) -> None:
             app_args = {
                 "model_uri": str(model_dir), "torch_threads": args.threads, "forward": args.forward, "max_history": 200,
+                "device": model_device(args.gpus),
                 "batch": {"max_batch_size": batch, "batch_wait_timeout_s": args.wait_s,
                           "rows_per_forward": args.rows_per_forward},
                 "cache": {"enabled": cache}, "alias_poll_s": 0,
@@ -206,7 +208,7 @@ def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.N
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmrec.serving.peer", "--model-uri", str(model_dir), "--port", str(port),
          "--max-batch-size", str(args.batch), "--batch-wait-timeout-s", str(args.wait_s), "--threads", str(args.threads),
-         "--forward", args.forward, "--workers", str(args.peer_workers),
+         "--forward", args.forward, "--device", model_device(args.gpus), "--workers", str(args.peer_workers),
          *(["--rows-per-forward", str(args.rows_per_forward)] if args.rows_per_forward is not None else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
@@ -238,10 +240,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_workers": args.peer_workers, "host": platform.node(), "cpus": os.cpu_count(),
         "device": _device_name(args.gpus), "gpus_per_model_replica": args.gpus, "unix_time": int(time.time()),
     }
-    result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward)
+    dev = model_device(args.gpus)  # the peer and the raw forward run where the replicas do, never "auto"
+    result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward, device=dev)
     # The same forward with the last block over every position (ServeConfig.last_position_only: false), for the A/B.
     result["raw_forward_full_last_block"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward,
-                                                        args.rows_per_forward, last_position_only=False)
+                                                        args.rows_per_forward, last_position_only=False, device=dev)
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
         one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
@@ -261,8 +264,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def model_device(gpus: float) -> str:
+    """ServeConfig.device for the replicas, the peer and the raw forward: "cuda" with `--gpus` > 0, else "cpu".
+
+    Set explicitly, not "auto": with `--gpus 0` on a CUDA machine the replicas get no GPU,
+    and the peer and raw forward (in processes Ray does not place) must not take one either.
+    """
+    return "cuda" if gpus else "cpu"
+
+
 def _device_name(gpus: float) -> str:
-    """What the model replicas run on: "cpu", or the GPU's name (the peer and raw forward pick it too)."""
+    """What the replicas, the peer and the raw forward run on: "cpu", or the GPU's name."""
     return f"cuda: {torch.cuda.get_device_name(0)}" if gpus else "cpu"
 
 

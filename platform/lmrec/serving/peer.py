@@ -56,7 +56,7 @@ class MicroBatcher:
 
 
 def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int, forward: str = "auto",
-             rows_per_forward: Optional[int] = None) -> Any:
+             rows_per_forward: Optional[int] = None, device: str = "auto") -> Any:
     from fastapi import FastAPI
 
     from lmrec.config import from_dict
@@ -64,7 +64,7 @@ def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int
     from lmrec.serving.runtime import RequestError, load_model
     from lmrec.serving.schemas import RecommendRequest
 
-    cfg = from_dict(ServeConfig, {"model_uri": model_uri, "torch_threads": threads, "forward": forward,
+    cfg = from_dict(ServeConfig, {"model_uri": model_uri, "torch_threads": threads, "forward": forward, "device": device,
                                   "batch": {"rows_per_forward": rows_per_forward}})
     loaded = load_model(model_uri, cfg)
     app = FastAPI(title="plain FastAPI peer")
@@ -103,7 +103,8 @@ def app_from_env() -> Any:
     return make_app(os.environ["LMREC_PEER_MODEL_URI"], int(os.environ["LMREC_PEER_MAX_BATCH_SIZE"]),
                     float(os.environ["LMREC_PEER_BATCH_WAIT_S"]), int(os.environ["LMREC_PEER_THREADS"]),
                     os.environ.get("LMREC_PEER_FORWARD", "auto"),
-                    int(os.environ["LMREC_PEER_ROWS"]) if os.environ.get("LMREC_PEER_ROWS") else None)
+                    int(os.environ["LMREC_PEER_ROWS"]) if os.environ.get("LMREC_PEER_ROWS") else None,
+                    os.environ.get("LMREC_PEER_DEVICE", "auto"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -119,12 +120,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--forward", default="auto", choices=["auto", "eager", "torchscript"], help="as ServeConfig.forward")
     p.add_argument("--rows-per-forward", type=int, default=None, help="as BatchConfig.rows_per_forward")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as ServeConfig.device")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each with its own model and batcher)")
     args = p.parse_args(argv)
     # Every worker process (one by default) builds its app from these through the factory.
     os.environ.update({"LMREC_PEER_MODEL_URI": args.model_uri, "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
                        "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads),
-                       "LMREC_PEER_FORWARD": args.forward,
+                       "LMREC_PEER_FORWARD": args.forward, "LMREC_PEER_DEVICE": args.device,
                        "LMREC_PEER_ROWS": "" if args.rows_per_forward is None else str(args.rows_per_forward)})
     uvicorn.run("lmrec.serving.peer:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
                 port=args.port, log_level="warning", access_log=False)
