@@ -14,7 +14,7 @@ import json
 import sys
 
 from lmrec.config import ConfigError, load_config
-from lmrec.tuning.exploration import TuneExplorationConfig, run_exploration_search
+from lmrec.tuning.exploration import TuneExplorationConfig, preflight, run_exploration_search
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(TuneExplorationConfig, args.config, args.overrides)
+        preflight(cfg)  # its inputs exist: checked before Ray starts
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -230,6 +230,9 @@ class RankerCore:
         self.load_error: Optional[str] = None
         self.model_uri = self.cfg.model_uri
         self.cache = TTLCache(self.cfg.cache.max_entries, self.cfg.cache.ttl_s)
+        self.policy_uri = self.cfg.exploration.policy_uri
+        self.policy_version: Optional[str] = None  # registry version behind a models:/ policy_uri
+        self.policy_error: Optional[str] = None
         self.policy = self._build_policy()
         self._impressions: list[dict[str, Any]] = []
         self._swap_lock = asyncio.Lock()
@@ -273,26 +276,80 @@ class RankerCore:
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
                        loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias()),
-                       loop.create_task(self._flush_metrics())]
+                       loop.create_task(self._poll_policy()), loop.create_task(self._flush_metrics())]
         threading.Thread(target=self._forward_thread, args=(loop,), name="lmrec-forward", daemon=True).start()
 
     # ---- configuration and hot-swap
     def _build_policy(self) -> Any:
+        """The policy at start-up: from `policy_uri` when set, else the inline `policy`.
+
+        If the policy cannot be loaded now (registry unreachable, alias not set yet), the
+        replica starts with the inline policy, reports `policy_error` on /version and keeps
+        retrying in `_poll_policy`, as it does for the model."""
         from lmrec.exploration.policies import PolicyConfig, build_policy
 
         ec = self.cfg.exploration
-        if ec.policy_uri:
-            from lmrec.exploration.artifacts import load_policy_config
-
-            return build_policy(load_policy_config(ec.policy_uri, self.cfg.tracking_uri))
+        if self.policy_uri:
+            try:
+                policy, self.policy_version = self._load_policy(self.policy_uri)
+                return policy
+            except Exception as exc:  # noqa: BLE001
+                self.policy_error = f"{type(exc).__name__}: {exc}"
+                log.warning("policy load from %s failed (%s); serving the inline policy meanwhile", self.policy_uri, self.policy_error)
         return build_policy(PolicyConfig.from_dict(ec.policy))
+
+    def _load_policy(self, uri: str, state: Any = None) -> tuple[Any, Optional[str]]:
+        """(policy, registry version) for `uri`; an alias is resolved first, so that the version
+        reported is the one loaded even if the alias moves meanwhile. Plain JSON: never runs code."""
+        from lmrec.exploration.artifacts import load_policy_config
+        from lmrec.exploration.policies import build_policy
+
+        version = None
+        if uri.startswith("models:/"):
+            from lmrec.tracking.mlflow_utils import resolve_model_version
+
+            info = resolve_model_version(uri, self.cfg.tracking_uri)
+            version = str(info["version"])
+            uri = f"models:/{info['name']}/{version}"
+        return build_policy(load_policy_config(uri, self.cfg.tracking_uri), state), version
+
+    async def _poll_policy(self) -> None:
+        """Follow `policy_uri`: retry a failed load, and when a `models:/name@alias` policy alias
+        moves, load the version it points at and swap it in (the item statistics are kept)."""
+        if self.cfg.alias_poll_s <= 0:
+            return
+        from lmrec.tracking.mlflow_utils import resolve_model_version
+
+        loop = asyncio.get_event_loop()
+        while True:
+            await asyncio.sleep(self.cfg.alias_poll_s)
+            await self._refresh_policy(loop, resolve_model_version)
+
+    async def _refresh_policy(self, loop: Any, resolve: Any, force: bool = False) -> None:
+        uri = self.policy_uri
+        if not uri or (not force and self.policy_error is None and "@" not in uri):
+            return  # nothing to follow: a fixed reference that is loaded
+        try:
+            if not force and self.policy_error is None:
+                info = await loop.run_in_executor(None, resolve, uri, self.cfg.tracking_uri)
+                if str(info.get("version")) == str(self.policy_version):
+                    return
+            policy, version = await loop.run_in_executor(None, self._load_policy, uri, self.policy.state)
+        except Exception as exc:  # noqa: BLE001 (registry briefly unreachable: keep the current policy)
+            self.policy_error = f"{type(exc).__name__}: {exc}"
+            log.warning("policy refresh from %s failed: %s", uri, self.policy_error)
+            return
+        if uri == self.policy_uri:
+            old = self.policy.config.type
+            self.policy, self.policy_version, self.policy_error = policy, version, None  # atomic swap
+            log.info("policy %s (version %s) now serving, was %s", policy.config.type, version, old)
 
     def _apply_batch_config(self, size: int, wait: float) -> None:
         self._rank_batch.set_max_batch_size(size)
         self._rank_batch.set_batch_wait_timeout_s(wait)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """user_config: {max_batch_size, batch_wait_timeout_s, model_uri, policy}; applied live."""
+        """user_config: {max_batch_size, batch_wait_timeout_s, model_uri, policy, policy_uri}; applied live."""
         batch = user_config.get("batch", {}) | {k: user_config[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in user_config}
         if batch:
             from lmrec.serving.config import BatchConfig
@@ -305,6 +362,13 @@ class RankerCore:
 
             state = self.policy.state
             self.policy = build_policy(PolicyConfig.from_dict(user_config["policy"]), state)
+            self.policy_uri, self.policy_version, self.policy_error = None, None, None  # an inline policy wins
+        if user_config.get("policy_uri") and user_config["policy_uri"] != self.policy_uri:
+            from lmrec.tracking.mlflow_utils import resolve_model_version
+
+            self.policy_uri = str(user_config["policy_uri"])
+            loop = asyncio.get_event_loop()
+            loop.create_task(self._refresh_policy(loop, resolve_model_version, force=True))
         uri = user_config.get("model_uri")
         if uri and uri != self.model_uri:
             self.model_uri = uri
@@ -562,9 +626,10 @@ class RankerCore:
             cand_idx, scores = hit
         cand = loaded.to_ids(cand_idx)
         request_id = uuid.uuid4().hex
+        pol = self.policy  # one policy for the whole request, even if a swap lands meanwhile
         if req.get("explore", True):
-            slate = self.policy.choose(cand, scores, k, key=request_id)
-            items, props, idx, policy = slate.items, slate.propensities, slate.indices, self.policy.config.type
+            slate = pol.choose(cand, scores, k, key=request_id)
+            items, props, idx, policy = slate.items, slate.propensities, slate.indices, pol.config.type
         else:
             idx = np.arange(min(k, len(cand)))
             items, props, policy = cand[idx], np.ones(len(idx)), "greedy"
@@ -575,7 +640,7 @@ class RankerCore:
         self._impressions.append({
             "request_id": request_id, "candidates": cand.tolist(), "scores": scores.tolist(),
             "slate": items.tolist(), "propensities": [float(p) for p in props], "policy": policy,
-            "policy_params": self.policy.config.to_dict() if policy != "greedy" else {"type": "greedy"},
+            "policy_params": pol.config.to_dict() if policy != "greedy" else {"type": "greedy"},
             "user_id": None if req.get("user_id") is None else str(req["user_id"]),
             "model_version": loaded.version,
         })
@@ -601,6 +666,9 @@ class RankerCore:
             "last_position_only": loaded.last_position_only if loaded else None,
             "loaded_at": loaded.loaded_at if loaded else None,
             "policy": self.policy.config.to_dict(),
+            "policy_uri": self.policy_uri,
+            "policy_version": self.policy_version,
+            "policy_error": self.policy_error,
             "replica": self.replica,
             "cache_entries": len(self.cache),
             "cache_hit_ratio": self.cache.hit_ratio,

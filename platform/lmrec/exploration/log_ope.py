@@ -75,6 +75,38 @@ class LoggedSlates:
         return cls(row, rank, action, reward, pscore, candidates, scores, mask, k)
 
 
+    def take(self, requests: np.ndarray) -> tuple["LoggedSlates", np.ndarray]:
+        """The logs of `requests` (indices into the padded arrays, kept in the given order),
+        and the indices of their samples in this object (to subset per-sample arrays)."""
+        requests = np.asarray(requests, dtype=np.int64)
+        new_row = np.full(len(self.slate_len), -1, dtype=np.int64)
+        new_row[requests] = np.arange(len(requests))
+        samples = np.flatnonzero(new_row[self.row] >= 0)
+        samples = samples[np.argsort(new_row[self.row[samples]], kind="stable")]
+        sub = LoggedSlates(
+            row=new_row[self.row[samples]], rank=self.rank[samples], action=self.action[samples],
+            reward=self.reward[samples], pscore=self.pscore[samples], candidates=self.candidates[requests],
+            scores=self.scores[requests], mask=self.mask[requests], slate_len=self.slate_len[requests],
+        )
+        return sub, samples
+
+    def split(self, warm_frac: float) -> tuple["LoggedSlates", "LoggedSlates", np.ndarray]:
+        """(earliest `warm_frac` of the requests, the rest, the rest's sample indices in self).
+
+        Requests are taken in their stored order, which `prepare_logs` and the OBD reader keep
+        in time order: a stateful policy learns from the first part and is scored on the second.
+        """
+        if not 0 < warm_frac < 1:
+            raise ValueError(f"warm_frac must be in (0, 1), got {warm_frac}")
+        r = len(self.slate_len)
+        cut = int(round(warm_frac * r))
+        if cut < 1 or cut >= r:
+            raise ValueError(f"warm_frac {warm_frac} of {r} request(s) leaves an empty part")
+        warm, _ = self.take(np.arange(cut))
+        rest, samples = self.take(np.arange(cut, r))
+        return warm, rest, samples
+
+
 def policy_marginals(logged: LoggedSlates, policy: Policy) -> np.ndarray:
     """(R, K_max, A) P(candidate a at position k) of `policy` on every logged request."""
     r, a = logged.scores.shape
@@ -124,8 +156,13 @@ def evaluate_policy_on_logs(
     n_bootstrap: int = 1000,
     seed: int = 0,
     max_weight: Optional[float] = None,
+    cluster_by_request: bool = False,
 ) -> dict[str, Estimate]:
-    """Estimate `policy`'s mean reward per shown position from logs written by another policy."""
+    """Estimate `policy`'s mean reward per shown position from logs written by another policy.
+
+    `cluster_by_request` bootstraps whole requests instead of single (request, position)
+    samples: the positions of one slate share a user and a moment, so their rewards are
+    correlated and per-sample resampling understates the interval."""
     dist = policy_marginals(logged, policy)
     at_pos = dist[logged.row, logged.rank, :]
     pi_e = at_pos[np.arange(logged.n), logged.action]
@@ -134,16 +171,31 @@ def evaluate_policy_on_logs(
         rewards = fit_log_rewards(logged, seed=seed)
     data = OPEData(logged.reward, logged.pscore, pi_e, at_pos if need_model else None,
                    rewards.q_hat if need_model and rewards else None, rewards.q_logged if need_model and rewards else None)
-    return evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed, max_weight=max_weight)
+    return evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed, max_weight=max_weight,
+                    groups=logged.row if cluster_by_request else None)
+
+
+def subset_rewards(rewards: CrossFitRewards, samples: np.ndarray) -> CrossFitRewards:
+    """The reward model's predictions for `samples` only (see `LoggedSlates.take`)."""
+    import dataclasses
+
+    return dataclasses.replace(rewards, q_hat=rewards.q_hat[samples], logits=rewards.logits[samples],
+                               q_logged=rewards.q_logged[samples], folds=rewards.folds[samples])
+
+
+def state_from_samples(logged: LoggedSlates, policy: Policy) -> PolicyState:
+    """The statistics `policy` would hold after the feedback in `logged`: one impression per
+    shown item, a click where its reward is positive, and (for `feedback: lift`) the model's
+    click probability of the item's logged score as the expected click."""
+    from lmrec.exploration.policies import feedback_state
+
+    items = logged.candidates[logged.row, logged.action]
+    expected = policy.click_probability(logged.scores[logged.row, logged.action])
+    return feedback_state(items, (logged.reward > 0).astype(float), expected)
 
 
 def state_from_logs(table: pa.Table, policy: Policy, source: str = "<logs>", drop_unrewarded: bool = True) -> PolicyState:
     """The policy state that a feedback log amounts to: every shown item is one impression,
     its joined reward a click or not, and (for `feedback: lift`) the model's click probability
     from its logged score the expected click. Use it to warm-start or rebuild serving state."""
-    from lmrec.exploration.policies import feedback_state
-
-    logged = LoggedSlates.from_table(table, source, drop_unrewarded)
-    items = logged.candidates[logged.row, logged.action]
-    expected = policy.click_probability(logged.scores[logged.row, logged.action])
-    return feedback_state(items, (logged.reward > 0).astype(float), expected)
+    return state_from_samples(LoggedSlates.from_table(table, source, drop_unrewarded), policy)

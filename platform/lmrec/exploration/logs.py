@@ -2,20 +2,25 @@
 
 One row per served slate (request). Position k of the slate is index k of the
 list columns `slate`, `positions`, `propensities` and `rewards`; `positions`
-holds the display slot of each entry (0-based, usually 0..K-1). `rewards` is
-null when the impression is written and is filled by `join_rewards` once
-feedback (clicks) arrives. `propensities[k]` is P(slate[k] shown at position k)
+holds the display slot of each entry (0-based and distinct within a row, usually
+0..K-1). `rewards` is null when the impression is written and is filled by
+`join_rewards` once feedback (clicks) arrives; once filled, every entry must be a
+finite number (graded rewards such as ratings or revenue are fine). `propensities[k]` is P(slate[k] shown at position k)
 under the policy that served it, which the off-policy estimators divide by.
 
 Files live under `<root>/date=YYYY-MM-DD/part-<utc>-<pid>-<uuid>.parquet` (Hive
 partitions by the record's UTC date). `FeedbackLogWriter` buffers records and
-writes each batch to a hidden temporary file, fsyncs it, renames it into place
-and fsyncs the directory: readers never see a partial file, and a record is
-acknowledged (durable) once `flush()` returns. If a write fails, the batch stays
-buffered for the next flush; nothing is dropped.
+writes each batch as one file per UTC date: each goes to a hidden temporary
+file, is fsynced, renamed into place, and the directory is fsynced (and the
+parent of every folder the write had to create): readers never see a partial
+file, and a record is acknowledged (durable) once `flush()` returns. If a write
+fails, the files already written stay and count as written, and only the rows
+not yet written go back to the buffer (ahead of newer records) for the next
+flush: nothing is dropped or written twice by the writer itself.
 
 Validation is pure pyarrow/numpy and raises `FeedbackLogError` naming the file
-and column; bad propensities (<= 0, > 1 or NaN) raise `PropensityError` with
+and column; bad propensities (<= 0, > 1, NaN or null) raise `PropensityError`
+and bad rewards (NaN, inf or null inside a filled list) `RewardError`, both with
 the number of offending rows. No Ray here: `lmrec.tuning.feedback_io` reads the
 same files with Ray Data.
 """
@@ -30,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +91,19 @@ class PropensityError(FeedbackLogError):
         )
 
 
+class RewardError(FeedbackLogError):
+    """Rewards that are NaN, infinite or null inside a filled list: they would turn IPS/SNIPS into NaN."""
+
+    def __init__(self, source: str, bad_rows: int, total_rows: int, first_row: int, first_value: Optional[float]) -> None:
+        self.bad_rows = bad_rows
+        super().__init__(
+            source,
+            "rewards",
+            f"{bad_rows} of {total_rows} row(s) have a null or non-finite reward "
+            f"(first at row {first_row}: {first_value!r})",
+        )
+
+
 # ------------------------------------------------------------------ records
 
 
@@ -125,18 +143,24 @@ class FeedbackRecord:
             "candidates": [int(x) for x in self.candidates],
             "scores": [float(x) for x in self.scores],
             "slate": [int(x) for x in self.slate],
-            "positions": list(range(k)) if self.positions is None else [int(x) for x in self.positions],
-            "propensities": [float(x) for x in self.propensities],
+            "positions": list(range(k)) if self.positions is None else [_opt(int, x) for x in self.positions],
+            "propensities": [_opt(float, x) for x in self.propensities],
             "policy": str(self.policy),
             "policy_params": self.policy_params if isinstance(self.policy_params, str) else json.dumps(self.policy_params, sort_keys=True),
             "model_version": self.model_version,
-            "rewards": None if self.rewards is None else [float(x) for x in self.rewards],
+            "rewards": None if self.rewards is None else [_opt(float, x) for x in self.rewards],
         }
         _check_row(row, f"record {self.request_id!r}")
         return row
 
 
+def _opt(cast: Any, x: Any) -> Any:
+    """cast(x), keeping None so that validation reports it with the column name."""
+    return None if x is None else cast(x)
+
+
 def _check_row(row: Mapping[str, Any], source: str) -> None:
+    """Validate one row dict as `validate_table` does a table (errors count it as 1 of 1 rows)."""
     k = len(row["slate"])
     if k == 0:
         raise FeedbackLogError(source, "slate", "is empty")
@@ -147,9 +171,16 @@ def _check_row(row: Mapping[str, Any], source: str) -> None:
         raise FeedbackLogError(source, "rewards", f"has {len(row['rewards'])} entries, slate has {k}")
     if len(row["scores"]) != len(row["candidates"]):
         raise FeedbackLogError(source, "scores", f"has {len(row['scores'])} entries, candidates has {len(row['candidates'])}")
-    bad = [p for p in row["propensities"] if not (0.0 < p <= 1.0)]
+    bad = [p for p in row["propensities"] if p is None or not (0.0 < p <= 1.0)]
     if bad:
         raise PropensityError(source, 1, 1, 0, bad[0])
+    positions = row["positions"]
+    if any(p is None or p < 0 for p in positions) or len(set(positions)) != len(positions):
+        raise FeedbackLogError(source, "positions", f"1 of 1 row(s) have a negative, null or repeated position (first at row 0: {list(positions)!r})")
+    if row["rewards"] is not None:
+        bad_r = [r for r in row["rewards"] if r is None or not np.isfinite(r)]
+        if bad_r:
+            raise RewardError(source, 1, 1, 0, bad_r[0])
     missing = set(row["slate"]) - set(row["candidates"])
     if missing:
         raise FeedbackLogError(source, "slate", f"item(s) {sorted(missing)[:5]} are not among the candidates")
@@ -174,9 +205,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(folder: Path) -> list[Path]:
+    """Create `folder` and its missing ancestors; return those that were missing, top-down."""
+    missing: list[Path] = []
+    d = folder
+    while not d.is_dir() and d.parent != d:
+        missing.append(d)
+        d = d.parent
+    missing.reverse()
+    for d in missing:
+        d.mkdir(exist_ok=True)  # a concurrent writer may create it too; its entry is fsynced below either way
+    return missing
+
+
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
-    """Write Parquet to a hidden temp file in the same directory, fsync, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write Parquet to a hidden temp file in the same directory, fsync, rename into place.
+
+    Durable on return: the file, its directory, and the parent of every directory this
+    call created (up to the first that already existed) are fsynced, so a new
+    `date=...` folder cannot vanish with acknowledged files after a power loss. If the
+    final directory fsync fails the renamed file is removed again (best effort), so
+    that a retry of the same rows does not leave two copies.
+    """
+    for created in _make_dirs(path.parent):
+        _fsync_dir(created.parent)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -187,7 +239,11 @@ def write_table_atomic(table: pa.Table, path: Path) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -197,7 +253,8 @@ class FeedbackLogWriter:
     `append` validates and buffers a record (flushing when `batch_size` are
     pending); `flush` writes everything pending and returns only after every
     file is renamed into place and fsynced: that is the acknowledgement. A failed
-    flush keeps its records buffered and re-raises; the next flush retries them.
+    flush re-raises; files it completed before the failure (one per UTC date) count
+    as written, and only the rows not yet written stay buffered for the next flush.
     """
 
     def __init__(self, root: str | Path, batch_size: int = 1000, max_delay_s: float = 5.0, name: Optional[str] = None) -> None:
@@ -260,28 +317,36 @@ class FeedbackLogWriter:
                 batch, self._pending, self._oldest = self._pending, [], None
             if not batch:
                 return []
+            written: list[Path] = []
+            done = np.zeros(len(batch), dtype=bool)
             try:
-                written = self._write_batch(batch)
+                for path, rows_idx in self._write_batch(batch):
+                    written.append(path)
+                    done[rows_idx] = True
             except BaseException:
-                with self._lock:  # keep them, in order, ahead of anything appended meanwhile
-                    self._pending = batch + self._pending
-                    self._oldest = time.monotonic()
+                rest = [row for row, ok in zip(batch, done) if not ok]
+                with self._lock:  # keep the unwritten rows, in order, ahead of anything appended meanwhile
+                    self._pending = rest + self._pending
+                    if self._pending:
+                        self._oldest = time.monotonic()
+                self.files_written.extend(written)  # durable already: re-writing them would duplicate rows
+                self.records_written += int(done.sum())
                 raise
             self.files_written.extend(written)
             self.records_written += len(batch)
             return written
 
-    def _write_batch(self, batch: list[dict[str, Any]]) -> list[Path]:
-        by_date: dict[str, list[dict[str, Any]]] = {}
-        for row in batch:
+    def _write_batch(self, batch: list[dict[str, Any]]) -> Iterator[tuple[Path, list[int]]]:
+        """Write one file per UTC date, yielding (file, indices into batch) as each becomes durable,
+        so that a failure part-way tells `flush` exactly which rows are already written."""
+        by_date: dict[str, list[int]] = {}
+        for i, row in enumerate(batch):
             day = row["timestamp"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
-            by_date.setdefault(day, []).append(row)
+            by_date.setdefault(day, []).append(i)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        out = []
-        for day, rows in sorted(by_date.items()):
+        for day, idx in sorted(by_date.items()):
             path = self.root / f"{PARTITION_KEY}={day}" / f"{FILE_PREFIX}{stamp}-{self.name}-{uuid.uuid4().hex[:12]}.parquet"
-            out.append(write_table_atomic(records_to_table(rows), path))
-        return out
+            yield write_table_atomic(records_to_table([batch[i] for i in idx]), path), idx
 
     def close(self) -> None:
         self.flush()
@@ -335,7 +400,8 @@ def _list_lengths(table: pa.Table, col: str) -> np.ndarray:
 
 
 def validate_table(table: pa.Table, source: str = "<table>") -> None:
-    """Schema, nulls, list lengths, propensities in (0, 1] and slate within candidates."""
+    """Schema, nulls, list lengths, propensities in (0, 1], distinct non-negative positions,
+    finite rewards and slate within candidates; errors count the offending rows."""
     validate_schema(table.schema, source)
     n = table.num_rows
     if n == 0:
@@ -357,16 +423,36 @@ def validate_table(table: pa.Table, source: str = "<table>") -> None:
     bad = _list_lengths(table, "scores") != _list_lengths(table, "candidates")
     if bad.any():
         raise FeedbackLogError(source, "scores", f"{int(bad.sum())} row(s) have a length different from 'candidates' (first at row {int(np.argmax(bad))})")
-    props = pc.list_flatten(table["propensities"]).to_numpy(zero_copy_only=False).astype(np.float64)
+    row_of = np.repeat(np.arange(n), k)
+    props = _flat_float(table["propensities"])  # null elements read as NaN
     bad_value = ~((props > 0) & (props <= 1))  # NaN fails both comparisons
     if bad_value.any():
-        row_of = np.repeat(np.arange(n), k)
         bad_rows = np.unique(row_of[bad_value])
         raise PropensityError(source, len(bad_rows), n, int(bad_rows[0]), float(props[bad_value][0]))
+    pos = pc.fill_null(pc.list_flatten(table["positions"]), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.lexsort((pos, row_of))
+    srow, spos = row_of[order], pos[order]
+    repeated = srow[1:][(srow[1:] == srow[:-1]) & (spos[1:] == spos[:-1])]
+    bad_rows = np.union1d(row_of[pos < 0], repeated)
+    if len(bad_rows):
+        first = int(bad_rows[0])
+        raise FeedbackLogError(source, "positions", f"{len(bad_rows)} of {n} row(s) have a negative, null or repeated position "
+                               f"(first at row {first}: {table['positions'][first].as_py()!r})")
+    rewards = _flat_float(table["rewards"])  # rows whose rewards are null (not yet joined) contribute nothing
+    bad_value = ~np.isfinite(rewards)
+    if bad_value.any():
+        bad_rows = np.unique(np.repeat(np.arange(n), np.maximum(rl, 0))[bad_value])
+        raise RewardError(source, len(bad_rows), n, int(bad_rows[0]), float(rewards[bad_value][0]))
     missing = _slate_not_in_candidates(table)
     if missing.any():
         rows = np.flatnonzero(missing)
         raise FeedbackLogError(source, "slate", f"{len(rows)} row(s) show items that are not among their candidates (first at row {int(rows[0])})")
+
+
+def _flat_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list column's elements as float64, null elements as NaN (null lists contribute nothing)."""
+    flat = pc.list_flatten(column)
+    return pc.fill_null(pc.cast(flat, pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
 
 
 def slate_candidate_index(table: pa.Table) -> np.ndarray:

@@ -18,9 +18,9 @@ from typing import Any, Callable, Literal, Mapping, Optional
 
 import numpy as np
 
-from lmrec.exploration.log_ope import LoggedSlates, evaluate_policy_on_logs
+from lmrec.exploration.log_ope import LoggedSlates, evaluate_policy_on_logs, state_from_samples
 from lmrec.exploration.open_bandit import OBDLog, OBDRewards
-from lmrec.exploration.policies import PolicyConfig, build_policy
+from lmrec.exploration.policies import Policy, PolicyConfig, build_policy
 from lmrec.exploration.replay import ReplayEvents, run_replay
 from lmrec.exploration.reward_model import CrossFitRewards
 
@@ -41,10 +41,19 @@ class LoggedScenario:
     base_policy: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     kind: str = "logged"
+    # Earlier logs a stateful policy (UCB, Thompson) learns its item statistics from before it is
+    # scored on `logged`; None: every policy starts from empty statistics, where UCB is greedy.
+    warm: Optional[LoggedSlates] = None
+    cluster_by_request: bool = False  # bootstrap whole requests (a slate's positions are correlated)
 
     @property
     def has_steps(self) -> bool:
         return False
+
+    @property
+    def stateful(self) -> bool:
+        """Whether item statistics exist for UCB and Thompson to use (see `warm`)."""
+        return self.warm is not None
 
 
 @dataclass
@@ -102,10 +111,19 @@ def policy_config(params: Mapping[str, Any], base: Optional[Mapping[str, Any]] =
     return PolicyConfig.from_dict(data)
 
 
+def logged_policy(scenario: LoggedScenario, config: PolicyConfig) -> Policy:
+    """`config` as it would run after the scenario's warm-up logs (empty statistics without them)."""
+    policy = build_policy(config)
+    if scenario.warm is not None:
+        policy.set_state(state_from_samples(scenario.warm, policy), keep_delta=False)
+    return policy
+
+
 def evaluate_logged(scenario: LoggedScenario, config: PolicyConfig, penalty: float, seed: int = 0) -> dict[str, float]:
     """One off-policy estimate of `config` and the penalised objective."""
     est = evaluate_policy_on_logs(
-        scenario.logged, build_policy(config), [scenario.estimator], scenario.rewards, scenario.n_bootstrap, seed
+        scenario.logged, logged_policy(scenario, config), [scenario.estimator], scenario.rewards, scenario.n_bootstrap, seed,
+        cluster_by_request=scenario.cluster_by_request,
     )[scenario.estimator]
     return {
         "objective": est.penalised(penalty), "estimate": est.value, "std_err": est.std_err,

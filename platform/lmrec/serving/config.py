@@ -50,8 +50,10 @@ class ExplorationConfig:
     """Which policy explores over the model's candidates; JSON-compatible with the Tune search output.
 
     `policy` is a PolicyConfig mapping (type, epsilon, temperature, ucb_c, ...). `policy_uri`
-    loads the best policy a search saved (`runs:/<id>/best_policy.json` or a local path) and
-    wins over `policy`.
+    loads the best policy a search saved and wins over `policy`: `models:/lmrec-exploration-policy@<alias>`
+    (followed: replicas swap when the alias moves, every `alias_poll_s`), `models:/<name>/<version>`,
+    `runs:/<search run id>/policy`, a bare run id, or a local `policy.json` / folder. Until it
+    loads (registry down), replicas serve `policy` and report `policy_error` on /version.
     """
 
     policy: dict[str, Any] = field(default_factory=lambda: {"type": "epsilon_greedy", "epsilon": 0.1})

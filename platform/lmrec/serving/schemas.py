@@ -98,6 +98,9 @@ class VersionResponse(BaseModel):
     dataset: Optional[str]
     num_items: Optional[int]
     policy: dict
+    policy_uri: Optional[str] = None  # where the policy came from (exploration.policy_uri), if not inline
+    policy_version: Optional[str] = None  # registry version behind a models:/ policy_uri
+    policy_error: Optional[str] = None  # why policy_uri is not (yet) what serves
     precision: Optional[str]
     device: Optional[str]
     forward: Optional[str] = None  # "torchscript" (traced, checked at load) or "eager"

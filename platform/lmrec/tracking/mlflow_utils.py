@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from lmrec.paths import lmrec_home
 
@@ -109,6 +109,15 @@ class RunLogger:
         for chunk in _chunks(ms, 1000):
             self.client.log_batch(self.run_id, metrics=chunk)
 
+    def history(self, series: Mapping[str, Sequence[float]], steps: Sequence[int]) -> None:
+        """Whole metric curves in few calls: series[key][i] is logged at step steps[i]."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ms = [Metric(_metric_key(k), float(v), now, int(st)) for k, vals in series.items() for st, v in zip(steps, vals)]
+        for chunk in _chunks(ms, 1000):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
     def params(self, values: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -160,14 +169,17 @@ def register_model(
     tags: Optional[Mapping[str, str]] = None,
     description: Optional[str] = None,
     uri: Optional[str] = None,
+    model_description: str = "lmrec sequential recommender (safetensors + JSON)",
 ) -> str:
-    """Register `runs:/<run_id>/<artifact_path>` as a new version of `name`; optionally alias it."""
+    """Register `runs:/<run_id>/<artifact_path>` as a new version of `name`; optionally alias it.
+
+    `model_description` describes the registered model when this call creates it."""
     c = client(uri)
     try:
         c.get_registered_model(name)
     except Exception:
         try:
-            c.create_registered_model(name, description="lmrec sequential recommender (safetensors + JSON)")
+            c.create_registered_model(name, description=model_description)
         except Exception:
             c.get_registered_model(name)  # created concurrently
     mv = c.create_model_version(

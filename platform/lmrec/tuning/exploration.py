@@ -130,6 +130,7 @@ class ObdScenarioConfig:
     n_bootstrap: int = 200
     n_sim: int = 300  # Monte Carlo draws for sampling policies' marginals per trial
     seed: int = 12345
+    warm_start_frac: float = 0.0  # see LogsScenarioConfig.warm_start_frac
 
     def validate(self) -> None:
         check(self.max_rows is None or self.max_rows >= 100, "max_rows", "must be >= 100")
@@ -137,26 +138,42 @@ class ObdScenarioConfig:
         check(self.l2 is None or self.l2 > 0, "l2", "must be > 0")
         check(self.n_bootstrap >= 2, "n_bootstrap", "must be >= 2")
         check(self.n_sim >= 1, "n_sim", "must be >= 1")
+        check(0 <= self.warm_start_frac < 1, "warm_start_frac", "must be in [0, 1)")
 
 
 @dataclass
 class LogsScenarioConfig:
-    """Our own feedback logs (read with Ray Data): same estimators as OBD."""
+    """Our own feedback logs (read with Ray Data): same estimators as OBD.
+
+    `path` is either the serving app's log folder (`feedback.log_dir`, holding `impressions/`
+    and `feedback/`: clicks are joined to their slates here) or a folder of feedback-log files
+    whose rewards are already joined.
+    """
 
     path: str = ""
-    drop_unrewarded: bool = False  # rows whose rewards are not joined yet: error unless True
+    drop_unrewarded: bool = False  # joined logs: rows without rewards are an error unless True
+    # Serving logs: slates served in the last `attribution_window_s` seconds are left out (their
+    # clicks may still arrive); older shown items without feedback count as not clicked.
+    attribution_window_s: float = 600.0
     estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
     n_folds: int = 3
     l2: Optional[float] = None
     n_bootstrap: int = 200
     n_sim: int = 300
     seed: int = 0
+    # UCB and Thompson learn item statistics from feedback. With warm_start_frac > 0 they learn
+    # from the earliest fraction of the requests and are scored on the rest (every policy is);
+    # with 0 they start empty, where UCB ranks as greedy does (the search then leaves UCB out).
+    warm_start_frac: float = 0.0
+    cluster_by_request: bool = True  # bootstrap whole requests, not single positions
 
     def validate(self) -> None:
+        check(self.attribution_window_s >= 0, "attribution_window_s", "must be >= 0 seconds")
         check(self.n_folds >= 1, "n_folds", "must be >= 1")
         check(self.l2 is None or self.l2 > 0, "l2", "must be > 0")
         check(self.n_bootstrap >= 2, "n_bootstrap", "must be >= 2")
         check(self.n_sim >= 1, "n_sim", "must be >= 1")
+        check(0 <= self.warm_start_frac < 1, "warm_start_frac", "must be in [0, 1)")
 
 
 def _replay_train_default() -> TrainConfig:
@@ -269,13 +286,30 @@ def prepare_obd(oc: ObdScenarioConfig) -> LoggedScenario:
     if oc.max_rows is not None and oc.max_rows < log.n:
         log = _head(log, oc.max_rows)
     rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed, reward_model=oc.reward_model)
-    return LoggedScenario(
+    scenario = LoggedScenario(
         obd_logged(log, rewards), rewards.fit, log.len_list, oc.estimator, oc.n_bootstrap,
         base_policy={"slate_size": log.len_list, "n_sim": oc.n_sim, "seed": oc.seed},
         info={"source": str(log.path), "samples": log.n, "behavior_value": log.on_policy_value,
               "reward_model": oc.reward_model, "reward_model_l2": rewards.fit.l2,
               "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
     )
+    return with_warm_start(scenario, oc.warm_start_frac)
+
+
+def with_warm_start(scenario: LoggedScenario, frac: float) -> LoggedScenario:
+    """Split the logs in time: the first `frac` of requests warm up stateful policies, the rest
+    is what every policy is scored on (the cross-fitted reward model is kept for those samples)."""
+    if frac <= 0:
+        return scenario
+    import dataclasses
+
+    from lmrec.exploration.log_ope import subset_rewards
+
+    warm, rest, samples = scenario.logged.split(frac)
+    info = {**scenario.info, "warm_start_requests": int(len(warm.slate_len)), "warm_start_samples": warm.n,
+            "scored_requests": int(len(rest.slate_len)), "scored_samples": rest.n,
+            "scored_behavior_value": float(rest.reward.mean())}
+    return dataclasses.replace(scenario, logged=rest, rewards=subset_rewards(scenario.rewards, samples), warm=warm, info=info)
 
 
 def _head(log: Any, n: int) -> Any:
@@ -291,18 +325,25 @@ def _head(log: Any, n: int) -> Any:
 def prepare_logs(lc: LogsScenarioConfig) -> LoggedScenario:
     from lmrec.exploration.log_ope import LoggedSlates, fit_log_rewards
     from lmrec.training.trainer import ensure_ray
-    from lmrec.tuning.feedback_io import read_feedback_table
+    from lmrec.tuning.feedback_io import is_served_log_dir, read_feedback_table, read_served_logs
 
     ensure_ray()
-    table = read_feedback_table(lc.path)  # Ray Data, validated per file
+    join_info: dict[str, Any] = {}
+    if is_served_log_dir(lc.path):  # the serving app's folder: join clicks to slates here
+        table, join_info = read_served_logs(lc.path, lc.attribution_window_s)
+    else:
+        table = read_feedback_table(lc.path)  # Ray Data, validated per file
+        table = table.sort_by([("timestamp", "ascending"), ("request_id", "ascending")])  # time order for warm_start_frac
     logged = LoggedSlates.from_table(table, lc.path, lc.drop_unrewarded)
     rewards = fit_log_rewards(logged, lc.n_folds, "auto" if lc.l2 is None else lc.l2, lc.seed)
     k = int(np.bincount(logged.slate_len).argmax())
-    return LoggedScenario(
+    scenario = LoggedScenario(
         logged, rewards, k, lc.estimator, lc.n_bootstrap, base_policy={"slate_size": k, "n_sim": lc.n_sim, "seed": lc.seed},
         info={"source": lc.path, "requests": int(len(logged.slate_len)), "samples": logged.n,
-              "behavior_value": float(logged.reward.mean()), "reward_model_l2": rewards.l2},
+              "behavior_value": float(logged.reward.mean()), "reward_model_l2": rewards.l2, **join_info},
+        cluster_by_request=lc.cluster_by_request,
     )
+    return with_warm_start(scenario, lc.warm_start_frac)
 
 
 def _replay_cache_dir(rc: ReplayScenarioConfig, source_fingerprint: str) -> Path:
@@ -311,6 +352,11 @@ def _replay_cache_dir(rc: ReplayScenarioConfig, source_fingerprint: str) -> Path
     rd = to_dict(rc)
     if not rd.get("valid_frac"):  # configs from before the validation period keep their caches
         rd.pop("valid_frac", None)
+    if rc.model_uri and rc.model_uri.startswith("models:/"):  # an alias moves: key on the version it names now
+        from lmrec.tracking.mlflow_utils import resolve_model_version
+
+        mv = resolve_model_version(rc.model_uri)
+        rd["model_uri"] = f"models:/{mv['name']}/{mv['version']}"
     key = config_hash({"replay": rd, "source": source_fingerprint, "version": 1})[:16]
     return lmrec_home() / "exploration" / "replay" / f"{rc.dataset}-{key}"
 
@@ -452,12 +498,21 @@ class DefineSpace:
     A module-level class (not a closure) because Tune pickles the searcher to checkpoint it.
     """
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, stateful: bool = True) -> None:
         self.space = to_dict(space)
+        self.stateful = stateful
+
+    def policies(self) -> list[str]:
+        """Policy types offered. Without item statistics (logged data, no warm start) UCB ranks
+        exactly as greedy does, so it is left out rather than spend trials on copies of greedy."""
+        types = list(self.space["policies"])
+        if not self.stateful and "ucb" in types and len(types) > 1:
+            types.remove("ucb")
+        return types
 
     def __call__(self, trial: Any) -> None:
         sp = self.space
-        t = trial.suggest_categorical("policy", list(sp["policies"]))
+        t = trial.suggest_categorical("policy", self.policies())
         if t == "epsilon_greedy":
             trial.suggest_float("epsilon", sp["epsilon"][0], sp["epsilon"][1], log=True)
         elif t == "softmax":
@@ -469,12 +524,50 @@ class DefineSpace:
             trial.suggest_categorical("feedback", list(sp["feedback"]))
         elif t == "thompson":
             trial.suggest_float("prior_strength", sp["prior_strength"][0], sp["prior_strength"][1], log=True)
-            trial.suggest_categorical("feedback", list(sp["feedback"]))
+            if self.stateful:  # how feedback is counted matters only once there is feedback
+                trial.suggest_categorical("feedback", list(sp["feedback"]))
         return None
 
 
-def define_space(space: SearchSpace) -> DefineSpace:
-    return DefineSpace(space)
+def define_space(space: SearchSpace, stateful: bool = True) -> DefineSpace:
+    return DefineSpace(space, stateful)
+
+
+def preflight(cfg: TuneExplorationConfig) -> None:
+    """Check that what the search reads exists, before any Ray resource is requested.
+
+    Raises ConfigError naming the key whose file or folder is missing."""
+    from lmrec.config import ConfigError
+
+    if cfg.scenario == "logs":
+        p = cfg.logs.path
+        if ("://" not in p or p.startswith("file://")) and not Path(p.removeprefix("file://")).exists():
+            raise ConfigError("logs.path", f"{p} does not exist (a serving log folder or a folder of feedback-log files)")
+    elif cfg.scenario == "obd":
+        from lmrec.exploration.open_bandit import obd_dir
+
+        base = obd_dir(cfg.obd.data_dir) / cfg.obd.behavior / cfg.obd.campaign
+        for f in (base / "all.csv", base / "item_context.csv"):
+            if not f.is_file():
+                raise ConfigError("obd.data_dir", f"Open Bandit file {f} not found (set obd.data_dir or LMREC_DATA_DIR "
+                                                   "to the folder holding open_bandit/)")
+    else:
+        rc = cfg.replay
+        if rc.model_uri and not rc.model_uri.startswith(("models:/", "runs:/")) and not Path(rc.model_uri).exists():
+            raise ConfigError("replay.model_uri", f"{rc.model_uri} is neither a models:/ or runs:/ URI nor an existing folder")
+        if rc.dataset != "synthetic":
+            from lmrec.data.download import locate_dataset
+            from lmrec.data.readers import dataset_spec
+            from lmrec.paths import data_dir as resolve
+
+            try:
+                spec = dataset_spec(rc.dataset)
+            except (KeyError, ValueError) as exc:
+                raise ConfigError("replay.dataset", str(exc)) from exc
+            try:
+                locate_dataset(spec, resolve(rc.data_dir), download=False)
+            except Exception as exc:  # noqa: BLE001 (DatasetNotFound and friends: say which key)
+                raise ConfigError("replay.data_dir", str(exc)) from exc
 
 
 def baseline_points(space: SearchSpace) -> list[dict[str, Any]]:
@@ -659,28 +752,36 @@ def selection_table(selection: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def replay_curves_png(scenario: ReplayScenario, configs: dict[str, PolicyConfig], path: Path) -> Path:
+def replay_curves_png(scenario: ReplayScenario, configs: dict[str, PolicyConfig], path: Path, logger: Any = None) -> Path:
+    """Held-out cumulative clicks and regret of each policy as a PNG; with `logger` (a RunLogger)
+    also as metric histories `heldout/<name>/cum_reward|cum_regret`, a point every `report_every` events."""
     from lmrec.exploration.policies import build_policy
     from lmrec.exploration.replay import plot_curves, run_replay
 
     results = {name: run_replay(scenario.heldout, build_policy(pc), scenario.slate_size) for name, pc in configs.items()}
+    if logger is not None and results:
+        n = len(next(iter(results.values())).rewards)
+        steps = sorted({*range(scenario.report_every, n + 1, scenario.report_every), n})
+        idx = np.asarray(steps) - 1
+        series: dict[str, list[float]] = {}
+        for name, res in results.items():
+            key = name.replace("=", "_")
+            series[f"heldout/{key}/cum_reward"] = res.cum_reward[idx].tolist()
+            series[f"heldout/{key}/cum_regret"] = res.cum_regret[idx].tolist()
+        logger.history(series, steps)
     return plot_curves(results, path, title="held-out replay")
 
 
 def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
     """The whole search job (what `jobs/tune_exploration.py` runs)."""
+    t0 = time.time()
+    preflight(cfg)  # missing inputs fail here, naming the key, before Ray is imported or started
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    from lmrec.exploration.artifacts import POLICY_ARTIFACT_DIR, save_policy_artifact
     from lmrec.paths import default_storage_path
     from lmrec.tracking import mlflow_utils as mt
     from lmrec.training.trainer import ensure_ray
 
-    t0 = time.time()
     sc, tr = cfg.search, cfg.tracking
     ensure_ray()
     scenario = prepare_scenario(cfg)
@@ -702,6 +803,33 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
         exp_path.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"search_run_id": parent, "tracking_uri": uri}))
     logger = mt.RunLogger(parent, uri)
+    try:
+        result = _search_and_record(cfg, scenario, parent, logger, name, exp_path, resuming, uri, t0)
+    except Exception:
+        logger.end("FAILED")  # an interrupt (KeyboardInterrupt, SIGTERM) leaves it RUNNING: resumable
+        raise
+    return result
+
+
+def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: str, logger: Any, name: str, exp_path: Path,
+                       resuming: bool, uri: str, t0: float) -> SearchResult:
+    """The search proper, once its MLflow run exists: Tune, selection, comparison, artifacts, registry."""
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lmrec.exploration.artifacts import POLICY_ARTIFACT_DIR, save_policy_artifact
+    from lmrec.tracking import mlflow_utils as mt
+
+    sc, tr = cfg.search, cfg.tracking
+    stateful = not isinstance(scenario, LoggedScenario) or scenario.stateful
+    space = define_space(cfg.space, stateful)
+    if not stateful and "ucb" in cfg.space.policies and "ucb" not in space.policies():
+        scenario.info["search_space_note"] = ("UCB left out: with no item statistics (warm_start_frac = 0) it ranks as "
+                                              "greedy does; Thompson's feedback setting has no effect either")
+        print(f"[lmrec.explore] {scenario.info['search_space_note']}", flush=True)
     logger.json(scenario.info, "scenario.json")
     print(f"[lmrec.explore] scenario {cfg.scenario}: {json.dumps(scenario.info, default=str)[:400]}", flush=True)
     print(f"[lmrec.explore] MLflow search run {parent} at {uri}", flush=True)
@@ -714,7 +842,7 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
                       reduction_factor=sc.reduction_factor)
         if use_asha else FIFOScheduler()
     )
-    searcher = OptunaSearch(space=define_space(cfg.space), metric=METRIC, mode="max",
+    searcher = OptunaSearch(space=space, metric=METRIC, mode="max",
                             points_to_evaluate=baseline_points(cfg.space) if sc.include_baselines else None,
                             sampler=_tpe_sampler(sc.seed))
     trainable = tune.with_resources(
@@ -735,16 +863,12 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
             run_config=tune.RunConfig(name=name, storage_path=str(exp_path.parent), callbacks=[callback], verbose=1),
         )
     selection: list[dict[str, Any]] = []
-    try:
-        grid = tuner.fit()
-        trials = _trial_rows(grid)
-        best_row = pick_best(trials, scenario)
-        if isinstance(scenario, ReplayScenario) and scenario.valid is not None:
-            best_row, selection = select_on_validation(trials, scenario, sc.variance_penalty, sc.finalists, sc.valid_repeats, sc.seed)
-            print("[lmrec.explore] validation (finalists of the search):\n" + selection_table(selection), flush=True)
-    except Exception:
-        logger.end("FAILED")
-        raise
+    grid = tuner.fit()
+    trials = _trial_rows(grid)
+    best_row = pick_best(trials, scenario)
+    if isinstance(scenario, ReplayScenario) and scenario.valid is not None:
+        best_row, selection = select_on_validation(trials, scenario, sc.variance_penalty, sc.finalists, sc.valid_repeats, sc.seed)
+        print("[lmrec.explore] validation (finalists of the search):\n" + selection_table(selection), flush=True)
     best = policy_config(best_row["params"], scenario.base_policy)
     comparison = compare_policies(scenario, best, sc.variance_penalty, sc.eval_repeats, sc.seed)
     metadata = {"scenario": cfg.scenario, "objective": best_row["metrics"][METRIC], "search_run_id": parent,
@@ -762,7 +886,7 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
             png = replay_curves_png(scenario, {
                 "tuned": best, "greedy": policy_config({"policy": "greedy"}, scenario.base_policy),
                 "epsilon=0.1": policy_config({"policy": "epsilon_greedy", "epsilon": 0.1}, scenario.base_policy),
-            }, Path(tmp) / "replay_heldout.png")
+            }, Path(tmp) / "replay_heldout.png", logger)
             logger.artifact(png)
             files["curves_png"] = "replay_heldout.png"
     metrics = {f"best/{k}": v for k, v in best_row["metrics"].items()}
@@ -773,12 +897,14 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
         metrics.update({f"compare/{key}/{k}": v for k, v in m.items() if isinstance(v, float)})
     logger.metrics(metrics)
     tags = {"lmrec.best_policy": best.type, "lmrec.best_policy_json": json.dumps(best.to_dict(), sort_keys=True)[:4900],
-            "lmrec.policy_artifact": artifact, "lmrec.policy_alias": tr.alias, "lmrec.trials": len(trials)}
+            "lmrec.policy_artifact": artifact, "lmrec.trials": len(trials)}
     version = None
     if tr.register:
         version = mt.register_model(parent, tr.model_name, alias=tr.alias, artifact_path=POLICY_ARTIFACT_DIR,
-                                    tags={"kind": "exploration_policy", "policy": best.type, "scenario": cfg.scenario}, uri=uri)
+                                    tags={"kind": "exploration_policy", "policy": best.type, "scenario": cfg.scenario}, uri=uri,
+                                    model_description="lmrec exploration policy (policy.json: config + item statistics)")
         tags["lmrec.policy_version"] = version
+        tags["lmrec.policy_alias"] = tr.alias  # only when the alias exists
     logger.tags(tags)
     logger.end("FINISHED")
     policy_uri = f"models:/{tr.model_name}@{tr.alias}" if version else f"runs:/{parent}/{POLICY_ARTIFACT_DIR}"

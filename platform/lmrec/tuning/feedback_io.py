@@ -13,13 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lmrec.exploration.logs import COLUMNS, FEEDBACK_SCHEMA, FeedbackLogError, list_log_files, validate_schema, validate_table
+from lmrec.exploration.logs import (
+    COLUMNS, FEEDBACK_SCHEMA, FeedbackLogError, join_rewards, list_log_files, validate_schema, validate_table,
+)
 
 PATH_COLUMN = "path"
+IMPRESSIONS_DIR = "impressions"  # the serving app's log folder: served slates (rewards null) ...
+FEEDBACK_DIR = "feedback"  # ... and feedback events, one row per (request, shown item) reported
+# What the join reads from a feedback event file (the serving app writes more columns).
+EVENT_COLUMNS = {"request_id": pa.string(), "item_id": pa.int64(), "reward": pa.float32()}
 
 
 def _is_local(path: str) -> bool:
@@ -78,3 +85,77 @@ def read_feedback_table(path: str | Path, validate: bool = True, limit: Optional
     if limit is not None:
         ds = ds.limit(limit)
     return dataset_to_table(ds)
+
+
+def is_served_log_dir(path: str | Path) -> bool:
+    """Whether `path` is a serving app's log folder (`impressions/` [+ `feedback/`])."""
+    return _is_local(str(path)) and (Path(str(path).removeprefix("file://")) / IMPRESSIONS_DIR).is_dir()
+
+
+def _check_event_file(f: Path) -> None:
+    try:
+        schema = pq.read_schema(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FeedbackLogError(str(f), None, f"not a readable Parquet file ({exc})") from exc
+    for name, typ in EVENT_COLUMNS.items():
+        idx = schema.get_field_index(name)
+        if idx < 0:
+            raise FeedbackLogError(str(f), name, f"is missing (expected {typ}): not a feedback-event file")
+        if not schema.field(idx).type.equals(typ):
+            raise FeedbackLogError(str(f), name, f"has type {schema.field(idx).type}, expected {typ}")
+
+
+def read_feedback_events(path: str | Path) -> pa.Table:
+    """(request_id, item_id, reward) of every feedback event under `path`, read with Ray Data;
+    every file's columns are checked on the driver first (errors name the file and column)."""
+    import ray
+    import ray.data
+
+    files = list_log_files(path) if Path(path).exists() else []
+    if not files:
+        return pa.schema(list(EVENT_COLUMNS.items())).empty_table()
+    for f in files:
+        _check_event_file(f)
+    ds = ray.data.read_parquet([str(f) for f in files], columns=list(EVENT_COLUMNS))
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return pa.schema(list(EVENT_COLUMNS.items())).empty_table()
+    table = pa.concat_tables([t.select(list(EVENT_COLUMNS)) for t in tables])
+    bad = pc.invert(pc.is_finite(table["reward"]))
+    n_bad = int(pc.sum(pc.fill_null(bad, True)).as_py() or 0)
+    if n_bad:
+        raise FeedbackLogError(str(path), "reward", f"{n_bad} of {table.num_rows} feedback event(s) have a null or non-finite reward")
+    return table
+
+
+def read_served_logs(path: str | Path, attribution_window_s: float = 600.0, now: Optional[float] = None) -> tuple[pa.Table, dict[str, Any]]:
+    """The serving app's logs as one FEEDBACK_SCHEMA table with rewards joined, in time order.
+
+    Slates come from `impressions/` and clicks from `feedback/` (both read with Ray Data and
+    validated per file). Slates served less than `attribution_window_s` before `now` (unix
+    seconds; default: the current time) are left out, since their feedback may still come;
+    shown items of older slates without feedback get reward 0. Returns the table and counts.
+    """
+    import time
+
+    root = Path(str(path).removeprefix("file://"))
+    impressions = read_feedback_table(root / IMPRESSIONS_DIR)
+    events = read_feedback_events(root / FEEDBACK_DIR)
+    now = time.time() if now is None else float(now)
+    cutoff = pa.scalar(int((now - attribution_window_s) * 1e6), pa.timestamp("us", tz="UTC"))
+    mature = impressions.filter(pc.less_equal(impressions["timestamp"], cutoff))
+    mature = mature.sort_by([("timestamp", "ascending"), ("request_id", "ascending")])
+    joined = join_rewards(mature, events)
+    k = pc.list_value_length(mature["slate"]).to_numpy(zero_copy_only=False)
+    shown = pa.table({"request_id": pa.array(np.repeat(mature["request_id"].to_numpy(zero_copy_only=False), k), pa.string()),
+                      "item_id": pc.list_flatten(mature["slate"])})
+    ev = events.select(["request_id", "item_id"]).group_by(["request_id", "item_id"]).aggregate([])
+    matched = ev.join(shown, ["request_id", "item_id"], join_type="inner").num_rows
+    rewards = pc.list_flatten(joined["rewards"])
+    info = {
+        "log_dir": str(root), "impressions": impressions.num_rows, "too_recent": impressions.num_rows - mature.num_rows,
+        "attribution_window_s": attribution_window_s, "feedback_events": events.num_rows,
+        "events_joined": matched, "events_without_slate": ev.num_rows - matched,
+        "clicks_joined": int(pc.sum(pc.greater(rewards, 0)).as_py() or 0),
+    }
+    return joined, info

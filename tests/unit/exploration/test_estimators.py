@@ -114,3 +114,77 @@ def test_cross_fitting_predicts_unseen_folds_and_selects_by_log_loss() -> None:
     assert fit.oof_log_loss < base - 0.05  # it learned something it could not memorise
     best = select_cross_fit(features, actions, y, A, l2_grid=(1.0, 1e5), n_folds=3, seed=0)
     assert best.l2 == 1.0  # the over-regularised model predicts worse out of fold
+
+
+def _fixed_ope_data() -> tuple[OPEData, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(123)
+    n = 300
+    r = (rng.random(n) < 0.3).astype(float)
+    p = rng.uniform(0.1, 1.0, n)
+    pi = rng.uniform(0.0, 1.0, n)
+    q = rng.uniform(0, 1, (n, 2))
+    return OPEData(r, p, pi, np.stack([pi, 1 - pi], axis=1), q, q[:, 0]), r, pi / p
+
+
+def test_per_sample_bootstrap_is_unchanged_without_groups() -> None:
+    """groups=None must reproduce the numbers the Open Bandit protocol was run with.
+
+    The expected values were computed with estimators.py as it was before the `groups`
+    argument was added (same data, same seeds) and hard-coded here.
+    """
+    data, r, w = _fixed_ope_data()
+    expected = {
+        "ips": (0.37785579233272154, 0.29329873338794704, 0.474517627652776, 0.04812662763386978),
+        "snips": (0.3474912086204473, 0.2767052113631774, 0.41763619155344056, 0.039943379877968435),
+        "dm": (0.5031306876255418, 0.4758624376987825, 0.5292884529136487, 0.01382901303684718),
+        "dr": (0.31367564822582655, 0.22049512397956295, 0.4121640854533813, 0.05022585916193334),
+    }
+    for groups_kw in ({}, {"groups": None}):
+        out = evaluate(data, n_bootstrap=250, seed=7, **groups_kw)  # type: ignore[arg-type]
+        for name, want in expected.items():
+            e = out[name]
+            assert (e.value, e.ci_low, e.ci_high, e.std_err) == pytest.approx(want, rel=1e-12, abs=0), name
+    assert bootstrap(r * 2.0, 300, 0.9, seed=11) == pytest.approx((0.5996666666666667, 0.7733333333333333, 0.05407201202864531), rel=1e-12)
+    assert bootstrap(r * w, 300, 0.9, seed=11, denominator=w) == pytest.approx(
+        (0.2847353838768577, 0.4034697868453966, 0.038589618464495996), rel=1e-12)
+
+
+def test_cluster_bootstrap_widens_the_interval_for_correlated_samples() -> None:
+    rng = np.random.default_rng(5)
+    n_groups, size = 400, 5
+    per_group = (rng.random(n_groups) < 0.4).astype(float)
+    x = np.repeat(per_group, size)  # every sample of a group is identical: one effective draw per group
+    groups = np.repeat(rng.permutation(n_groups) * 1000 + 17, size)  # arbitrary, non-contiguous ids
+    _, _, se_flat = bootstrap(x, n_bootstrap=2000, seed=2)
+    lo, hi, se_grouped = bootstrap(x, n_bootstrap=2000, seed=2, groups=groups)
+    assert lo < x.mean() < hi
+    assert se_grouped / se_flat > 1.5
+    assert se_grouped / se_flat == pytest.approx(np.sqrt(size), rel=0.15)
+    # passed through the estimators: IPS with unit weights is the mean reward
+    ones = np.ones_like(x)
+    e_flat = ips(x, ones, ones, n_bootstrap=2000, seed=2)
+    e_grp = evaluate(OPEData(x, ones, ones), ["ips", "snips"], n_bootstrap=2000, seed=2, groups=groups)
+    assert e_grp["ips"].value == e_flat.value and e_grp["ips"].std_err == pytest.approx(se_grouped)
+    assert e_grp["snips"].std_err / snips(x, ones, ones, n_bootstrap=2000, seed=2).std_err > 1.5
+    with pytest.raises(ValueError, match="groups must have shape"):
+        bootstrap(x, 10, groups=groups[:-1])
+    with pytest.raises(ValueError, match="integer cluster ids"):
+        bootstrap(x, 10, groups=groups.astype(float))
+
+
+def test_snips_interval_is_finite_when_most_weights_are_zero() -> None:
+    """Replicates whose weights are all 0 have no SNIPS ratio; they are dropped, not NaN."""
+    n = 30
+    r = np.zeros(n)
+    r[:2] = [1.0, 0.0]
+    pi = np.zeros(n)
+    pi[:2] = [1.0, 0.5]  # two samples of 30 have a non-zero weight: ~13% of resamples miss both
+    p = np.full(n, 0.5)
+    with np.errstate(all="raise"):  # no 0/0 either
+        est = snips(r, p, pi, n_bootstrap=500, seed=0)
+        grouped = snips(r, p, pi, n_bootstrap=500, seed=0, groups=np.arange(n) % 15)  # pairs; samples 0 and 1 in different groups
+    for e in (est, grouped):
+        assert e.value == pytest.approx(2.0 / 3.0)
+        assert np.isfinite([e.ci_low, e.ci_high, e.std_err]).all()
+        assert 0.0 <= e.ci_low <= e.value <= e.ci_high <= 1.0 and e.ci_low < e.ci_high and e.std_err > 0
+    assert bootstrap(np.zeros(3), 5, denominator=np.zeros(3)) == pytest.approx((np.nan,) * 3, nan_ok=True)

@@ -188,3 +188,89 @@ def test_join_rewards() -> None:
     assert joined["rewards"].to_pylist() == [[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
     validate_table(joined)
     assert np.array_equal(joined["request_id"].to_numpy(zero_copy_only=False), table["request_id"].to_numpy(zero_copy_only=False))
+
+
+def test_failed_second_date_is_retried_without_duplicating_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = FeedbackLogWriter(tmp_path, batch_size=1000)
+    w.append(record(0, DAY1))
+    w.append(record(1, DAY2))
+    w.append(record(2, DAY1))
+    real = logs_mod.write_table_atomic
+    calls = {"n": 0}
+
+    def fail_second_call(table: pa.Table, path: Path) -> Path:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(table, path)
+
+    monkeypatch.setattr(logs_mod, "write_table_atomic", fail_second_call)
+    with pytest.raises(OSError, match="disk full"):
+        w.flush()
+    # DAY1's file (req-0, req-2) is durable and counted; only DAY2's row is still pending
+    assert w.records_written == 2 and len(w.files_written) == 1 and w.files_written[0].parent.name == "date=2024-03-01"
+    assert w.pending == 1
+    w.append(record(3, DAY1))  # appended after the failure: queued behind the retried row
+    assert [r["request_id"] for r in w._pending] == ["req-1", "req-3"]
+    written = w.flush()
+    assert sorted(p.parent.name for p in written) == ["date=2024-03-01", "date=2024-03-02"]
+    assert w.records_written == 4 and w.pending == 0
+    ids = read_logs(tmp_path)["request_id"].to_pylist()
+    assert sorted(ids) == ["req-0", "req-1", "req-2", "req-3"]  # each exactly once
+
+
+def test_new_partition_folders_are_fsynced_in_their_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(logs_mod, "_fsync_dir", lambda path: synced.append(Path(path)))
+    root = tmp_path / "logs" / "feedback"  # neither exists yet
+    FeedbackLogWriter(root).write([record(0, DAY1)])
+    day = root / "date=2024-03-01"
+    assert set(synced) == {tmp_path, tmp_path / "logs", root, day}  # every created folder's parent, and the file's
+    synced.clear()
+    FeedbackLogWriter(root).write([record(1, DAY1), record(2, DAY2)])
+    assert synced == [day, root, root / "date=2024-03-02"]  # only the new date folder's parent is added
+
+
+def _with_column(table: pa.Table, name: str, values: list) -> pa.Table:
+    field = FEEDBACK_SCHEMA.field(name)
+    return table.set_column(table.schema.get_field_index(name), field, pa.array(values, field.type))
+
+
+def test_non_finite_and_null_rewards_are_rejected_with_a_count() -> None:
+    table = records_to_table([record(i).to_row() for i in range(6)])
+    nan, inf = float("nan"), float("inf")
+    rewards = [[0.0, 1.0], None, [nan, 0.0], [1.0, None], [-2.5, 7.0], [inf, -inf]]  # graded / negative are fine
+    with pytest.raises(FeedbackLogError) as err:
+        validate_table(_with_column(table, "rewards", rewards), "r.parquet")
+    assert err.value.column == "rewards" and "r.parquet" in str(err.value)
+    assert "3 of 6 row(s)" in str(err.value) and "first at row 2" in str(err.value)
+    validate_table(_with_column(table, "rewards", [[0.0, 1.0], None, [3.0, 0.0], [1.0, 0.5], [-2.5, 7.0], None]))
+    for bad in ([nan, 1.0], [1.0, None], [0.0, inf]):
+        with pytest.raises(FeedbackLogError) as err:
+            record(0, rewards=bad).to_row()
+        assert err.value.column == "rewards" and "1 of 1 row(s)" in str(err.value)
+    assert record(0, rewards=[-1.0, 4.5]).to_row()["rewards"] == [-1.0, 4.5]
+
+
+def test_null_propensity_elements_are_counted_as_bad() -> None:
+    table = records_to_table([record(i).to_row() for i in range(4)])
+    with pytest.raises(PropensityError) as err:
+        validate_table(_with_column(table, "propensities", [[0.5, None], [0.5, 0.5], [None, None], [0.5, 0.5]]), "p.parquet")
+    assert err.value.bad_rows == 2 and "2 of 4" in str(err.value) and "first at row 0" in str(err.value)
+    with pytest.raises(PropensityError):
+        record(0, propensities=[0.5, None]).to_row()
+
+
+def test_negative_and_repeated_positions_are_rejected_with_a_count() -> None:
+    table = records_to_table([record(i).to_row() for i in range(5)])
+    positions = [[0, 1], [1, 1], [-1, 0], [1, 0], [3, 3]]  # [1, 0] is fine: distinct, non-negative
+    with pytest.raises(FeedbackLogError) as err:
+        validate_table(_with_column(table, "positions", positions), "pos.parquet")
+    assert err.value.column == "positions" and "pos.parquet" in str(err.value)
+    assert "3 of 5 row(s)" in str(err.value) and "first at row 1" in str(err.value)
+    validate_table(_with_column(table, "positions", [[0, 1], [2, 5], [1, 0], [0, 1], [4, 3]]))
+    with pytest.raises(FeedbackLogError, match="'positions'.*1 of 1 row"):
+        record(0, positions=[0, -1]).to_row()
+    with pytest.raises(FeedbackLogError, match="'positions'.*repeated"):
+        record(0, positions=[2, 2]).to_row()
+    assert record(0, positions=[1, 0]).to_row()["positions"] == [1, 0]

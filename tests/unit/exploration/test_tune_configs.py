@@ -146,3 +146,50 @@ def test_validation_period_must_leave_a_test_period(override: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay_v2.yaml", [override])
     assert err.value.key == "replay.valid_frac"
+
+
+def test_stateless_search_space_leaves_out_what_has_no_effect() -> None:
+    """With no item statistics (logged data, no warm start) UCB ranks as greedy does and
+    Thompson's feedback setting changes nothing: neither is offered to the searcher."""
+    cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "obd_random.yaml")
+    stateless = define_space(cfg.space, stateful=False)
+    assert "ucb" not in stateless.policies() and "greedy" in stateless.policies()
+    trial = _FakeTrial("thompson")
+    stateless(trial)
+    assert set(trial.asked) == {"policy", "prior_strength"} and "ucb" not in trial.asked["policy"]
+    assert "ucb" in define_space(cfg.space, stateful=True).policies()
+    only_ucb = load_config(TuneExplorationConfig, None, ["space.policies=[ucb]"])
+    assert define_space(only_ucb.space, stateful=False).policies() == ["ucb"]  # what was asked for, if nothing else
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["scenario=logs", "logs.path=/no/such/feedback_logs"], "logs.path"),
+        (["scenario=obd", "obd.data_dir=/no/such/data"], "obd.data_dir"),
+        (["scenario=replay", "replay.data_dir=/no/such/data"], "replay.data_dir"),
+        (["scenario=replay", "replay.model_uri=/no/such/model"], "replay.model_uri"),
+    ],
+)
+def test_missing_inputs_fail_before_ray_naming_the_key(overrides: list[str], key: str) -> None:
+    from lmrec.tuning.exploration import preflight
+
+    cfg = load_config(TuneExplorationConfig, None, overrides)  # well-formed: only the files are missing
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert err.value.key == key
+
+
+def test_job_with_a_missing_log_folder_exits_before_importing_ray() -> None:
+    script = (
+        "import sys, runpy\n"
+        "sys.argv = ['jobs/tune_exploration.py', '--config', 'jobs/configs/tune_exploration/feedback_logs.yaml',"
+        " 'logs.path=/no/such/feedback_logs']\n"
+        "try:\n"
+        "    runpy.run_path('jobs/tune_exploration.py', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'ray' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "exit 2 False" in out.stdout, out.stdout + out.stderr
+    assert "config key 'logs.path'" in out.stderr and "/no/such/feedback_logs" in out.stderr
