@@ -103,3 +103,39 @@ def test_intermediate_reports_and_calibration(tmp_path: Path) -> None:
     ev.save(tmp_path / "ev.npz")
     back = ReplayEvents.load(tmp_path / "ev.npz")
     np.testing.assert_array_equal(back.clicks, ev.clicks)
+
+
+def test_seqrec_scorer_ranks_candidates_by_the_models_own_scores() -> None:
+    """The replay path the shipped configs use: a SeqRec model (random weights here) scores each
+    decision point's history; candidates are its top-N unseen items, in the model's order."""
+    import torch
+
+    from lmrec.data.sequences import left_pad
+    from lmrec.exploration.replay import SeqRecScorer
+    from lmrec.models import SeqRecModel, build_config, init_weights_
+
+    vocab = [10 * (i + 1) for i in range(40)]  # original item ids 10, 20, ..., 400 <-> model indices 1..40
+    model = SeqRecModel(build_config("tiny", len(vocab), dropout=0.0, max_seq_len=16))
+    init_weights_(model, seed=3)
+    model.eval()
+    scorer = SeqRecScorer(model, vocab, max_len=16)
+
+    history = np.array([30, 999, 70, 10])  # 999 is unknown to the model: dropped from its input
+    got = scorer([history])
+    with torch.no_grad():
+        want = model(torch.from_numpy(left_pad([np.array([3, 7, 1])], 16))).float().numpy()[:, 1:]  # untrimmed padding
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert got.shape == (1, len(vocab)) and not np.allclose(got, scorer([np.array([400, 390])]))  # personal, not popularity
+
+    rng = np.random.default_rng(0)
+    rows = [(u, int(it), 100 * u + k, float(rng.integers(1, 6))) for u in range(1, 6) for k, it in enumerate(rng.permutation(vocab)[:12])]
+    table = interactions(rows)
+    ev = build_replay_events(table, scorer, start_ts=0, end_ts=10**6, num_candidates=8, stride=4, horizon=4, min_history=3)
+    assert len(ev) > 0
+    for e in range(len(ev)):
+        u, t = int(ev.users[e]), int(ev.ts[e])
+        seen = np.array([it for (uu, it, tt, _) in rows if uu == u and tt < t])
+        scores = scorer([seen])[0]
+        unseen = [i for i in np.argsort(-scores, kind="stable") if vocab[i] not in set(seen.tolist())]
+        assert ev.candidates[e].tolist() == [vocab[i] for i in unseen[:8]]
+        np.testing.assert_allclose(ev.scores[e], scores[unseen[:8]], rtol=1e-5)

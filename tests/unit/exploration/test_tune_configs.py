@@ -54,17 +54,22 @@ def test_logs_scenario_needs_a_path() -> None:
     assert err.value.key == "logs.path"
 
 
-def test_job_rejects_bad_config_before_importing_ray() -> None:
-    script = (  # run the job file as a script, as `ray job submit` does
-
+def _run_job(*argv: str) -> subprocess.CompletedProcess:
+    """Run jobs/tune_exploration.py as a script, as `ray job submit` does; stdout ends with
+    'exit <code> <whether ray was imported>'."""
+    script = (
         "import sys, runpy\n"
-        "sys.argv = ['jobs/tune_exploration.py', '--config', 'jobs/configs/tune_exploration/obd_random.yaml', 'search.num_samples=-1']\n"
+        f"sys.argv = ['jobs/tune_exploration.py', *{list(argv)!r}]\n"
         "try:\n"
         "    runpy.run_path('jobs/tune_exploration.py', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    print('exit', e.code, 'ray' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_job_rejects_bad_config_before_importing_ray() -> None:
+    out = _run_job("--config", "jobs/configs/tune_exploration/obd_random.yaml", "search.num_samples=-1")
     assert "exit 2 False" in out.stdout, out.stdout + out.stderr
     assert "config key 'search.num_samples'" in out.stderr
 
@@ -181,15 +186,6 @@ def test_missing_inputs_fail_before_ray_naming_the_key(overrides: list[str], key
 
 
 def test_job_with_a_missing_log_folder_exits_before_importing_ray() -> None:
-    script = (
-        "import sys, runpy\n"
-        "sys.argv = ['jobs/tune_exploration.py', '--config', 'jobs/configs/tune_exploration/feedback_logs.yaml',"
-        " 'logs.path=/no/such/feedback_logs']\n"
-        "try:\n"
-        "    runpy.run_path('jobs/tune_exploration.py', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    print('exit', e.code, 'ray' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = _run_job("--config", "jobs/configs/tune_exploration/feedback_logs.yaml", "logs.path=/no/such/feedback_logs")
     assert "exit 2 False" in out.stdout, out.stdout + out.stderr
     assert "config key 'logs.path'" in out.stderr and "/no/such/feedback_logs" in out.stderr
