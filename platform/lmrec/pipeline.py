@@ -259,6 +259,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from lmrec.tracking import mlflow_utils as mt
     from lmrec.training.trainer import ensure_ray
 
+    if "explore" in cfg.stages:  # its inputs must exist before hours of training are spent
+        from lmrec.config import ConfigError
+        from lmrec.tuning.exploration import preflight
+
+        try:
+            preflight(cfg.explore)
+        except ConfigError as exc:
+            raise ConfigError(f"explore.{exc.key}", str(exc).split(": ", 1)[-1]) from exc
     ensure_ray()
     state = PipelineState(Path(cfg.state_dir or (lmrec_home() / "pipelines" / cfg.name)) / "state.json")
     run_id = state.data.get("pipeline_run_id")

@@ -49,3 +49,18 @@ def test_state_is_written_atomically_and_reloads(tmp_path: Path) -> None:
     assert again.done("prepare") and again.done("train") and not again.done("evaluate")
     assert again.output("train")["model_version"] == "3" and again.data["pipeline_run_id"] == "abc"
     assert json.loads(path.read_text())["stages"]["prepare"]["prepared_path"] == "/x"
+
+
+def test_missing_exploration_inputs_fail_before_ray_starts(tmp_path: Path) -> None:
+    import sys
+
+    from lmrec.pipeline import run_pipeline
+
+    cfg = load_config(PipelineConfig, str(ROOT / "jobs/configs/pipeline/tiny.yaml"),
+                      ["explore.scenario=obd", "explore.obd.data_dir=/no/such/data", f"state_dir={tmp_path}"])
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(cfg)
+    assert err.value.key == "explore.obd.data_dir" and "/no/such/data" in str(err.value)
+    assert not ray_before and not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+    assert not list(tmp_path.iterdir())  # no pipeline state was started

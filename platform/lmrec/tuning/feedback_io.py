@@ -45,12 +45,25 @@ def check_log_schemas(path: str | Path) -> list[Path]:
     return files
 
 
+def _check_batch_types(batch: pa.Table, source: str) -> None:
+    """Every column present with its schema type, before any cast: files Ray Data reads from a
+    remote store were not footer-checked on the driver, and a cast would convert silently."""
+    for f in FEEDBACK_SCHEMA:
+        idx = batch.schema.get_field_index(f.name)
+        if idx < 0:
+            raise FeedbackLogError(source, f.name, f"is missing (expected {f.type})")
+        got = batch.schema.field(idx).type
+        if not got.equals(f.type):
+            raise FeedbackLogError(source, f.name, f"has type {got}, expected {f.type}")
+
+
 def _validate_batch(batch: pa.Table) -> pa.Table:
     """Row checks per source file (so errors name the file); passes the batch through."""
     paths = batch[PATH_COLUMN]
     for path in pc.unique(paths).to_pylist():
-        part = batch.filter(pc.equal(paths, path)).select(list(COLUMNS)).cast(FEEDBACK_SCHEMA)
-        validate_table(part, str(path))
+        part = batch.filter(pc.equal(paths, path))
+        _check_batch_types(part, str(path))
+        validate_table(part.select(list(COLUMNS)).replace_schema_metadata(FEEDBACK_SCHEMA.metadata), str(path))
     return batch
 
 
