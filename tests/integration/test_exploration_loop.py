@@ -19,7 +19,7 @@ from lmrec.serving import launch
 pytestmark = pytest.mark.integration
 
 POLICY_MODEL = "it-loop-policy"
-N_REQUESTS = 240
+N_REQUESTS = 120
 
 
 def _register_policy(config: dict, alias: str) -> str:
@@ -85,7 +85,7 @@ def test_served_logs_feed_the_exploration_search(serve_model, serve_http, mlflow
                 fb = requests.post(f"{url}/feedback", json={"request_id": body["request_id"], "item_id": item, "reward": 1})
                 assert fb.status_code == 200, fb.text
                 clicks += 1
-        assert clicks > 30
+        assert clicks > 15
 
         # every served slate reaches the impression log
         ingress = serve.get_deployment_handle("Ingress", "it-loop")
