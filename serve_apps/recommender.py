@@ -318,20 +318,21 @@ class RankerCore:
         moves, load the version it points at and swap it in (the item statistics are kept)."""
         if self.cfg.alias_poll_s <= 0:
             return
-        from lmrec.tracking.mlflow_utils import resolve_model_version
-
-        loop = asyncio.get_event_loop()
         while True:
             await asyncio.sleep(self.cfg.alias_poll_s)
-            await self._refresh_policy(loop, resolve_model_version)
+            await self._refresh_policy()
 
-    async def _refresh_policy(self, loop: Any, resolve: Any, force: bool = False) -> None:
+    async def _refresh_policy(self, force: bool = False) -> None:
+        """Load `policy_uri` if it failed before, its alias moved, or `force`; else do nothing."""
+        from lmrec.tracking.mlflow_utils import resolve_model_version
+
         uri = self.policy_uri
         if not uri or (not force and self.policy_error is None and "@" not in uri):
             return  # nothing to follow: a fixed reference that is loaded
+        loop = asyncio.get_event_loop()
         try:
             if not force and self.policy_error is None:
-                info = await loop.run_in_executor(None, resolve, uri, self.cfg.tracking_uri)
+                info = await loop.run_in_executor(None, resolve_model_version, uri, self.cfg.tracking_uri)
                 if str(info.get("version")) == str(self.policy_version):
                     return
             policy, version = await loop.run_in_executor(None, self._load_policy, uri, self.policy.state)
@@ -364,11 +365,8 @@ class RankerCore:
             self.policy = build_policy(PolicyConfig.from_dict(user_config["policy"]), state)
             self.policy_uri, self.policy_version, self.policy_error = None, None, None  # an inline policy wins
         if user_config.get("policy_uri") and user_config["policy_uri"] != self.policy_uri:
-            from lmrec.tracking.mlflow_utils import resolve_model_version
-
             self.policy_uri = str(user_config["policy_uri"])
-            loop = asyncio.get_event_loop()
-            loop.create_task(self._refresh_policy(loop, resolve_model_version, force=True))
+            asyncio.get_event_loop().create_task(self._refresh_policy(force=True))
         uri = user_config.get("model_uri")
         if uri and uri != self.model_uri:
             self.model_uri = uri

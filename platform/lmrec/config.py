@@ -24,7 +24,7 @@ class ConfigError(ValueError):
     """A config key is unknown, mistyped or out of range; `key` is its dotted path."""
 
     def __init__(self, key: str, message: str) -> None:
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config key '{key}': {message}" if key else message)
 
 

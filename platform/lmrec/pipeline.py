@@ -266,7 +266,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         try:
             preflight(cfg.explore)
         except ConfigError as exc:
-            raise ConfigError(f"explore.{exc.key}", str(exc).split(": ", 1)[-1]) from exc
+            raise ConfigError(f"explore.{exc.key}", exc.message) from exc
     ensure_ray()
     state = PipelineState(Path(cfg.state_dir or (lmrec_home() / "pipelines" / cfg.name)) / "state.json")
     run_id = state.data.get("pipeline_run_id")

@@ -385,14 +385,19 @@ def validate_schema(schema: pa.Schema, source: str) -> int:
         raise FeedbackLogError(source, None, f"unreadable schema version {meta[VERSION_KEY]!r}") from exc
     if version > SCHEMA_VERSION:
         raise FeedbackLogError(source, None, f"schema version {version} is newer than this reader ({SCHEMA_VERSION})")
-    for f in FEEDBACK_SCHEMA:
+    check_columns(schema, FEEDBACK_SCHEMA, source)
+    return version
+
+
+def check_columns(schema: pa.Schema, expected: Iterable[pa.Field], source: str, missing_hint: str = "") -> None:
+    """Every expected column is present with its type (extra columns are allowed)."""
+    for f in expected:
         idx = schema.get_field_index(f.name)
         if idx < 0:
-            raise FeedbackLogError(source, f.name, f"is missing (expected {f.type})")
+            raise FeedbackLogError(source, f.name, f"is missing (expected {f.type}){missing_hint}")
         got = schema.field(idx).type
         if not got.equals(f.type):
             raise FeedbackLogError(source, f.name, f"has type {got}, expected {f.type}")
-    return version
 
 
 def _list_lengths(table: pa.Table, col: str) -> np.ndarray:

@@ -538,10 +538,11 @@ def preflight(cfg: TuneExplorationConfig) -> None:
 
     Raises ConfigError naming the key whose file or folder is missing."""
     from lmrec.config import ConfigError
+    from lmrec.tuning.feedback_io import is_local_path
 
     if cfg.scenario == "logs":
         p = cfg.logs.path
-        if ("://" not in p or p.startswith("file://")) and not Path(p.removeprefix("file://")).exists():
+        if is_local_path(p) and not Path(p.removeprefix("file://")).exists():
             raise ConfigError("logs.path", f"{p} does not exist (a serving log folder or a folder of feedback-log files)")
     elif cfg.scenario == "obd":
         from lmrec.exploration.open_bandit import obd_dir

@@ -19,50 +19,44 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmrec.exploration.logs import (
-    COLUMNS, FEEDBACK_SCHEMA, FeedbackLogError, join_rewards, list_log_files, validate_schema, validate_table,
+    COLUMNS, FEEDBACK_SCHEMA, FeedbackLogError, check_columns, join_rewards, list_log_files, validate_schema, validate_table,
 )
 
 PATH_COLUMN = "path"
 IMPRESSIONS_DIR = "impressions"  # the serving app's log folder: served slates (rewards null) ...
 FEEDBACK_DIR = "feedback"  # ... and feedback events, one row per (request, shown item) reported
 # What the join reads from a feedback event file (the serving app writes more columns).
-EVENT_COLUMNS = {"request_id": pa.string(), "item_id": pa.int64(), "reward": pa.float32()}
+EVENT_SCHEMA = pa.schema([("request_id", pa.string()), ("item_id", pa.int64()), ("reward", pa.float32())])
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
+
+
+def _read_schema(f: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FeedbackLogError(str(f), None, f"not a readable Parquet file ({exc})") from exc
 
 
 def check_log_schemas(path: str | Path) -> list[Path]:
     """Validate the schema of every committed file under a local `path`; returns the files."""
     files = list_log_files(path)
     for f in files:
-        try:
-            schema = pq.read_schema(f)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise FeedbackLogError(str(f), None, f"not a readable Parquet file ({exc})") from exc
-        validate_schema(schema, str(f))
+        validate_schema(_read_schema(f), str(f))
     return files
 
 
-def _check_batch_types(batch: pa.Table, source: str) -> None:
-    """Every column present with its schema type, before any cast: files Ray Data reads from a
-    remote store were not footer-checked on the driver, and a cast would convert silently."""
-    for f in FEEDBACK_SCHEMA:
-        idx = batch.schema.get_field_index(f.name)
-        if idx < 0:
-            raise FeedbackLogError(source, f.name, f"is missing (expected {f.type})")
-        got = batch.schema.field(idx).type
-        if not got.equals(f.type):
-            raise FeedbackLogError(source, f.name, f"has type {got}, expected {f.type}")
-
-
 def _validate_batch(batch: pa.Table) -> pa.Table:
-    """Row checks per source file (so errors name the file); passes the batch through."""
+    """Row checks per source file (so errors name the file); passes the batch through.
+
+    Column types are checked before anything else: files Ray Data reads from a remote store
+    were not footer-checked on the driver, and a cast would convert them silently."""
     paths = batch[PATH_COLUMN]
     for path in pc.unique(paths).to_pylist():
         part = batch.filter(pc.equal(paths, path))
-        _check_batch_types(part, str(path))
+        check_columns(part.schema, FEEDBACK_SCHEMA, str(path))
         validate_table(part.select(list(COLUMNS)).replace_schema_metadata(FEEDBACK_SCHEMA.metadata), str(path))
     return batch
 
@@ -72,7 +66,7 @@ def read_feedback_logs(path: str | Path, validate: bool = True, **read_kwargs: A
     import ray.data
 
     p = str(path)
-    if validate and _is_local(p):
+    if validate and is_local_path(p):
         files = check_log_schemas(p.removeprefix("file://"))
         if not files:
             raise FeedbackLogError(p, None, "no feedback-log files found")
@@ -82,14 +76,19 @@ def read_feedback_logs(path: str | Path, validate: bool = True, **read_kwargs: A
     return ds
 
 
-def dataset_to_table(ds: Any) -> pa.Table:
-    """Collect a feedback-log dataset on the driver as a FEEDBACK_SCHEMA table (for the estimators)."""
+def _collect(ds: Any, schema: pa.Schema) -> pa.Table:
+    """A dataset's blocks on the driver, as one table with `schema`'s columns."""
     import ray
 
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not tables:
-        return FEEDBACK_SCHEMA.empty_table()
-    return pa.concat_tables([t.select(list(COLUMNS)).cast(FEEDBACK_SCHEMA) for t in tables])
+        return schema.empty_table()
+    return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
+
+
+def dataset_to_table(ds: Any) -> pa.Table:
+    """Collect a feedback-log dataset on the driver as a FEEDBACK_SCHEMA table (for the estimators)."""
+    return _collect(ds, FEEDBACK_SCHEMA)
 
 
 def read_feedback_table(path: str | Path, validate: bool = True, limit: Optional[int] = None) -> pa.Table:
@@ -102,38 +101,20 @@ def read_feedback_table(path: str | Path, validate: bool = True, limit: Optional
 
 def is_served_log_dir(path: str | Path) -> bool:
     """Whether `path` is a serving app's log folder (`impressions/` [+ `feedback/`])."""
-    return _is_local(str(path)) and (Path(str(path).removeprefix("file://")) / IMPRESSIONS_DIR).is_dir()
-
-
-def _check_event_file(f: Path) -> None:
-    try:
-        schema = pq.read_schema(f)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise FeedbackLogError(str(f), None, f"not a readable Parquet file ({exc})") from exc
-    for name, typ in EVENT_COLUMNS.items():
-        idx = schema.get_field_index(name)
-        if idx < 0:
-            raise FeedbackLogError(str(f), name, f"is missing (expected {typ}): not a feedback-event file")
-        if not schema.field(idx).type.equals(typ):
-            raise FeedbackLogError(str(f), name, f"has type {schema.field(idx).type}, expected {typ}")
+    return is_local_path(str(path)) and (Path(str(path).removeprefix("file://")) / IMPRESSIONS_DIR).is_dir()
 
 
 def read_feedback_events(path: str | Path) -> pa.Table:
     """(request_id, item_id, reward) of every feedback event under `path`, read with Ray Data;
     every file's columns are checked on the driver first (errors name the file and column)."""
-    import ray
     import ray.data
 
     files = list_log_files(path) if Path(path).exists() else []
-    if not files:
-        return pa.schema(list(EVENT_COLUMNS.items())).empty_table()
     for f in files:
-        _check_event_file(f)
-    ds = ray.data.read_parquet([str(f) for f in files], columns=list(EVENT_COLUMNS))
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    if not tables:
-        return pa.schema(list(EVENT_COLUMNS.items())).empty_table()
-    table = pa.concat_tables([t.select(list(EVENT_COLUMNS)) for t in tables])
+        check_columns(_read_schema(f), EVENT_SCHEMA, str(f), ": not a feedback-event file")
+    if not files:
+        return EVENT_SCHEMA.empty_table()
+    table = _collect(ray.data.read_parquet([str(f) for f in files], columns=EVENT_SCHEMA.names), EVENT_SCHEMA)
     bad = pc.invert(pc.is_finite(table["reward"]))
     n_bad = int(pc.sum(pc.fill_null(bad, True)).as_py() or 0)
     if n_bad:
