@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmrec-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration bench-train clean
+.PHONY: install demo lint test test-unit test-integration bench-train clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/lmrec demo
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
 	$(PY) -m pytest tests/unit tests/integration --durations=25 $(PYTEST_ARGS)  # unit first: no Ray cluster or Serve apps running under them
 
 test-unit: install

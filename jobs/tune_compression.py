@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad teacher / catalog mismatch, raised before any trial
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"parent MLflow run {result.parent_run_id}: {len(result.front)} variant(s) on the front, "
-          f"{len(result.failed)} failed trial(s), {result.seconds:.0f}s")
+    print(
+        f"parent MLflow run {result.parent_run_id}: {len(result.front)} variant(s) on the front, "
+        f"{len(result.failed)} failed trial(s), {result.seconds:.0f}s"
+    )
     for row in result.front:
         print(f"  {row['label']}: version {row.get('model_version')}")
     return 0

@@ -30,8 +30,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run_exploration_search(cfg)
     print(result.table())
-    print(json.dumps({"parent_run_id": result.parent_run_id, "policy_uri": result.policy_uri,
-                      "best": result.best.to_dict(), "seconds": round(result.seconds, 1)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "parent_run_id": result.parent_run_id,
+                "policy_uri": result.policy_uri,
+                "best": result.best.to_dict(),
+                "seconds": round(result.seconds, 1),
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -15,7 +15,6 @@ Nothing runs at import: `build_app(args)` validates `args` (a ServeConfig mappin
 errors name the key) and returns the bound application.
 """
 
-
 import asyncio
 import collections
 import hmac
@@ -25,7 +24,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -39,7 +38,12 @@ from lmrec.config import from_dict, to_dict
 from lmrec.serving.config import ServeConfig
 from lmrec.serving.fastpath import RecommendFastPath, invalid_body, register
 from lmrec.serving.schemas import (
-    ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse, VersionResponse,
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    RecommendRequest,
+    RecommendResponse,
+    VersionResponse,
 )
 
 log = logging.getLogger("ray.serve")
@@ -71,7 +75,7 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 API.add_middleware(RecommendFastPath)
 
 
-def _read_api_key(cfg: ServeConfig) -> Optional[str]:
+def _read_api_key(cfg: ServeConfig) -> str | None:
     """The API key from an env var or a file (never from the config itself)."""
     if cfg.api_key_env:
         value = os.environ.get(cfg.api_key_env)
@@ -127,12 +131,16 @@ class FeedbackLog:
             log.info("feedback log recovered from %s: %s", root, recovered)
         self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
-        self._tasks = [asyncio.get_event_loop().create_task(self._committer()),
-                       asyncio.get_event_loop().create_task(self._impression_flusher())]
+        self._tasks = [
+            asyncio.get_event_loop().create_task(self._committer()),
+            asyncio.get_event_loop().create_task(self._impression_flusher()),
+        ]
         from ray.util import metrics
 
         self._ctr = metrics.Gauge("lmrec_serve_click_through_rate", description="clicks / feedback events")
-        self._fb = metrics.Counter("lmrec_serve_feedback_total", description="feedback events recorded", tag_keys=("reward",))
+        self._fb = metrics.Counter(
+            "lmrec_serve_feedback_total", description="feedback events recorded", tag_keys=("reward",)
+        )
 
     async def add_impressions(self, records: list[dict[str, Any]]) -> int:
         return self.store.add_impressions(records)
@@ -154,8 +162,13 @@ class FeedbackLog:
             await fut  # resolved once the batch holding this row is durable
         except Exception as exc:  # noqa: BLE001 (write failed: not acknowledged)
             return {"error": f"feedback log unavailable: {exc}", "status": 503}
-        return {"status": "recorded", "request_id": request_id, "item_id": item_id,
-                "position": row["position"], "propensity": row["propensity"]}
+        return {
+            "status": "recorded",
+            "request_id": request_id,
+            "item_id": item_id,
+            "position": row["position"],
+            "propensity": row["propensity"],
+        }
 
     async def _committer(self) -> None:
         loop = asyncio.get_event_loop()
@@ -169,7 +182,7 @@ class FeedbackLog:
             rows = [r for r, _ in batch]
             try:
                 await loop.run_in_executor(None, self.store.commit, rows)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (write failed: the batch is not acknowledged)
                 self.store.release(rows)
                 for _, fut in batch:
                     if not fut.done():
@@ -227,38 +240,52 @@ class RankerCore:
         self.cfg = from_dict(ServeConfig, cfg)
         self.feedback_log = feedback_log
         self.loaded = None  # LoadedModel; replaced atomically on swap
-        self.load_error: Optional[str] = None
+        self.load_error: str | None = None
         self.model_uri = self.cfg.model_uri
         self.cache = TTLCache(self.cfg.cache.max_entries, self.cfg.cache.ttl_s)
         self.policy_uri = self.cfg.exploration.policy_uri
-        self.policy_version: Optional[str] = None  # registry version behind a models:/ policy_uri
-        self.policy_error: Optional[str] = None
+        self.policy_version: str | None = None  # registry version behind a models:/ policy_uri
+        self.policy_error: str | None = None
         self.policy = self._build_policy()
         self._impressions: list[dict[str, Any]] = []
         self._swap_lock = asyncio.Lock()
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._m_batch = metrics.Histogram("lmrec_serve_batch_size", description="requests per model forward",
-                                          boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+        self._m_batch = metrics.Histogram(
+            "lmrec_serve_batch_size",
+            description="requests per model forward",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+        )
         # Wall time of one batched forward, seen from the replica: the model's own cost plus any
         # CPU or GIL contention inside the replica (docs/benchmarks.md, Serving).
-        self._m_forward = metrics.Histogram("lmrec_serve_forward_ms", description="wall time of one batched model forward",
-                                            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], tag_keys=("replica",))
-        self._m_cache = metrics.Counter("lmrec_serve_cache_requests_total", description="ranked-candidate cache lookups",
-                                        tag_keys=("result",))
-        self._m_hit_ratio = metrics.Gauge("lmrec_serve_cache_hit_ratio", description="cache hit ratio of this replica",
-                                          tag_keys=("replica",))
-        self._m_explore = metrics.Counter("lmrec_serve_slates_total", description="slates served",
-                                          tag_keys=("explored", "policy"))
-        self._m_explore_rate = metrics.Gauge("lmrec_serve_exploration_rate", description="fraction of slates that explored",
-                                             tag_keys=("replica",))
-        self._m_version = metrics.Gauge("lmrec_serve_model_version", description="model version served by each replica",
-                                        tag_keys=("replica", "model"))
+        self._m_forward = metrics.Histogram(
+            "lmrec_serve_forward_ms",
+            description="wall time of one batched model forward",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+            tag_keys=("replica",),
+        )
+        self._m_cache = metrics.Counter(
+            "lmrec_serve_cache_requests_total", description="ranked-candidate cache lookups", tag_keys=("result",)
+        )
+        self._m_hit_ratio = metrics.Gauge(
+            "lmrec_serve_cache_hit_ratio", description="cache hit ratio of this replica", tag_keys=("replica",)
+        )
+        self._m_explore = metrics.Counter(
+            "lmrec_serve_slates_total", description="slates served", tag_keys=("explored", "policy")
+        )
+        self._m_explore_rate = metrics.Gauge(
+            "lmrec_serve_exploration_rate", description="fraction of slates that explored", tag_keys=("replica",)
+        )
+        self._m_version = metrics.Gauge(
+            "lmrec_serve_model_version",
+            description="model version served by each replica",
+            tag_keys=("replica", "model"),
+        )
         self._slates = 0
         self._explored = 0
         # Per-request counts are summed here and handed to ray.util.metrics once a second by
         # `_flush_metrics` (Ray exports every few seconds anyway): four metric calls fewer per request.
         self._counts: collections.Counter = collections.Counter()
-        self._version_value: Optional[tuple[float, str]] = None  # (version number, label) of the model served
+        self._version_value: tuple[float, str] | None = None  # (version number, label) of the model served
         # Micro-batched requests waiting for the forward thread, and its wake-up.
         self._waiting: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]] = []
         self._waiting_cv = threading.Condition()
@@ -270,13 +297,18 @@ class RankerCore:
             from lmrec.serving.runtime import load_model
 
             self._install(load_model(self.model_uri, self.cfg))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 (start anyway and retry: /healthz reports it)
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.warning("initial model load failed (%s); retrying in the background", self.load_error)
         loop = asyncio.get_event_loop()
-        self._tasks = [loop.create_task(self._load_initial()), loop.create_task(self._ship_impressions()),
-                       loop.create_task(self._sync_stats()), loop.create_task(self._poll_alias()),
-                       loop.create_task(self._poll_policy()), loop.create_task(self._flush_metrics())]
+        self._tasks = [
+            loop.create_task(self._load_initial()),
+            loop.create_task(self._ship_impressions()),
+            loop.create_task(self._sync_stats()),
+            loop.create_task(self._poll_alias()),
+            loop.create_task(self._poll_policy()),
+            loop.create_task(self._flush_metrics()),
+        ]
         threading.Thread(target=self._forward_thread, args=(loop,), name="lmrec-forward", daemon=True).start()
 
     # ---- configuration and hot-swap
@@ -293,12 +325,16 @@ class RankerCore:
             try:
                 policy, self.policy_version = self._load_policy(self.policy_uri)
                 return policy
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (serve the inline policy and retry)
                 self.policy_error = f"{type(exc).__name__}: {exc}"
-                log.warning("policy load from %s failed (%s); serving the inline policy meanwhile", self.policy_uri, self.policy_error)
+                log.warning(
+                    "policy load from %s failed (%s); serving the inline policy meanwhile",
+                    self.policy_uri,
+                    self.policy_error,
+                )
         return build_policy(PolicyConfig.from_dict(ec.policy))
 
-    def _load_policy(self, uri: str, state: Any = None) -> tuple[Any, Optional[str]]:
+    def _load_policy(self, uri: str, state: Any = None) -> tuple[Any, str | None]:
         """(policy, registry version) for `uri`; an alias is resolved first, so that the version
         reported is the one loaded even if the alias moves meanwhile. Plain JSON: never runs code."""
         from lmrec.exploration.artifacts import load_policy_config
@@ -351,7 +387,9 @@ class RankerCore:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """user_config: {max_batch_size, batch_wait_timeout_s, model_uri, policy, policy_uri}; applied live."""
-        batch = user_config.get("batch", {}) | {k: user_config[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in user_config}
+        batch = user_config.get("batch", {}) | {
+            k: user_config[k] for k in ("max_batch_size", "batch_wait_timeout_s") if k in user_config
+        }
         if batch:
             from lmrec.serving.config import BatchConfig
 
@@ -412,7 +450,7 @@ class RankerCore:
         async with self._swap_lock:
             try:
                 loaded = await self._load(uri)  # old version keeps serving meanwhile
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (the old version keeps serving)
                 self.load_error = f"hot-swap to {uri} failed: {exc}"
                 log.warning(self.load_error)
                 return
@@ -467,7 +505,7 @@ class RankerCore:
             if not await self.ship_impressions():
                 await asyncio.sleep(0.5)  # the log replica may be restarting
 
-    async def ship_impressions(self, timeout_s: Optional[float] = None) -> bool:
+    async def ship_impressions(self, timeout_s: float | None = None) -> bool:
         """Send the buffered impressions to the FeedbackLog; on failure they stay buffered."""
         if not self._impressions:
             return True
@@ -493,8 +531,9 @@ class RankerCore:
         go with the process."""
         self.flush_metrics()
         if not await self.ship_impressions(SHUTDOWN_SHIP_TIMEOUT_S) and self._impressions:
-            log.error("replica stopping: %d impressions could not reach the FeedbackLog and are lost",
-                      len(self._impressions))
+            log.error(
+                "replica stopping: %d impressions could not reach the FeedbackLog and are lost", len(self._impressions)
+            )
 
     async def _sync_stats(self) -> None:
         from lmrec.exploration.policies import PolicyState
@@ -504,7 +543,7 @@ class RankerCore:
             try:
                 state = await self.feedback_log.policy_state.remote()
                 self.policy.set_state(PolicyState.from_dict(state), keep_delta=False)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (log replica restarting: retried next tick)
                 log.warning("stats sync failed: %s", exc)
 
     # ---- ranking
@@ -542,7 +581,9 @@ class RankerCore:
             except RuntimeError:  # the loop closed: the replica is shutting down
                 return
 
-    def _forward(self, batch: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]]) -> tuple[list[tuple], list[float]]:
+    def _forward(
+        self, batch: list[tuple[tuple[Any, np.ndarray, bool, int], asyncio.Future]]
+    ) -> tuple[list[tuple], list[float]]:
         """Rank one merged batch (split by model version: a swap can straddle it).
 
         Returns (future, result, error) per request and the wall time (ms) of each forward."""
@@ -556,8 +597,12 @@ class RankerCore:
             n = max(batch[i][0][3] for i in idxs)
             t0 = time.perf_counter()
             try:
-                cand, scores = loaded.rank([batch[i][0][1] for i in idxs], n, [batch[i][0][2] for i in idxs],
-                                           self.cfg.batch.forward_rows(loaded.device.type))
+                cand, scores = loaded.rank(
+                    [batch[i][0][1] for i in idxs],
+                    n,
+                    [batch[i][0][2] for i in idxs],
+                    self.cfg.batch.forward_rows(loaded.device.type),
+                )
             except Exception as exc:  # noqa: BLE001 - these requests fail; others in the batch may not
                 done.extend((batch[i][1], None, exc) for i in idxs)
                 continue
@@ -605,12 +650,16 @@ class RankerCore:
         try:
             limit = min(self.cfg.max_k, loaded.num_items)
             if k > limit:
-                raise RequestError(422, f"k={k} is above the limit {limit} (max_k {self.cfg.max_k}, catalog {loaded.num_items})")
+                raise RequestError(
+                    422, f"k={k} is above the limit {limit} (max_k {self.cfg.max_k}, catalog {loaded.num_items})"
+                )
             hist, ctx_key = self._context(loaded, req)
             n = max(k, min(self.cfg.exploration.num_candidates, limit))
             exclude = bool(req.get("exclude_seen", True))
             if exclude and loaded.num_items - len(np.unique(hist)) < k:
-                raise RequestError(422, f"only {loaded.num_items - len(np.unique(hist))} unseen items; k={k} is too large")
+                raise RequestError(
+                    422, f"only {loaded.num_items - len(np.unique(hist))} unseen items; k={k} is too large"
+                )
         except RequestError as exc:
             return {"error": str(exc), "status": exc.status}
         key = (ctx_key, exclude, n, loaded.version)
@@ -635,17 +684,28 @@ class RankerCore:
         self._slates += 1
         self._explored += int(explored)
         self._counts["slates", "true" if explored else "false", policy] += 1
-        self._impressions.append({
-            "request_id": request_id, "candidates": cand.tolist(), "scores": scores.tolist(),
-            "slate": items.tolist(), "propensities": [float(p) for p in props], "policy": policy,
-            "policy_params": pol.config.to_dict() if policy != "greedy" else {"type": "greedy"},
-            "user_id": None if req.get("user_id") is None else str(req["user_id"]),
-            "model_version": loaded.version,
-        })
+        self._impressions.append(
+            {
+                "request_id": request_id,
+                "candidates": cand.tolist(),
+                "scores": scores.tolist(),
+                "slate": items.tolist(),
+                "propensities": [float(p) for p in props],
+                "policy": policy,
+                "policy_params": pol.config.to_dict() if policy != "greedy" else {"type": "greedy"},
+                "user_id": None if req.get("user_id") is None else str(req["user_id"]),
+                "model_version": loaded.version,
+            }
+        )
         return {
-            "request_id": request_id, "items": items.tolist(), "scores": scores[idx].astype(float).tolist(),
-            "propensities": [float(p) for p in props], "model_version": loaded.version, "policy": policy,
-            "explored": explored, "cached": hit is not None,
+            "request_id": request_id,
+            "items": items.tolist(),
+            "scores": scores[idx].astype(float).tolist(),
+            "propensities": [float(p) for p in props],
+            "model_version": loaded.version,
+            "policy": policy,
+            "explored": explored,
+            "cached": hit is not None,
         }
 
     async def status(self) -> dict[str, Any]:
@@ -704,8 +764,10 @@ class Ingress:
         self.api_key = _read_api_key(self.cfg)
         self.api_key_header = self.cfg.api_key_header.lower().encode("latin-1")
         self._latency = metrics.Histogram(
-            "lmrec_serve_request_latency_ms", description="end-to-end handler latency",
-            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000], tag_keys=("endpoint", "status"),
+            "lmrec_serve_request_latency_ms",
+            description="end-to-end handler latency",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+            tag_keys=("endpoint", "status"),
         )
         register(self if self.cfg.http_fast_path else None)  # one replica per process
 
@@ -730,10 +792,10 @@ class Ingress:
             return await getattr(self.core, method)(*args)
         return await _call_upstream(getattr(self.ranker, method), retry_s, *args)
 
-    def _key_ok(self, got: Optional[str]) -> bool:
+    def _key_ok(self, got: str | None) -> bool:
         return self.api_key is None or hmac.compare_digest((got or "").encode(), self.api_key.encode())
 
-    def _check_key(self, request: Request) -> Optional[JSONResponse]:
+    def _check_key(self, request: Request) -> JSONResponse | None:
         if self._key_ok(request.headers.get(self.cfg.api_key_header)):
             return None
         return _error(401, f"missing or invalid {self.cfg.api_key_header} header")
@@ -741,14 +803,25 @@ class Ingress:
     def observe(self, endpoint: str, status: int, t0: float) -> None:
         self._latency.observe((time.perf_counter() - t0) * 1000, tags={"endpoint": endpoint, "status": str(status)})
 
-    @API.post("/recommend", response_model=RecommendResponse,
-              responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-                         503: {"model": ErrorResponse}})
+    @API.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        responses={
+            401: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
     async def recommend(self, body: RecommendRequest, request: Request) -> Any:
-        status, content = await self.recommend_handler(request.headers.get(self.cfg.api_key_header), body, time.perf_counter())
+        status, content = await self.recommend_handler(
+            request.headers.get(self.cfg.api_key_header), body, time.perf_counter()
+        )
         return content if status == 200 else JSONResponse(status_code=status, content=content)
 
-    async def recommend_handler(self, api_key: Optional[str], body: RecommendRequest, t0: float) -> tuple[int, dict[str, Any]]:
+    async def recommend_handler(
+        self, api_key: str | None, body: RecommendRequest, t0: float
+    ) -> tuple[int, dict[str, Any]]:
         """/recommend for the FastAPI route and the fast path alike: (status, JSON body)."""
         if not self._key_ok(api_key):
             self.observe("recommend", 401, t0)
@@ -761,17 +834,25 @@ class Ingress:
         self.observe("recommend", status, t0)
         return (200, result) if status == 200 else (status, _error_body(result["error"]))
 
-    @API.post("/feedback", response_model=FeedbackResponse,
-              responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                         422: {"model": ErrorResponse}})
+    @API.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        responses={
+            401: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            409: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+    )
     async def feedback(self, body: FeedbackRequest, request: Request) -> Any:
         t0 = time.perf_counter()
         denied = self._check_key(request)
         if denied is not None:
             self.observe("feedback", 401, t0)
             return denied
-        result = await _call_upstream(self.feedback_log.feedback, self.cfg.upstream_retry_s,
-                                      body.request_id, body.item_id, body.reward)
+        result = await _call_upstream(
+            self.feedback_log.feedback, self.cfg.upstream_retry_s, body.request_id, body.item_id, body.reward
+        )
         status = int(result.pop("status", 200)) if "error" in result else 200
         self.observe("feedback", status, t0)
         return _error(status, result["error"]) if status != 200 else result

@@ -19,7 +19,9 @@ import urllib.request
 def main() -> int:
     t0 = time.time()
     # Ray reads these when it is imported: set them first, for the head and this driver alike.
-    os.environ.update({"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_AUTH_MODE": "token"})
+    os.environ.update(
+        {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_AUTH_MODE": "token"}
+    )
     import ray
     from ray import serve
 
@@ -37,21 +39,34 @@ def main() -> int:
                 return {"ok": True, "body": (await request.json())}
 
         serve.run(Echo.bind(), name="check", route_prefix="/")
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=json.dumps({"x": 1}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/",
+            data=json.dumps({"x": 1}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         deadline = time.time() + 60
         while True:
             try:
                 with urllib.request.urlopen(req, timeout=10) as r:
                     answer = json.loads(r.read())
                 break
-            except Exception:  # noqa: BLE001 - the proxy may take a moment after serve.run
+            except Exception:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
         assert answer == {"ok": True, "body": {"x": 1}}, answer
-        print(json.dumps({"ray": ray.__version__, "ray_cli": ray_cli(), "python": sys.version.split()[0],
-                          "resources": ray.cluster_resources(), "answer": answer, "seconds": round(time.time() - t0, 1)}))
+        print(
+            json.dumps(
+                {
+                    "ray": ray.__version__,
+                    "ray_cli": ray_cli(),
+                    "python": sys.version.split()[0],
+                    "resources": ray.cluster_resources(),
+                    "answer": answer,
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
+        )
         return 0  # no serve.shutdown(): it waits 30 s for the controller, and head.stop() ends every process
     finally:
         ray.shutdown()

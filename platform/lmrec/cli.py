@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from lmrec.config import ConfigError, load_config
 
@@ -51,8 +52,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     prepared = prepare_dataset(cfg, force=args.force)
     m = prepared.manifest
     print(f"{'cached' if prepared.cached else 'prepared'}: {prepared.path}")
-    print(f"users {m['num_users']:,}  items {m['num_items']:,}  interactions {m['num_interactions']:,}  "
-          f"(raw {m['raw_interactions']:,}; k-core iterations {m['kcore_iterations']})")
+    print(
+        f"users {m['num_users']:,}  items {m['num_items']:,}  interactions {m['num_interactions']:,}  "
+        f"(raw {m['raw_interactions']:,}; k-core iterations {m['kcore_iterations']})"
+    )
     return 0
 
 
@@ -74,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lmrec.config import parse_overrides, deep_merge, load_yaml
+    from lmrec.config import deep_merge, load_yaml, parse_overrides
     from lmrec.serving import launch
 
     cfg: dict = load_yaml(args.config) if args.config else {}
@@ -118,7 +121,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def front_versions(model_name: str, tracking_uri: Optional[str] = None, search_run_id: Optional[str] = None) -> list[dict[str, str]]:
+def front_versions(
+    model_name: str, tracking_uri: str | None = None, search_run_id: str | None = None
+) -> list[dict[str, str]]:
     """Registered compressed variants (the Pareto fronts of compression searches), newest first."""
     from mlflow import MlflowClient
 
@@ -130,10 +135,16 @@ def front_versions(model_name: str, tracking_uri: Optional[str] = None, search_r
         tags = dict(mv.tags or {})
         if tags.get("kind") != "compressed" or (search_run_id and tags.get("search_run_id") != search_run_id):
             continue
-        rows.append({"version": str(mv.version), "aliases": ",".join(getattr(mv, "aliases", []) or []),
-                     "ndcg_at_10": tags.get("ndcg_at_10", ""), "size_bytes": tags.get("size_bytes", ""),
-                     **{k: v for k, v in tags.items() if k.startswith(("compression.", "p50_ms_"))},
-                     "search_run_id": tags.get("search_run_id", "")})
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": ",".join(getattr(mv, "aliases", []) or []),
+                "ndcg_at_10": tags.get("ndcg_at_10", ""),
+                "size_bytes": tags.get("size_bytes", ""),
+                **{k: v for k, v in tags.items() if k.startswith(("compression.", "p50_ms_"))},
+                "search_run_id": tags.get("search_run_id", ""),
+            }
+        )
     return sorted(rows, key=lambda r: -int(r["version"]))
 
 
@@ -141,14 +152,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.front:
         rows = front_versions(args.model_name, args.tracking_uri, args.search_run)
         if not rows:
-            print(f"no compressed versions of {args.model_name} are registered (run `lmrec compress --config ...` first)")
+            print(
+                f"no compressed versions of {args.model_name} are registered (run `lmrec compress --config ...` first)"
+            )
             return 1
-        cols = ["version", "aliases", "ndcg_at_10", "size_bytes"] + sorted({k for r in rows for k in r if k.startswith(("compression.", "p50_ms_"))})
+        cols = ["version", "aliases", "ndcg_at_10", "size_bytes"] + sorted(
+            {k for r in rows for k in r if k.startswith(("compression.", "p50_ms_"))}
+        )
         print("  ".join(f"{c:>14}" for c in cols))
         for r in rows:
             print("  ".join(f"{str(r.get(c, '')):>14}" for c in cols))
-        print("\npick one and make it the champion (serving hot-swaps to it):\n"
-              f"  lmrec promote --name {args.model_name} --version <version> --to champion")
+        print(
+            "\npick one and make it the champion (serving hot-swaps to it):\n"
+            f"  lmrec promote --name {args.model_name} --version <version> --to champion"
+        )
         return 0
     from lmrec.tuning.compression import TuneCompressionConfig, run_compression_search
 
@@ -158,8 +175,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     except ValueError as exc:  # unknown teacher version / catalog mismatch: before any trial
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"search run {result.parent_run_id}: front {[r.get('model_version') for r in result.front]}, "
-          f"{len(result.failed)} failed trial(s)")
+    print(
+        f"search run {result.parent_run_id}: front {[r.get('model_version') for r in result.front]}, "
+        f"{len(result.failed)} failed trial(s)"
+    )
     print(f"list it: lmrec compress --front --search-run {result.parent_run_id}")
     return 0
 
@@ -171,8 +190,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     cfg = load_config(PipelineConfig, args.config, args.overrides)  # fails here, before Ray, on bad keys
     state = run_pipeline(cfg)
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "args"} for k, v in state["stages"].items()},
-                     indent=1, default=str))
+    print(
+        json.dumps(
+            {k: {kk: vv for kk, vv in v.items() if kk != "args"} for k, v in state["stages"].items()},
+            indent=1,
+            default=str,
+        )
+    )
     print(f"pipeline run: {state['pipeline_run_id']}")
     return 0
 
@@ -180,8 +204,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from lmrec.cluster import jobs
 
-    out = jobs.submit(args.job, args.config, args.overrides, address=args.address, working_dir=args.working_dir,
-                      tracking_uri=args.tracking_uri, submission_id=args.submission_id)
+    out = jobs.submit(
+        args.job,
+        args.config,
+        args.overrides,
+        address=args.address,
+        working_dir=args.working_dir,
+        tracking_uri=args.tracking_uri,
+        submission_id=args.submission_id,
+    )
     if out.get("note"):
         print(f"note: {out['note']}")
     print(f"submitted {out['submission_id']}: {out['entrypoint']}")
@@ -227,11 +258,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmrec", description="Train, compress, tune and serve sequential recommenders on Ray.")
+    p = argparse.ArgumentParser(
+        prog="lmrec", description="Train, compress, tune and serve sequential recommenders on Ray."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("demo", help="prepare -> train (2 workers, FSDP) -> evaluate -> register, end to end",
-                       description="End-to-end demo on ML-100k (or synthetic data when MovieLens is absent).")
+    s = sub.add_parser(
+        "demo",
+        help="prepare -> train (2 workers, FSDP) -> evaluate -> register, end to end",
+        description="End-to-end demo on ML-100k (or synthetic data when MovieLens is absent).",
+    )
     s.add_argument("--data-dir", help="folder holding movielens/ml-100k (default: LMREC_DATA_DIR, then ../shared/data)")
     s.add_argument("--epochs", type=int, default=None, help="training epochs (default from the demo config)")
     s.add_argument("--workers", type=int, default=2, help="Ray Train workers (FSDP over gloo on CPU)")
@@ -247,18 +283,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("train", help="train on Ray Train (config YAML + dotted overrides)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a SeqRec model with Ray Train.\n\n" + _size_help(),
-                       epilog="example: lmrec train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3 model.size=small")
+    s = sub.add_parser(
+        "train",
+        help="train on Ray Train (config YAML + dotted overrides)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a SeqRec model with Ray Train.\n\n" + _size_help(),
+        epilog="example: lmrec train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3 model.size=small",
+    )
     s.add_argument("--config", help="YAML under jobs/configs/train/")
     s.add_argument("--data-dir")
     s.add_argument("--metrics-out", help="write final metrics JSON here")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="evaluate a registered model or a checkpoint; writes metrics JSON",
-                       description="Full-ranking (history excluded) and sampled (100 negatives) metrics.")
+    s = sub.add_parser(
+        "evaluate",
+        help="evaluate a registered model or a checkpoint; writes metrics JSON",
+        description="Full-ranking (history excluded) and sampled (100 negatives) metrics.",
+    )
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-uri", help="models:/lmrec-seqrec@candidate, models:/name/3, runs:/<id>/model or a folder")
     src.add_argument("--checkpoint", help="a Ray Train checkpoint folder written by lmrec")
@@ -272,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="data.* overrides for preparing the dataset")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("serve", help="deploy the recommender app (Ray Serve) on the local/RAY_ADDRESS cluster",
-                       description="Deploy serve_apps/recommender.py; the model defaults to models:/lmrec-seqrec@champion.")
+    s = sub.add_parser(
+        "serve",
+        help="deploy the recommender app (Ray Serve) on the local/RAY_ADDRESS cluster",
+        description="Deploy serve_apps/recommender.py; the model defaults to models:/lmrec-seqrec@champion.",
+    )
     s.add_argument("--model-uri", help="models:/name@alias, models:/name/3, runs:/<id>/model or a folder")
     s.add_argument("--config", help="YAML of ServeConfig keys (the `args:` block of serve_apps/recommender.yaml)")
     s.add_argument("--host", default="127.0.0.1")
@@ -290,9 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--version", help="point the alias at this version instead of --from's")
     s.set_defaults(func=cmd_promote)
 
-    s = sub.add_parser("compress", help="compression search on Ray Tune, or --front to list the registered variants to promote",
-                       epilog="examples: lmrec compress --config jobs/configs/tune_compression/ml100k.yaml teacher=models:/lmrec-seqrec/3\n"
-                              "          lmrec compress --front  then  lmrec promote --version <v> --to champion")
+    s = sub.add_parser(
+        "compress",
+        help="compression search on Ray Tune, or --front to list the registered variants to promote",
+        epilog="examples: lmrec compress --config jobs/configs/tune_compression/ml100k.yaml teacher=models:/lmrec-seqrec/3\n"
+        "          lmrec compress --front  then  lmrec promote --version <v> --to champion",
+    )
     s.add_argument("--config", help="YAML under jobs/configs/tune_compression/")
     s.add_argument("--front", action="store_true", help="list registered compressed versions instead of searching")
     s.add_argument("--search-run", help="with --front: only this search's variants")
@@ -306,8 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_pipeline)
 
-    s = sub.add_parser("submit", help="submit jobs/<job>.py to a Ray cluster (Jobs SDK), validated locally first",
-                       epilog="example: lmrec submit train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3")
+    s = sub.add_parser(
+        "submit",
+        help="submit jobs/<job>.py to a Ray cluster (Jobs SDK), validated locally first",
+        epilog="example: lmrec submit train --config jobs/configs/train/ml100k_tiny.yaml train.epochs=3",
+    )
     s.add_argument("job", help="a script under jobs/, e.g. train, pipeline, tune_compression, tune_exploration")
     s.add_argument("--config")
     s.add_argument("--address", help="the dashboard URL, http://<head>:8265 (default: RAY_ADDRESS)")
@@ -342,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTENSIONS: list[Callable[[Any], None]] = []
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Dotted overrides may follow options (`--config x.yaml train.lr=1e-3 --address ...`):

@@ -50,16 +50,21 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = demo_config(args)  # validated before Ray starts
     ddir = resolve_data_dir(cfg.data.data_dir)
     if cfg.data.dataset.startswith("ml-") and optional_locate(dataset_spec(cfg.data.dataset), ddir) is None:
-        print(f"NOTICE: MovieLens {cfg.data.dataset} not found under {ddir}; the demo runs on SYNTHETIC data.\n"
-              f"        Put ml-100k under <data-dir>/movielens/ml-100k/ (or pass --data-dir) to use real data.", flush=True)
+        print(
+            f"NOTICE: MovieLens {cfg.data.dataset} not found under {ddir}; the demo runs on SYNTHETIC data.\n"
+            f"        Put ml-100k under <data-dir>/movielens/ml-100k/ (or pass --data-dir) to use real data.",
+            flush=True,
+        )
     t0 = time.time()
     ensure_ray(num_cpus=max(4, cfg.train.num_workers + 1))
     print(f"[lmrec demo] Ray dashboard: {_dashboard_url()}", flush=True)
     result = run_train_job(cfg, extra_tags={"lmrec.demo": "1"})
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     print("\n================ lmrec demo: done in %.0fs ================" % (time.time() - t0))
-    print(f"dataset: {result.prepared.manifest['dataset']} ({result.prepared.num_users:,} users, "
-          f"{result.prepared.num_items:,} items){'  [SYNTHETIC]' if result.prepared.manifest.get('notice') else ''}")
+    print(
+        f"dataset: {result.prepared.manifest['dataset']} ({result.prepared.num_users:,} users, "
+        f"{result.prepared.num_items:,} items){'  [SYNTHETIC]' if result.prepared.manifest.get('notice') else ''}"
+    )
     print("test metrics (full ranking excludes each user's history; sampled = 100 negatives):")
     print(_fmt_metrics({k: v for k, v in result.metrics.items() if k.startswith("test/")}, "  "))
     print(f"MLflow run ID:   {result.run_id}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -45,12 +45,12 @@ def load_checkpoint_model(path: str | Path) -> tuple[SeqRecModel, dict[str, Any]
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
-    data_cfg: Optional[DataConfig] = None
+    data_cfg: DataConfig | None = None
     if args.checkpoint:
         model, job = load_checkpoint_model(args.checkpoint)
         if job.get("data"):
             data_cfg = from_dict(DataConfig, job["data"])
-        vocab: Optional[list[int]] = None
+        vocab: list[int] | None = None
         source = f"checkpoint {args.checkpoint}"
     else:
         from lmrec.tracking.mlflow_utils import download_model
@@ -79,11 +79,17 @@ def evaluate_main(args: argparse.Namespace) -> int:
             f"({prepared.num_items} items)"
         )
     if model.config.num_items != data.num_items:
-        raise CatalogMismatch(f"{source} scores {model.config.num_items} items; {data_cfg.dataset} has {data.num_items}")
+        raise CatalogMismatch(
+            f"{source} scores {model.config.num_items} items; {data_cfg.dataset} has {data.num_items}"
+        )
     with torch.no_grad():
         metrics = evaluate_scorer(
-            model_scorer(model), data, args.split, model.config.max_seq_len,
-            ks=[int(k) for k in args.ks.split(",")], protocols=args.protocols.split(","),
+            model_scorer(model),
+            data,
+            args.split,
+            model.config.max_seq_len,
+            ks=[int(k) for k in args.ks.split(",")],
+            protocols=args.protocols.split(","),
             max_users=args.max_users,
         )
     metrics = {f"{args.split}/{k}" if "/" in k else k: v for k, v in metrics.items()}
@@ -94,5 +100,3 @@ def evaluate_main(args: argparse.Namespace) -> int:
         print(f"  {k:<{width}}  {v:.4f}")
     print(f"wrote {args.out}")
     return 0
-
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 
 def lmrec_home() -> Path:
@@ -25,7 +24,7 @@ def _shared_data_candidates() -> list[Path]:
     return [here.parents[3] / "shared" / "data", Path.cwd().resolve().parent / "shared" / "data"]
 
 
-def data_dir(explicit: Optional[str | os.PathLike] = None) -> Path:
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """`explicit`, else `LMREC_DATA_DIR`, else `../shared/data` if it exists, else LMREC_HOME/data."""
     if explicit:
         return Path(explicit).expanduser().resolve()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from lmrec.config import check, flatten, from_dict, replace, to_dict
 from lmrec.paths import lmrec_home
@@ -70,7 +71,7 @@ class PipelineConfig:
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="lmrec-pipeline"))
-    state_dir: Optional[str] = None  # None: LMREC_HOME/pipelines/<name>
+    state_dir: str | None = None  # None: LMREC_HOME/pipelines/<name>
 
     def validate(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
@@ -117,22 +118,38 @@ def stage_prepare(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) -
     from lmrec.data.prepare import prepare_dataset
 
     prepared = ray.get(ray.remote(num_cpus=1)(prepare_dataset).remote(cfg.train.data))  # a Ray task
-    return {"prepared_path": str(prepared.path), "num_users": prepared.num_users, "num_items": prepared.num_items,
-            "dataset": prepared.manifest["dataset"], "cached": prepared.cached}
+    return {
+        "prepared_path": str(prepared.path),
+        "num_users": prepared.num_users,
+        "num_items": prepared.num_items,
+        "dataset": prepared.manifest["dataset"],
+        "cached": prepared.cached,
+    }
 
 
 def stage_train(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) -> dict[str, Any]:
     from lmrec.training.trainer import run_train_job
 
-    job = replace(cfg.train, [f"tracking.parent_run_id={ctx['pipeline_run_id']}",
-                              f"train.run_name={cfg.name}-train", f"tracking.alias={cfg.train.tracking.alias}"])
+    job = replace(
+        cfg.train,
+        [
+            f"tracking.parent_run_id={ctx['pipeline_run_id']}",
+            f"train.run_name={cfg.name}-train",
+            f"tracking.alias={cfg.train.tracking.alias}",
+        ],
+    )
     result = run_train_job(job, extra_tags=ctx["tags"])
-    return {"run_id": result.run_id, "model_version": result.model_version, "model_uri": result.model_uri,
-            "checkpoint": result.checkpoint_path,
-            "test_ndcg_at_10": result.metrics.get("test/full/ndcg@10"), "test_hr_at_10": result.metrics.get("test/full/hr@10")}
+    return {
+        "run_id": result.run_id,
+        "model_version": result.model_version,
+        "model_uri": result.model_uri,
+        "checkpoint": result.checkpoint_path,
+        "test_ndcg_at_10": result.metrics.get("test/full/ndcg@10"),
+        "test_hr_at_10": result.metrics.get("test/full/hr@10"),
+    }
 
 
-def _evaluate_task(model_uri: str, data_cfg: dict[str, Any], tracking_uri: Optional[str]) -> dict[str, float]:
+def _evaluate_task(model_uri: str, data_cfg: dict[str, Any], tracking_uri: str | None) -> dict[str, float]:
     from lmrec.data.config import DataConfig
     from lmrec.data.prepare import prepare_dataset
     from lmrec.data.sequences import SequenceData
@@ -142,7 +159,9 @@ def _evaluate_task(model_uri: str, data_cfg: dict[str, Any], tracking_uri: Optio
 
     model, _, _ = load_model_dir(download_model(model_uri, uri=tracking_uri))
     data = SequenceData.load(prepare_dataset(from_dict(DataConfig, data_cfg)).path, with_meta=False)
-    out = {f"model/{k}": v for k, v in evaluate_scorer(model_scorer(model), data, "test", model.config.max_seq_len).items()}
+    out = {
+        f"model/{k}": v for k, v in evaluate_scorer(model_scorer(model), data, "test", model.config.max_seq_len).items()
+    }
     out.update({f"popularity/{k}": v for k, v in evaluate_scorer(popularity_scorer(data), data, "test").items()})
     return out
 
@@ -153,30 +172,53 @@ def stage_evaluate(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) 
     from lmrec.tracking import mlflow_utils as mt
 
     model_uri = st.output("train")["model_uri"]
-    metrics = ray.get(ray.remote(num_cpus=1)(_evaluate_task).remote(model_uri, to_dict(cfg.train.data), cfg.tracking.tracking_uri))
-    run_id = mt.start_run(cfg.tracking.experiment, f"{cfg.name}-evaluate", {"model_uri": model_uri},
-                          {**ctx["tags"], "lmrec.kind": "evaluate"}, parent_run_id=ctx["pipeline_run_id"],
-                          uri=cfg.tracking.tracking_uri)
+    metrics = ray.get(
+        ray.remote(num_cpus=1)(_evaluate_task).remote(model_uri, to_dict(cfg.train.data), cfg.tracking.tracking_uri)
+    )
+    run_id = mt.start_run(
+        cfg.tracking.experiment,
+        f"{cfg.name}-evaluate",
+        {"model_uri": model_uri},
+        {**ctx["tags"], "lmrec.kind": "evaluate"},
+        parent_run_id=ctx["pipeline_run_id"],
+        uri=cfg.tracking.tracking_uri,
+    )
     logger = mt.RunLogger(run_id, cfg.tracking.tracking_uri)
     logger.metrics(metrics)
     logger.json(metrics, "evaluation.json")
     logger.end()
-    return {"run_id": run_id, "model_ndcg_at_10": metrics["model/full/ndcg@10"],
-            "popularity_ndcg_at_10": metrics["popularity/full/ndcg@10"]}
+    return {
+        "run_id": run_id,
+        "model_ndcg_at_10": metrics["model/full/ndcg@10"],
+        "popularity_ndcg_at_10": metrics["popularity/full/ndcg@10"],
+    }
 
 
 def stage_compress(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) -> dict[str, Any]:
     from lmrec.tuning.compression import NDCG_KEY, SIZE_KEY, run_compression_search
 
     train = st.output("train")
-    ccfg = replace(cfg.compress, [f"teacher={train['model_uri']}", f"tracking.parent_run_id={ctx['pipeline_run_id']}",
-                                  f"search.name={cfg.name}-compress",
-                                  f"tracking.model_name={cfg.train.tracking.model_name}"])  # the front joins the teacher's model
+    ccfg = replace(
+        cfg.compress,
+        [
+            f"teacher={train['model_uri']}",
+            f"tracking.parent_run_id={ctx['pipeline_run_id']}",
+            f"search.name={cfg.name}-compress",
+            f"tracking.model_name={cfg.train.tracking.model_name}",
+        ],
+    )  # the front joins the teacher's model
     ccfg.data = cfg.train.data  # the teacher's own dataset: its catalog matches by construction
     result = run_compression_search(ccfg)
     _tag(result.parent_run_id, ctx, cfg)
-    front = [{"model_version": f.get("model_version"), "ndcg_at_10": f.get(NDCG_KEY), "size_bytes": f.get(SIZE_KEY),
-              "label": f.get("label")} for f in result.front]
+    front = [
+        {
+            "model_version": f.get("model_version"),
+            "ndcg_at_10": f.get(NDCG_KEY),
+            "size_bytes": f.get(SIZE_KEY),
+            "label": f.get("label"),
+        }
+        for f in result.front
+    ]
     return {"run_id": result.parent_run_id, "front": front, "failed_trials": len(result.failed)}
 
 
@@ -186,8 +228,12 @@ def stage_explore(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) -
     ecfg = replace(cfg.explore, [f"tracking.parent_run_id={ctx['pipeline_run_id']}", f"search.name={cfg.name}-explore"])
     result = run_exploration_search(ecfg)
     _tag(result.parent_run_id, ctx, cfg)
-    return {"run_id": result.parent_run_id, "policy_uri": result.policy_uri, "best": result.best.to_dict(),
-            "best_metrics": result.best_metrics}
+    return {
+        "run_id": result.parent_run_id,
+        "policy_uri": result.policy_uri,
+        "best": result.best.to_dict(),
+        "best_metrics": result.best_metrics,
+    }
 
 
 def _tag(run_id: str, ctx: dict[str, Any], cfg: PipelineConfig) -> None:
@@ -203,7 +249,9 @@ def stage_promote(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) -
     name = cfg.train.tracking.model_name
     version, why = train["model_version"], "trained model"
     if cfg.promote.source == "compressed" and st.done("compress"):
-        front = [f for f in st.output("compress")["front"] if f.get("model_version") and f.get("ndcg_at_10") is not None]
+        front = [
+            f for f in st.output("compress")["front"] if f.get("model_version") and f.get("ndcg_at_10") is not None
+        ]
         teacher = st.output("evaluate").get("model_ndcg_at_10") or train.get("test_ndcg_at_10") or 0.0
         good = [f for f in front if f["ndcg_at_10"] >= cfg.promote.min_ndcg_ratio * teacher]
         if good:
@@ -246,8 +294,13 @@ def stage_deploy(cfg: PipelineConfig, st: PipelineState, ctx: dict[str, Any]) ->
 
 
 STAGE_FUNCS: dict[str, Callable[[PipelineConfig, PipelineState, dict[str, Any]], dict[str, Any]]] = {
-    "prepare": stage_prepare, "train": stage_train, "evaluate": stage_evaluate, "compress": stage_compress,
-    "explore": stage_explore, "promote": stage_promote, "deploy": stage_deploy,
+    "prepare": stage_prepare,
+    "train": stage_train,
+    "evaluate": stage_evaluate,
+    "compress": stage_compress,
+    "explore": stage_explore,
+    "promote": stage_promote,
+    "deploy": stage_deploy,
 }
 
 
@@ -271,8 +324,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     state = PipelineState(Path(cfg.state_dir or (lmrec_home() / "pipelines" / cfg.name)) / "state.json")
     run_id = state.data.get("pipeline_run_id")
     if run_id is None:
-        run_id = mt.start_run(cfg.tracking.experiment, cfg.name, flatten(to_dict(cfg)),
-                              {"lmrec.kind": "pipeline", "lmrec.pipeline": cfg.name}, uri=cfg.tracking.tracking_uri)
+        run_id = mt.start_run(
+            cfg.tracking.experiment,
+            cfg.name,
+            flatten(to_dict(cfg)),
+            {"lmrec.kind": "pipeline", "lmrec.pipeline": cfg.name},
+            uri=cfg.tracking.tracking_uri,
+        )
         state.data["pipeline_run_id"] = run_id
         state.save()
         _log(f"started pipeline {cfg.name}: MLflow run {run_id}")

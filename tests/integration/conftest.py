@@ -7,12 +7,11 @@ suite starts one cluster and one tracking server and reuses them.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from support import SERVE_MODEL, MlflowServer, RayHead, start_mlflow_server, start_ray_head  # noqa: F401
+from support import SERVE_MODEL, MlflowServer, RayHead, start_mlflow_server, start_ray_head
 
 RAY_NUM_CPUS = 6  # oversubscribes 2 real cores on purpose: trainers, Tune trials and Serve share it
 
@@ -46,7 +45,9 @@ def synthetic_prepared(ray_cluster: RayHead):
     from lmrec.data.config import DataConfig, SyntheticConfig
     from lmrec.data.prepare import prepare_dataset
 
-    cfg = DataConfig(dataset="synthetic", synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20))
+    cfg = DataConfig(
+        dataset="synthetic", synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20)
+    )
     return cfg, prepare_dataset(cfg)
 
 
@@ -59,11 +60,23 @@ def serve_model(synthetic_prepared, ray_cluster, tmp_path_factory):
     from lmrec.training.trainer import run_train_job
 
     data_cfg, _ = synthetic_prepared
-    job = load_config(TrainJobConfig, None, [
-        "train.epochs=2", "train.num_workers=1", "train.strategy=none", "train.batch_size=32", "train.lr=0.003",
-        "eval.protocols=[full]", "eval.every_epochs=0", "eval.max_users=100", "tracking.experiment=it-serve",
-        f"tracking.model_name={SERVE_MODEL}", f"train.storage_path={tmp_path_factory.mktemp('serve-storage')}",
-    ])
+    job = load_config(
+        TrainJobConfig,
+        None,
+        [
+            "train.epochs=2",
+            "train.num_workers=1",
+            "train.strategy=none",
+            "train.batch_size=32",
+            "train.lr=0.003",
+            "eval.protocols=[full]",
+            "eval.every_epochs=0",
+            "eval.max_users=100",
+            "tracking.experiment=it-serve",
+            f"tracking.model_name={SERVE_MODEL}",
+            f"train.storage_path={tmp_path_factory.mktemp('serve-storage')}",
+        ],
+    )
     job.data = data_cfg
     result = run_train_job(job)
     set_alias(SERVE_MODEL, "champion", result.model_version)

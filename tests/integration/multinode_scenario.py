@@ -54,22 +54,38 @@ def main(out_path: str) -> None:
 
         # The integration session's dataset (a cache hit under its LMREC_HOME; else Ray Data prepares it here).
         # Every node reads the same local folder on this machine (object storage on a real cluster).
-        data = DataConfig(dataset="synthetic",
-                          synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20))
-        job = load_config(TrainJobConfig, None, [
-            "train.epochs=4", "train.num_workers=2", "train.strategy=ddp", "train.placement_strategy=STRICT_SPREAD",
-            "train.batch_size=16", "train.max_steps_per_epoch=8", "train.checkpoint_every_steps=4",
-            "train.max_failures=3", f"train.storage_path={work / 'storage'}", "train.run_name=mn-run",
-            "eval.protocols=[full]", "eval.every_epochs=0", "eval.max_users=100",
-            "tracking.experiment=it-multinode", "tracking.register=false",
-        ])
+        data = DataConfig(
+            dataset="synthetic",
+            synthetic=SyntheticConfig(num_users=600, num_items=300, num_clusters=12, mean_seq_len=20),
+        )
+        job = load_config(
+            TrainJobConfig,
+            None,
+            [
+                "train.epochs=4",
+                "train.num_workers=2",
+                "train.strategy=ddp",
+                "train.placement_strategy=STRICT_SPREAD",
+                "train.batch_size=16",
+                "train.max_steps_per_epoch=8",
+                "train.checkpoint_every_steps=4",
+                "train.max_failures=3",
+                f"train.storage_path={work / 'storage'}",
+                "train.run_name=mn-run",
+                "eval.protocols=[full]",
+                "eval.every_epochs=0",
+                "eval.max_users=100",
+                "tracking.experiment=it-multinode",
+                "tracking.register=false",
+            ],
+        )
         job.data = data
         outcome: dict = {}
 
         def fit() -> None:
             try:
                 outcome["result"] = run_train_job(job)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 (reported to the test, which asserts on it)
                 outcome["error"] = repr(exc)
 
         thread = threading.Thread(target=fit, daemon=True)
@@ -104,13 +120,15 @@ def main(out_path: str) -> None:
         else:
             result = outcome["result"]
             state = read_state(result.checkpoint_path)
-            report.update({
-                "restarts": result.metrics.get("restarts"),
-                "global_step": result.metrics.get("global_step"),
-                "epochs_completed": state.epochs_completed if state else None,
-                "history_steps": [h["global_step"] for h in state.history] if state else None,
-                "test_ndcg_at_10": result.metrics.get("test/full/ndcg@10"),
-            })
+            report.update(
+                {
+                    "restarts": result.metrics.get("restarts"),
+                    "global_step": result.metrics.get("global_step"),
+                    "epochs_completed": state.epochs_completed if state else None,
+                    "history_steps": [h["global_step"] for h in state.history] if state else None,
+                    "test_ndcg_at_10": result.metrics.get("test/full/ndcg@10"),
+                }
+            )
     finally:
         Path(out_path).write_text(json.dumps(report, indent=1))
         ray.shutdown()

@@ -38,8 +38,11 @@ def teacher_uri(ray_cluster, mlflow_server, synthetic_prepared, tmp_path_factory
     data_cfg, prepared = synthetic_prepared
     model = SeqRecModel(build_config("tiny", prepared.num_items, max_seq_len=30, dropout=0.1))
     init_weights_(model, 0)
-    job = load_config(TrainJobConfig, None, ["train.epochs=2", "train.strategy=none", "train.lr=0.003",
-                                             "eval.protocols=[full]", "eval.every_epochs=0"])
+    job = load_config(
+        TrainJobConfig,
+        None,
+        ["train.epochs=2", "train.strategy=none", "train.lr=0.003", "eval.protocols=[full]", "eval.every_epochs=0"],
+    )
     job.prepared_path = str(prepared.path)
     run_training(job, LocalContext(), model=model)
     version = _register(model, prepared.manifest["item_ids"], tmp_path_factory.mktemp("teacher"), mlflow_server.uri)
@@ -47,35 +50,79 @@ def teacher_uri(ray_cluster, mlflow_server, synthetic_prepared, tmp_path_factory
 
 
 def _cfg(teacher: str, data_cfg, *extra: str) -> TuneCompressionConfig:  # type: ignore[no-untyped-def]
-    cfg = load_config(TuneCompressionConfig, None, [
-        f"teacher={teacher}", "distill_steps=20", "train.batch_size=64", "train.lr=0.003", "train.strategy=none",
-        "eval.protocols=[full]", "eval.ks=[10]", "eval.max_users=200", "latency.iters=4", "latency.rounds=1", "latency.warmup=1",
-        "calibration_rows=32", f"tracking.experiment={EXPERIMENT}", *extra,
-    ])
+    cfg = load_config(
+        TuneCompressionConfig,
+        None,
+        [
+            f"teacher={teacher}",
+            "distill_steps=20",
+            "train.batch_size=64",
+            "train.lr=0.003",
+            "train.strategy=none",
+            "eval.protocols=[full]",
+            "eval.ks=[10]",
+            "eval.max_users=200",
+            "latency.iters=4",
+            "latency.rounds=1",
+            "latency.warmup=1",
+            "calibration_rows=32",
+            f"tracking.experiment={EXPERIMENT}",
+            *extra,
+        ],
+    )
     cfg.data = data_cfg  # the shared synthetic dataset (already prepared: a cache hit)
     return cfg
 
 
 def _children(client, parent: str) -> list:  # type: ignore[no-untyped-def]
     exp = client.get_experiment_by_name(EXPERIMENT)
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=100)
+    return client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=100
+    )
 
 
 def test_search_nests_trials_registers_the_front_and_survives_a_failing_trial(
-    ray_cluster, mlflow_server, synthetic_prepared, teacher_uri: str, tmp_path: Path  # type: ignore[no-untyped-def]
+    ray_cluster,
+    mlflow_server,
+    synthetic_prepared,
+    teacher_uri: str,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     from mlflow import MlflowClient
 
     data_cfg, _ = synthetic_prepared
-    cfg = _cfg(teacher_uri, data_cfg,
-               "space.student_layers=[1]", "space.student_hidden=[16, 33]",  # width 33: odd head dim, the trial fails
-               "space.prune=[structured]", "space.prune_amount=[0.5]", "space.finetune_steps=[0]",
-               # grace period past every trial's last report: ASHA must not stop trials in this small search
-               "search.num_samples=3", "search.max_concurrent=2", "search.grace_period=50", f"out={tmp_path / 'out.json'}")
+    cfg = _cfg(
+        teacher_uri,
+        data_cfg,
+        "space.student_layers=[1]",
+        "space.student_hidden=[16, 33]",  # width 33: odd head dim, the trial fails
+        "space.prune=[structured]",
+        "space.prune_amount=[0.5]",
+        "space.finetune_steps=[0]",
+        # grace period past every trial's last report: ASHA must not stop trials in this small search
+        "search.num_samples=3",
+        "search.max_concurrent=2",
+        "search.grace_period=50",
+        f"out={tmp_path / 'out.json'}",
+    )
     cfg.search.points_to_evaluate = [
-        {"student": True, "student_layers": 1, "student_hidden": 16, "temperature": 2.0, "alpha": 0.5, "quantize": "none"},
+        {
+            "student": True,
+            "student_layers": 1,
+            "student_hidden": 16,
+            "temperature": 2.0,
+            "alpha": 0.5,
+            "quantize": "none",
+        },
         {"student": False, "prune": "structured", "prune_amount": 0.5, "finetune_steps": 0, "quantize": "int8"},
-        {"student": True, "student_layers": 1, "student_hidden": 33, "temperature": 2.0, "alpha": 0.5, "quantize": "none"},
+        {
+            "student": True,
+            "student_layers": 1,
+            "student_hidden": 33,
+            "temperature": 2.0,
+            "alpha": 0.5,
+            "quantize": "none",
+        },
     ]
     result = run_compression_search(cfg)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import SERVE_MODEL
 from lmrec.serving import launch
+from support import SERVE_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,9 @@ def _register_policy(config: dict, alias: str) -> str:
     run = mt.start_run("it-exploration-loop", f"policy-{config['type']}", {}, {"lmrec.kind": "exploration_search"})
     save_policy_artifact(run, config, {"scenario": "test"})
     mt.RunLogger(run).end()
-    return mt.register_model(run, POLICY_MODEL, alias=alias, artifact_path=POLICY_ARTIFACT_DIR,
-                             model_description="lmrec exploration policy")
+    return mt.register_model(
+        run, POLICY_MODEL, alias=alias, artifact_path=POLICY_ARTIFACT_DIR, model_description="lmrec exploration policy"
+    )
 
 
 def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -54,10 +55,16 @@ def test_served_logs_feed_the_exploration_search(serve_model, serve_http, mlflow
     v1 = _register_policy({"type": "thompson", "prior_strength": 20.0, "slate_size": 4}, "live")
     log_dir = tmp_path / "logs"
     args = {
-        "model_uri": f"models:/{SERVE_MODEL}@champion", "topology": "fused", "alias_poll_s": 1.0,
+        "model_uri": f"models:/{SERVE_MODEL}@champion",
+        "topology": "fused",
+        "alias_poll_s": 1.0,
         "feedback": {"log_dir": str(log_dir), "commit_interval_s": 0.01, "max_delay_s": 0.2, "batch_size": 64},
-        "exploration": {"policy": {"type": "epsilon_greedy", "epsilon": 0.1},
-                        "policy_uri": f"models:/{POLICY_MODEL}@live", "num_candidates": 20, "stats_sync_s": 0.5},
+        "exploration": {
+            "policy": {"type": "epsilon_greedy", "epsilon": 0.1},
+            "policy_uri": f"models:/{POLICY_MODEL}@live",
+            "num_candidates": 20,
+            "stats_sync_s": 0.5,
+        },
     }
     serve.run(launch.build_app(args), name="it-loop", route_prefix="/loop")
     url = f"{serve_http}/loop"
@@ -73,7 +80,7 @@ def test_served_logs_feed_the_exploration_search(serve_model, serve_http, mlflow
         catalog = [int(i) for i in SequenceData.load(serve_model.prepared.path).manifest["item_ids"]]
         rng = random.Random(0)
         served, clicks = [], 0
-        for i in range(N_REQUESTS):
+        for _i in range(N_REQUESTS):
             history = rng.sample(catalog[:60], 4)
             r = requests.post(f"{url}/recommend", json={"history": history, "k": 4})
             assert r.status_code == 200, r.text
@@ -82,7 +89,9 @@ def test_served_logs_feed_the_exploration_search(serve_model, serve_http, mlflow
             served.append(body["request_id"])
             if rng.random() < 0.3:  # a click on one shown item, acknowledged only once durable
                 item = body["items"][rng.randrange(4)]
-                fb = requests.post(f"{url}/feedback", json={"request_id": body["request_id"], "item_id": item, "reward": 1})
+                fb = requests.post(
+                    f"{url}/feedback", json={"request_id": body["request_id"], "item_id": item, "reward": 1}
+                )
                 assert fb.status_code == 200, fb.text
                 clicks += 1
         assert clicks > 15
@@ -99,8 +108,11 @@ def test_served_logs_feed_the_exploration_search(serve_model, serve_http, mlflow
 
         # moving the policy alias swaps the serving policy without a redeploy
         v2 = _register_policy({"type": "epsilon_greedy", "epsilon": 0.3, "slate_size": 4}, "live")
-        swapped = _wait(lambda: (v := requests.get(f"{url}/version").json())["policy_version"] == v2 and v, 30,
-                        "the policy alias move was never picked up")
+        swapped = _wait(
+            lambda: (v := requests.get(f"{url}/version").json())["policy_version"] == v2 and v,
+            30,
+            "the policy alias move was never picked up",
+        )
         assert swapped["policy"]["type"] == "epsilon_greedy" and swapped["policy"]["epsilon"] == 0.3
         after = requests.post(f"{url}/recommend", json={"history": catalog[:3], "k": 4}).json()
         assert after["policy"] == "epsilon_greedy"
@@ -109,12 +121,25 @@ def test_served_logs_feed_the_exploration_search(serve_model, serve_http, mlflow
 
     # the search reads the serving app's folder: slates from impressions/, clicks from feedback/
     with tempfile.TemporaryDirectory() as storage:
-        cfg = load_config(TuneExplorationConfig, None, [
-            "scenario=logs", f"logs.path={log_dir}", "logs.attribution_window_s=0", "logs.warm_start_frac=0.5",
-            "logs.n_bootstrap=50", "logs.n_sim=100", "logs.l2=1.0", "search.num_samples=4", "search.max_concurrent=2",
-            "search.eval_repeats=1", f"search.storage_path={storage}", "tracking.experiment=it-exploration-loop",
-            "tracking.register=false",
-        ])
+        cfg = load_config(
+            TuneExplorationConfig,
+            None,
+            [
+                "scenario=logs",
+                f"logs.path={log_dir}",
+                "logs.attribution_window_s=0",
+                "logs.warm_start_frac=0.5",
+                "logs.n_bootstrap=50",
+                "logs.n_sim=100",
+                "logs.l2=1.0",
+                "search.num_samples=4",
+                "search.max_concurrent=2",
+                "search.eval_repeats=1",
+                f"search.storage_path={storage}",
+                "tracking.experiment=it-exploration-loop",
+                "tracking.register=false",
+            ],
+        )
         result = run_exploration_search(cfg)
     info = result.scenario_info
     assert info["impressions"] == N_REQUESTS + 1 and info["too_recent"] == 0  # + the request after the swap

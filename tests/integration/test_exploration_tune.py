@@ -64,7 +64,9 @@ def test_ray_data_reads_our_logs(ray_cluster, feedback_logs: Path, tmp_path: Pat
     odd_root = tmp_path / "odd"
     shutil.copytree(feedback_logs, odd_root)
     odd = records_to_table(rows[:1]).drop_columns(["policy_params"])
-    pq.write_table(odd.replace_schema_metadata(FEEDBACK_SCHEMA.metadata), odd_root / "date=2024-01-02" / "part-odd.parquet")
+    pq.write_table(
+        odd.replace_schema_metadata(FEEDBACK_SCHEMA.metadata), odd_root / "date=2024-01-02" / "part-odd.parquet"
+    )
     with pytest.raises(FeedbackLogError) as err2:
         read_feedback_logs(odd_root)
     assert "part-odd.parquet" in str(err2.value) and err2.value.column == "policy_params"
@@ -75,14 +77,27 @@ def _children(client, parent: str) -> list:  # type: ignore[no-untyped-def]
     return client.search_runs(exp_ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=100)
 
 
-def test_tune_search_on_logs_nests_trials_and_saves_the_best_policy(ray_cluster, mlflow_server, feedback_logs: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tune_search_on_logs_nests_trials_and_saves_the_best_policy(
+    ray_cluster, mlflow_server, feedback_logs: Path
+) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
 
-    cfg = load_config(TuneExplorationConfig, None, [
-        "scenario=logs", f"logs.path={feedback_logs}", "logs.n_bootstrap=50", "logs.n_sim=100", "logs.l2=1.0",
-        "search.num_samples=4", "search.max_concurrent=2", "search.eval_repeats=1",
-        "tracking.experiment=it-exploration", "tracking.alias=it",
-    ])
+    cfg = load_config(
+        TuneExplorationConfig,
+        None,
+        [
+            "scenario=logs",
+            f"logs.path={feedback_logs}",
+            "logs.n_bootstrap=50",
+            "logs.n_sim=100",
+            "logs.l2=1.0",
+            "search.num_samples=4",
+            "search.max_concurrent=2",
+            "search.eval_repeats=1",
+            "tracking.experiment=it-exploration",
+            "tracking.alias=it",
+        ],
+    )
     result = run_exploration_search(cfg)
     client = MlflowClient(mlflow_server.uri)
     children = _children(client, result.parent_run_id)
@@ -117,12 +132,25 @@ def _replay_data() -> list[str]:
 def test_tune_replay_uses_asha_on_intermediate_reports(ray_cluster, mlflow_server) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
 
-    cfg = load_config(TuneExplorationConfig, None, [
-        "scenario=replay", "replay.scorer=popularity", "replay.max_events=600", "replay.calibration_events=300",
-        "replay.report_every=100", "search.num_samples=4", "search.max_concurrent=2", "search.grace_period=1",
-        "search.eval_repeats=1", "search.scheduler=asha", "tracking.experiment=it-exploration-replay", "tracking.register=false",
-        *_replay_data(),
-    ])
+    cfg = load_config(
+        TuneExplorationConfig,
+        None,
+        [
+            "scenario=replay",
+            "replay.scorer=popularity",
+            "replay.max_events=600",
+            "replay.calibration_events=300",
+            "replay.report_every=100",
+            "search.num_samples=4",
+            "search.max_concurrent=2",
+            "search.grace_period=1",
+            "search.eval_repeats=1",
+            "search.scheduler=asha",
+            "tracking.experiment=it-exploration-replay",
+            "tracking.register=false",
+            *_replay_data(),
+        ],
+    )
     result = run_exploration_search(cfg)
     client = MlflowClient(mlflow_server.uri)
     children = _children(client, result.parent_run_id)
@@ -142,13 +170,30 @@ def test_tune_replay_with_validation_period_picks_among_finalists(ray_cluster, m
 
     from lmrec.exploration.objectives import policy_config
 
-    cfg = load_config(TuneExplorationConfig, None, [
-        "scenario=replay", "replay.scorer=popularity", "replay.train_frac=0.25", "replay.tune_frac=0.25",
-        "replay.valid_frac=0.25", "replay.max_events=400", "replay.calibration_events=300", "replay.report_every=100",
-        "space.ucb_c_zero=true", "search.num_samples=4", "search.max_concurrent=2", "search.grace_period=1",
-        "search.finalists=3", "search.valid_repeats=2", "search.eval_repeats=2",
-        "tracking.experiment=it-exploration-valid", "tracking.register=false", *_replay_data(),
-    ])
+    cfg = load_config(
+        TuneExplorationConfig,
+        None,
+        [
+            "scenario=replay",
+            "replay.scorer=popularity",
+            "replay.train_frac=0.25",
+            "replay.tune_frac=0.25",
+            "replay.valid_frac=0.25",
+            "replay.max_events=400",
+            "replay.calibration_events=300",
+            "replay.report_every=100",
+            "space.ucb_c_zero=true",
+            "search.num_samples=4",
+            "search.max_concurrent=2",
+            "search.grace_period=1",
+            "search.finalists=3",
+            "search.valid_repeats=2",
+            "search.eval_repeats=2",
+            "tracking.experiment=it-exploration-valid",
+            "tracking.register=false",
+            *_replay_data(),
+        ],
+    )
     result = run_exploration_search(cfg)
     assert result.scenario_info["valid_events"] > 0 and len(result.scenario_info["split_ts"]) == 3
     sel = result.selection
@@ -159,7 +204,9 @@ def test_tune_replay_with_validation_period_picks_among_finalists(ray_cluster, m
     assert [r["search_objective"] for r in sel] == sorted((r["search_objective"] for r in sel), reverse=True)
     client = MlflowClient(mlflow_server.uri)
     assert "selection.json" in [a.path for a in client.list_artifacts(result.parent_run_id)]
-    assert client.get_run(result.parent_run_id).data.metrics["valid/estimate"] == pytest.approx(chosen["valid"]["estimate"])
+    assert client.get_run(result.parent_run_id).data.metrics["valid/estimate"] == pytest.approx(
+        chosen["valid"]["estimate"]
+    )
     greedy = result.comparison["greedy"]
     assert greedy["diff_vs_greedy"] == 0.0 and all("diff_vs_greedy_se" in m for m in result.comparison.values())
 
@@ -187,8 +234,12 @@ def _finished_trials(exp: Path) -> dict[str, int]:
     return out
 
 
-def test_interrupted_tune_search_resumes_without_rerunning_finished_trials(ray_cluster, mlflow_server, feedback_logs: Path,  # type: ignore[no-untyped-def]
-                                                                           tmp_path: Path) -> None:
+def test_interrupted_tune_search_resumes_without_rerunning_finished_trials(
+    ray_cluster,
+    mlflow_server,
+    feedback_logs: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     import os
     import signal
     import subprocess
@@ -198,16 +249,32 @@ def test_interrupted_tune_search_resumes_without_rerunning_finished_trials(ray_c
     from mlflow import MlflowClient
 
     overrides = [
-        "scenario=logs", f"logs.path={feedback_logs}", "logs.n_bootstrap=200", "logs.n_sim=200", "logs.l2=1.0",
-        "search.num_samples=10", "search.max_concurrent=1", "search.eval_repeats=1", "search.name=it-resume",
-        f"search.storage_path={tmp_path}", "tracking.experiment=it-exploration-resume", "tracking.register=false",
+        "scenario=logs",
+        f"logs.path={feedback_logs}",
+        "logs.n_bootstrap=200",
+        "logs.n_sim=200",
+        "logs.l2=1.0",
+        "search.num_samples=10",
+        "search.max_concurrent=1",
+        "search.eval_repeats=1",
+        "search.name=it-resume",
+        f"search.storage_path={tmp_path}",
+        "tracking.experiment=it-exploration-resume",
+        "tracking.register=false",
     ]
-    script = ("import sys; from lmrec.config import load_config; "
-              "from lmrec.tuning.exploration import TuneExplorationConfig, run_exploration_search; "
-              "run_exploration_search(load_config(TuneExplorationConfig, None, sys.argv[1:]))")
+    script = (
+        "import sys; from lmrec.config import load_config; "
+        "from lmrec.tuning.exploration import TuneExplorationConfig, run_exploration_search; "
+        "run_exploration_search(load_config(TuneExplorationConfig, None, sys.argv[1:]))"
+    )
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its experiment state every second
-    proc = subprocess.Popen([sys.executable, "-c", script, *overrides], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     exp = tmp_path / "it-resume"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(_finished_trials(exp)) < 2:

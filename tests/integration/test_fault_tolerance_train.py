@@ -30,13 +30,25 @@ def _worker_pids() -> list[int]:
 def test_killed_worker_resumes_from_checkpoint(synthetic_prepared, tmp_path: Path) -> None:
     data_cfg, _ = synthetic_prepared
     storage = tmp_path / "storage"
-    job = load_config(TrainJobConfig, None, [
-        "train.epochs=3", "train.num_workers=2", "train.batch_size=16", "train.checkpoint_every_steps=4",
-        "train.max_steps_per_epoch=10",
-        "train.max_failures=2", f"train.storage_path={storage}", "train.run_name=ft-run",
-        "eval.protocols=[full]", "eval.every_epochs=0", "eval.max_users=100", "tracking.experiment=it-fault",
-        "tracking.register=false",
-    ])
+    job = load_config(
+        TrainJobConfig,
+        None,
+        [
+            "train.epochs=3",
+            "train.num_workers=2",
+            "train.batch_size=16",
+            "train.checkpoint_every_steps=4",
+            "train.max_steps_per_epoch=10",
+            "train.max_failures=2",
+            f"train.storage_path={storage}",
+            "train.run_name=ft-run",
+            "eval.protocols=[full]",
+            "eval.every_epochs=0",
+            "eval.max_users=100",
+            "tracking.experiment=it-fault",
+            "tracking.register=false",
+        ],
+    )
     job.data = data_cfg
     outcome: dict = {}
 
@@ -74,8 +86,9 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_prepared, tmp_path: Pat
     assert [h["global_step"] for h in state.history] == [steps_per_epoch * (e + 1) for e in range(3)]
 
     # The same job, same seed, never interrupted: the resumed run ends where it would have.
-    clean = run_train_job(replace(job, ["train.run_name=ft-clean", f"train.storage_path={tmp_path / 'clean'}",
-                                        "tracking.run_id=null"]))
+    clean = run_train_job(
+        replace(job, ["train.run_name=ft-clean", f"train.storage_path={tmp_path / 'clean'}", "tracking.run_id=null"])
+    )
     for key in ("test/full/ndcg@10", "test/full/hr@10"):
         assert abs(result.metrics[key] - clean.metrics[key]) <= 0.01, (key, result.metrics[key], clean.metrics[key])
     # Every epoch trains identically, and the interrupted epoch's mean loss covers all its steps:

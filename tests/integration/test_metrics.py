@@ -13,16 +13,30 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import SERVE_MODEL
 from lmrec.serving import launch
+from support import SERVE_MODEL
 
 pytestmark = pytest.mark.integration
 
-TRAIN = ["lmrec_train_loss", "lmrec_train_samples_per_s", "lmrec_train_global_step",
-         "lmrec_train_valid_full_ndcg_10", "lmrec_train_final_test_full_ndcg_10"]
-SERVE = ["lmrec_serve_request_latency_ms_bucket", "lmrec_serve_batch_size_bucket", "lmrec_serve_forward_ms_bucket",
-         "lmrec_serve_cache_requests_total", "lmrec_serve_cache_hit_ratio", "lmrec_serve_slates_total", "lmrec_serve_exploration_rate",
-         "lmrec_serve_model_version", "lmrec_serve_click_through_rate", "lmrec_serve_feedback_total"]
+TRAIN = [
+    "lmrec_train_loss",
+    "lmrec_train_samples_per_s",
+    "lmrec_train_global_step",
+    "lmrec_train_valid_full_ndcg_10",
+    "lmrec_train_final_test_full_ndcg_10",
+]
+SERVE = [
+    "lmrec_serve_request_latency_ms_bucket",
+    "lmrec_serve_batch_size_bucket",
+    "lmrec_serve_forward_ms_bucket",
+    "lmrec_serve_cache_requests_total",
+    "lmrec_serve_cache_hit_ratio",
+    "lmrec_serve_slates_total",
+    "lmrec_serve_exploration_rate",
+    "lmrec_serve_model_version",
+    "lmrec_serve_click_through_rate",
+    "lmrec_serve_feedback_total",
+]
 
 
 def _names(text: str) -> set[str]:
@@ -58,8 +72,13 @@ class Scraper(threading.Thread):
         return sorted(set(wanted) - self.seen)
 
 
-def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(ray_cluster, synthetic_prepared, serve_model, serve_http,  # type: ignore[no-untyped-def]
-                                                                 tmp_path: Path) -> None:
+def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(
+    ray_cluster,
+    synthetic_prepared,
+    serve_model,
+    serve_http,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     from ray import serve
 
     from lmrec.config import load_config
@@ -70,18 +89,33 @@ def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(ray_cluster, syn
     scraper.start()
     try:
         data_cfg, _ = synthetic_prepared
-        job = load_config(TrainJobConfig, None, [
-            "train.epochs=2", "train.num_workers=1", "train.strategy=none", "train.batch_size=32", "train.log_every_steps=5",
-            "eval.protocols=[full]", "eval.every_epochs=1", "eval.max_users=100", "tracking.experiment=it-metrics",
-            "tracking.register=false", f"train.storage_path={tmp_path / 'storage'}",
-        ])
+        job = load_config(
+            TrainJobConfig,
+            None,
+            [
+                "train.epochs=2",
+                "train.num_workers=1",
+                "train.strategy=none",
+                "train.batch_size=32",
+                "train.log_every_steps=5",
+                "eval.protocols=[full]",
+                "eval.every_epochs=1",
+                "eval.max_users=100",
+                "tracking.experiment=it-metrics",
+                "tracking.register=false",
+                f"train.storage_path={tmp_path / 'storage'}",
+            ],
+        )
         job.data = data_cfg
         run_train_job(job)
         missing = scraper.wait_for(TRAIN, timeout=60)
         assert not missing, f"training metrics not exported: {missing}"
 
-        args = {"model_uri": f"models:/{SERVE_MODEL}@champion", "alias_poll_s": 0,
-                "feedback": {"log_dir": str(tmp_path / "fb"), "commit_interval_s": 0.01}}
+        args = {
+            "model_uri": f"models:/{SERVE_MODEL}@champion",
+            "alias_poll_s": 0,
+            "feedback": {"log_dir": str(tmp_path / "fb"), "commit_interval_s": 0.01},
+        }
         serve.run(launch.build_app(args), name="it-metrics", route_prefix="/metrics-app")
         url = f"{serve_http}/metrics-app"
         deadline = time.time() + 120
@@ -92,8 +126,11 @@ def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(ray_cluster, syn
             r = requests.post(f"{url}/recommend", json={"history": [1 + i % 4, 2, 3], "k": 3}, timeout=30)
             assert r.status_code == 200
             body = r.json()
-            f = requests.post(f"{url}/feedback", json={"request_id": body["request_id"], "item_id": body["items"][0],
-                                                      "reward": i % 2}, timeout=30)
+            f = requests.post(
+                f"{url}/feedback",
+                json={"request_id": body["request_id"], "item_id": body["items"][0], "reward": i % 2},
+                timeout=30,
+            )
             assert f.status_code == 200
         missing = scraper.wait_for(SERVE, timeout=90)
         assert not missing, f"serving metrics not exported: {missing}"
@@ -105,7 +142,9 @@ def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(ray_cluster, syn
         want = f'model="{served}"'
         deadline = time.time() + 90
         while True:
-            version_lines = [ln for ln in scraper.text.splitlines() if "lmrec_serve_model_version" in ln and not ln.startswith("#")]
+            version_lines = [
+                ln for ln in scraper.text.splitlines() if "lmrec_serve_model_version" in ln and not ln.startswith("#")
+            ]
             if any(want in ln for ln in version_lines) or time.time() > deadline:
                 break
             time.sleep(1.0)

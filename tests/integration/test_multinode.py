@@ -18,8 +18,13 @@ HERE = Path(__file__).resolve().parent
 def test_training_spreads_over_nodes_and_survives_losing_one(mlflow_server, tmp_path: Path) -> None:
     out = tmp_path / "multinode.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster, not the session's
-    proc = subprocess.run([sys.executable, str(HERE / "multinode_scenario.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "multinode_scenario.py"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.exists(), f"rc={proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     report = json.loads(out.read_text())
     detail = f"{report}\n{proc.stderr[-4000:]}"

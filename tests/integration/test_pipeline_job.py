@@ -31,16 +31,34 @@ def _submit(client, name: str, *overrides: str, cli: bool = False) -> tuple[str,
     sid = f"{name}-{int(time.time() * 1000)}"
     entry = ["python", "jobs/pipeline.py", "--config", "jobs/configs/pipeline/tiny.yaml", f"name={name}", *overrides]
     if cli:
-        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", client.get_address(),
-               "--submission-id", sid, "--working-dir", ".", "--no-wait", "--", *entry]
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "job",
+            "submit",
+            "--address",
+            client.get_address(),
+            "--submission-id",
+            sid,
+            "--working-dir",
+            ".",
+            "--no-wait",
+            "--",
+            *entry,
+        ]
         env = {**os.environ, "RAY_AUTH_MODE": "token"}  # a laptop client needs the cluster's token
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     else:  # `lmrec submit`: the config is validated here first, then the Jobs SDK submits it
         from lmrec.cluster import jobs
 
-        out = jobs.submit("pipeline", "jobs/configs/pipeline/tiny.yaml", [f"name={name}", *overrides],
-                          address=client.get_address(), working_dir=str(ROOT), submission_id=sid)
+        out = jobs.submit(
+            "pipeline",
+            "jobs/configs/pipeline/tiny.yaml",
+            [f"name={name}", *overrides],
+            address=client.get_address(),
+            working_dir=str(ROOT),
+            submission_id=sid,
+        )
         assert out["submission_id"] == sid and out["dashboard_url"].endswith(f"/#/jobs/{sid}")
         assert not out["note"]  # loopback MLflow + loopback cluster: the URI is forwarded
     deadline = time.time() + 900
@@ -57,17 +75,25 @@ def _submit(client, name: str, *overrides: str, cli: bool = False) -> tuple[str,
     return sid, logs
 
 
-def test_pipeline_job_runs_every_stage_resumes_by_name_and_serves_the_champion(ray_cluster, mlflow_server, serve_http) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_job_runs_every_stage_resumes_by_name_and_serves_the_champion(
+    ray_cluster, mlflow_server, serve_http
+) -> None:  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(ray_cluster.dashboard_url)
     name = f"it-pipeline-{int(time.time())}"
     port = serve_http.rsplit(":", 1)[1]
-    common = [f"train.tracking.model_name={MODEL}", f"train.tracking.experiment={EXPERIMENT}",
-              f"compress.tracking.experiment={EXPERIMENT}", f"explore.tracking.experiment={EXPERIMENT}",
-              f"tracking.experiment={EXPERIMENT}", f"deploy.port={port}", "deploy.app_name=it-pipeline",
-              "deploy.route_prefix=/pipeline"]
+    common = [
+        f"train.tracking.model_name={MODEL}",
+        f"train.tracking.experiment={EXPERIMENT}",
+        f"compress.tracking.experiment={EXPERIMENT}",
+        f"explore.tracking.experiment={EXPERIMENT}",
+        f"tracking.experiment={EXPERIMENT}",
+        f"deploy.port={port}",
+        "deploy.app_name=it-pipeline",
+        "deploy.route_prefix=/pipeline",
+    ]
 
     # 1st submission: stops after evaluation (as if the job had been cut there).
     _, logs1 = _submit(client, name, "stages=[prepare,train,evaluate]", *common, cli=True)
@@ -85,16 +111,27 @@ def test_pipeline_job_runs_every_stage_resumes_by_name_and_serves_the_champion(r
     exp = mc.get_experiment_by_name(EXPERIMENT)
     parent = mc.get_run(run_id)
     assert parent.info.status == "FINISHED"
-    assert {parent.data.tags.get(f"lmrec.stage.{s}") for s in
-            ("prepare", "train", "evaluate", "compress", "explore", "promote", "deploy")} == {"done"}
+    assert {
+        parent.data.tags.get(f"lmrec.stage.{s}")
+        for s in ("prepare", "train", "evaluate", "compress", "explore", "promote", "deploy")
+    } == {"done"}
     linked = mc.search_runs([exp.experiment_id], filter_string=f"tags.`lmrec.pipeline_run_id` = '{run_id}'")
     kinds = sorted(r.data.tags.get("lmrec.kind") for r in linked)
     assert kinds == ["compression_search", "evaluate", "exploration_search", "train"], kinds
     assert all(r.data.tags.get("mlflow.parentRunId") == run_id for r in linked)  # nested under the pipeline run
     train_run = next(r for r in linked if r.data.tags["lmrec.kind"] == "train")
     assert train_run.info.status == "FINISHED" and "final/test/full/ndcg_at_10" in train_run.data.metrics
-    assert len(mc.search_runs([exp.experiment_id], filter_string=f"tags.`lmrec.kind` = 'train' and tags.`lmrec.pipeline` = '{name}'")) == 1
-    for search in (r for r in linked if r.data.tags["lmrec.kind"].endswith("_search")):  # trials nested under each search
+    assert (
+        len(
+            mc.search_runs(
+                [exp.experiment_id], filter_string=f"tags.`lmrec.kind` = 'train' and tags.`lmrec.pipeline` = '{name}'"
+            )
+        )
+        == 1
+    )
+    for search in (
+        r for r in linked if r.data.tags["lmrec.kind"].endswith("_search")
+    ):  # trials nested under each search
         assert mc.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
 
     champion = mc.get_model_version_by_alias(MODEL, "champion")
@@ -103,7 +140,9 @@ def test_pipeline_job_runs_every_stage_resumes_by_name_and_serves_the_champion(r
         version = json.loads(r.read())
     assert version["model_version"] == f"{MODEL}/{champion.version}"
     body = json.dumps({"history": [1, 2, 3], "k": 5}).encode()
-    req = urllib.request.Request(f"{serve_http}/pipeline/recommend", data=body, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{serve_http}/pipeline/recommend", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         rec = json.loads(r.read())
     assert len(rec["items"]) == 5 and rec["model_version"] == f"{MODEL}/{champion.version}"

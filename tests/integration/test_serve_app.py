@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -16,8 +15,8 @@ import aiohttp
 import pytest
 import requests
 
-from support import SERVE_MODEL
 from lmrec.serving import launch
+from support import SERVE_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +26,11 @@ def _args(tmp: Path, **extra: Any) -> dict[str, Any]:
         "model_uri": f"models:/{SERVE_MODEL}@champion",
         "alias_poll_s": 1.0,
         "feedback": {"log_dir": str(tmp / "feedback"), "commit_interval_s": 0.01},
-        "exploration": {"policy": {"type": "epsilon_greedy", "epsilon": 0.2}, "num_candidates": 50, "stats_sync_s": 0.5},
+        "exploration": {
+            "policy": {"type": "epsilon_greedy", "epsilon": 0.2},
+            "num_candidates": 50,
+            "stats_sync_s": 0.5,
+        },
         **extra,
     }
 
@@ -82,7 +85,9 @@ def test_recommend_feedback_version_and_openapi(app_url: str, serve_model) -> No
     assert all(0 < p <= 1 for e in explored for p in e["propensities"])
     assert any(e["explored"] for e in explored)  # epsilon 0.2 over 30 slates
 
-    fb = requests.post(f"{app_url}/feedback", json={"request_id": body["request_id"], "item_id": body["items"][0], "reward": 1})
+    fb = requests.post(
+        f"{app_url}/feedback", json={"request_id": body["request_id"], "item_id": body["items"][0], "reward": 1}
+    )
     assert fb.status_code == 200, fb.text
     assert fb.json()["position"] == 0 and fb.json()["propensity"] == 1.0
 
@@ -127,8 +132,10 @@ def test_bad_input_gets_4xx_and_the_app_stays_healthy(app_url: str) -> None:
     rng = random.Random(0)
     junk_values = [None, -1, 0, 1.5, "x", [], {}, [None], True, 10**18, "💥"]
     for _ in range(60):  # random structurally-wrong bodies: any 4xx, never 5xx
-        body = {rng.choice(["user_id", "history", "k", "explore", "exclude_seen", "zzz"]): rng.choice(junk_values)
-                for _ in range(rng.randint(0, 4))}
+        body = {
+            rng.choice(["user_id", "history", "k", "explore", "exclude_seen", "zzz"]): rng.choice(junk_values)
+            for _ in range(rng.randint(0, 4))
+        }
         r = requests.post(f"{app_url}/recommend", json=body)
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text[:300])
     assert requests.get(f"{app_url}/healthz").status_code == 200
@@ -142,8 +149,11 @@ def test_api_key_protects_recommend_and_feedback(serve_model, serve_http, tmp_pa
     key_file.write_text("s3cret-token\n")
     # This app serves /recommend through its FastAPI route (the fast path is off), so both routes
     # check the key: the main app's fuzz test runs on the fast path.
-    serve.run(launch.build_app(_args(tmp_path, api_key_file=str(key_file), http_fast_path=False)),
-              name="it-secured", route_prefix="/secured")
+    serve.run(
+        launch.build_app(_args(tmp_path, api_key_file=str(key_file), http_fast_path=False)),
+        name="it-secured",
+        route_prefix="/secured",
+    )
     url = f"{serve_http}/secured"
     _wait_healthy(url)
     body = {"history": [1, 2, 3], "k": 3}
@@ -151,7 +161,9 @@ def test_api_key_protects_recommend_and_feedback(serve_model, serve_http, tmp_pa
     assert requests.post(f"{url}/recommend", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
     ok = requests.post(f"{url}/recommend", json=body, headers={"X-API-Key": "s3cret-token"})
     assert ok.status_code in (200, 422), ok.text  # 422 only if items 1..3 are not in the catalog
-    bad = requests.post(f"{url}/recommend", data=b"{not json", headers={"content-type": "application/json", "X-API-Key": "s3cret-token"})
+    bad = requests.post(
+        f"{url}/recommend", data=b"{not json", headers={"content-type": "application/json", "X-API-Key": "s3cret-token"}
+    )
     assert bad.status_code == 422 and bad.json()["detail"][0]["msg"] == "JSON decode error"  # FastAPI's own parser
     assert requests.post(f"{url}/feedback", json={"request_id": "a", "item_id": 1, "reward": 1}).status_code == 401
     serve.delete("it-secured")
@@ -212,7 +224,9 @@ def test_hot_swap_under_load_drops_nothing(app_url: str, serve_model) -> None:
     _swap_under_load(app_url, serve_model)
 
 
-def test_fused_topology_ranks_in_the_ingress_logs_feedback_and_hot_swaps(serve_model, serve_http, tmp_path: Path) -> None:
+def test_fused_topology_ranks_in_the_ingress_logs_feedback_and_hot_swaps(
+    serve_model, serve_http, tmp_path: Path
+) -> None:
     """topology=fused: no Ranker deployment; the Ingress replica holds the model and does the same job."""
     from ray import serve
 
@@ -230,7 +244,9 @@ def test_fused_topology_ranks_in_the_ingress_logs_feedback_and_hot_swaps(serve_m
         assert requests.post(f"{url}/recommend", json=body).json()["cached"]
         explored = [requests.post(f"{url}/recommend", json={**body, "explore": True}).json() for _ in range(30)]
         assert any(e["explored"] for e in explored) and all(0 < p <= 1 for e in explored for p in e["propensities"])
-        fb = requests.post(f"{url}/feedback", json={"request_id": first["request_id"], "item_id": first["items"][1], "reward": 1})
+        fb = requests.post(
+            f"{url}/feedback", json={"request_id": first["request_id"], "item_id": first["items"][1], "reward": 1}
+        )
         assert fb.status_code == 200 and fb.json()["position"] == 1, fb.text
         for endpoint, payload, status in FUZZ:  # same 4xx contract as the split topology
             r = requests.post(f"{url}/{endpoint}", data=payload, headers={"content-type": "application/json"})

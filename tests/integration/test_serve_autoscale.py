@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from support import SERVE_MODEL
 from lmrec.serving import launch
+from support import SERVE_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +45,21 @@ def test_ranker_scales_up_under_load_and_back_down(serve_model, serve_http, tmp_
         "feedback": {"log_dir": str(tmp_path / "fb"), "impression_ship_s": 3600},
         "cache": {"enabled": False},  # every request reaches the model
         "batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
-        "deployments": {"Ranker": {
-            "max_ongoing_requests": 8,
-            "ray_actor_options": {"num_cpus": 0.5},
-            "autoscaling_config": {
-                "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
-                "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2,
-            },
-        }},
+        "deployments": {
+            "Ranker": {
+                "max_ongoing_requests": 8,
+                "ray_actor_options": {"num_cpus": 0.5},
+                "autoscaling_config": {
+                    "min_replicas": 1,
+                    "max_replicas": 3,
+                    "target_ongoing_requests": 2,
+                    "upscale_delay_s": 1,
+                    "downscale_delay_s": 4,
+                    "metrics_interval_s": 0.5,
+                    "look_back_period_s": 2,
+                },
+            }
+        },
     }
     serve.run(launch.build_app(args), name="it-scale", route_prefix="/scale")
     url = f"{serve_http}/scale"

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from support import SERVE_MODEL
 from lmrec.serving import launch
+from support import SERVE_MODEL
 
 pytestmark = pytest.mark.integration
 APP = "it-faults"
@@ -61,8 +61,14 @@ def faults_app(serve_model, serve_http, tmp_path_factory) -> tuple[str, Path]:
     serve.delete(APP)
 
 
-async def _drive(url: str, seconds_after_kill: float, kill, recovered, feedback: bool,  # type: ignore[no-untyped-def]
-                 concurrency: int = 6) -> tuple[list[int], list[tuple[str, int, int]]]:
+async def _drive(
+    url: str,
+    seconds_after_kill: float,
+    kill,
+    recovered,
+    feedback: bool,  # type: ignore[no-untyped-def]
+    concurrency: int = 6,
+) -> tuple[list[int], list[tuple[str, int, int]]]:
     """Steady load; `kill()` after 3 s; stop `seconds_after_kill` after `recovered()` is true."""
     statuses: list[int] = []
     acks: list[tuple[str, int, int]] = []  # (request_id, item_id, feedback status)
@@ -75,8 +81,9 @@ async def _drive(url: str, seconds_after_kill: float, kill, recovered, feedback:
                 statuses.append(r.status)
             if feedback and r.status == 200:
                 item = body["items"][0]
-                async with session.post(f"{url}/feedback", json={"request_id": body["request_id"], "item_id": item,
-                                                                  "reward": 1}) as f:
+                async with session.post(
+                    f"{url}/feedback", json={"request_id": body["request_id"], "item_id": item, "reward": 1}
+                ) as f:
                     acks.append((body["request_id"], item, f.status))
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:

@@ -44,11 +44,22 @@ def test_ray_data_pipeline_matches_in_process_preparation(synthetic_prepared, tm
 @pytest.fixture(scope="module")
 def trained(synthetic_prepared, mlflow_server, tmp_path_factory):
     cfg, _ = synthetic_prepared
-    job = load_config(TrainJobConfig, None, [
-        "data.dataset=synthetic", "train.epochs=3", "train.num_workers=2", "train.strategy=fsdp",
-        "train.batch_size=32", "train.lr=0.003", "eval.protocols=[full,sampled]", "eval.every_epochs=1",
-        f"train.storage_path={tmp_path_factory.mktemp('storage')}", "tracking.experiment=it-train",
-    ])
+    job = load_config(
+        TrainJobConfig,
+        None,
+        [
+            "data.dataset=synthetic",
+            "train.epochs=3",
+            "train.num_workers=2",
+            "train.strategy=fsdp",
+            "train.batch_size=32",
+            "train.lr=0.003",
+            "eval.protocols=[full,sampled]",
+            "eval.every_epochs=1",
+            f"train.storage_path={tmp_path_factory.mktemp('storage')}",
+            "tracking.experiment=it-train",
+        ],
+    )
     job.data = cfg
     return job, run_train_job(job)
 
@@ -81,21 +92,44 @@ def test_fsdp_training_learns_and_is_tracked(trained, mlflow_server) -> None:
 
 
 def _lmrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "lmrec"), *args], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lmrec"), *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
+    )
 
 
 def test_lmrec_evaluate_on_registered_model_and_checkpoint(trained, tmp_path: Path) -> None:
     _, result = trained
-    out = _lmrec("evaluate", "--model-uri", "models:/lmrec-seqrec@candidate", "--protocols", "full",
-                 "--out", str(tmp_path / "m.json"))
+    out = _lmrec(
+        "evaluate",
+        "--model-uri",
+        "models:/lmrec-seqrec@candidate",
+        "--protocols",
+        "full",
+        "--out",
+        str(tmp_path / "m.json"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads((tmp_path / "m.json").read_text())
     assert got["metrics"]["test/full/ndcg@10"] == pytest.approx(result.metrics["test/full/ndcg@10"], abs=1e-6)
-    out = _lmrec("evaluate", "--checkpoint", result.checkpoint_path, "--protocols", "full", "--out", str(tmp_path / "c.json"))
+    out = _lmrec(
+        "evaluate", "--checkpoint", result.checkpoint_path, "--protocols", "full", "--out", str(tmp_path / "c.json")
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads((tmp_path / "c.json").read_text())
     assert got["metrics"]["test/full/ndcg@10"] == pytest.approx(result.metrics["test/full/ndcg@10"], abs=1e-6)
-    bad = _lmrec("evaluate", "--model-uri", "models:/lmrec-seqrec@candidate", "--dataset", "synthetic",
-                 "synthetic.num_items=120", "synthetic.num_users=150", "--out", str(tmp_path / "x.json"))
+    bad = _lmrec(
+        "evaluate",
+        "--model-uri",
+        "models:/lmrec-seqrec@candidate",
+        "--dataset",
+        "synthetic",
+        "synthetic.num_items=120",
+        "synthetic.num_users=150",
+        "--out",
+        str(tmp_path / "x.json"),
+    )
     assert bad.returncode == 2 and "catalog" in bad.stderr

@@ -35,7 +35,9 @@ def test_node_types_head_mlflow_and_setup() -> None:
     assert len(workers) >= 2
     for name, t in workers.items():
         assert 0 <= t["min_workers"] <= t["max_workers"], name
-    assert any("g6" in t["node_config"]["InstanceType"] or "p" == t["node_config"]["InstanceType"][0] for t in workers.values())
+    assert any(
+        "g6" in t["node_config"]["InstanceType"] or "p" == t["node_config"]["InstanceType"][0] for t in workers.values()
+    )
     head = " ".join(CONFIG["head_start_ray_commands"])
     assert "mlflow server" in head and "postgresql://" in head and "--artifacts-destination s3://" in head
     assert "--dashboard-host=127.0.0.1" in head  # reached through `ray dashboard cluster.yaml` only

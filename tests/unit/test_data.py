@@ -15,7 +15,14 @@ from lmrec.data.config import DataConfig, SyntheticConfig
 from lmrec.data.download import DatasetNotFound, download_zip, locate_dataset
 from lmrec.data.prepare import prepare_local
 from lmrec.data.readers import (
-    MOVIELENS_1M, MOVIELENS_100K, MOVIELENS_CSV, SASREC, DatasetSpec, ParseError, dataset_spec, read_interactions,
+    MOVIELENS_1M,
+    MOVIELENS_100K,
+    MOVIELENS_CSV,
+    SASREC,
+    DatasetSpec,
+    ParseError,
+    dataset_spec,
+    read_interactions,
 )
 from lmrec.data.sequences import SequenceData, left_pad, shard_batches, train_examples, trim_padding
 from lmrec.data.synthetic import _World, generate
@@ -57,7 +64,14 @@ def _zip_with(member: str, payload: bytes) -> bytes:
 def test_download_verifies_checksum_and_extracts(tmp_path: Path) -> None:
     blob = _zip_with("ml-100k/u.data", b"1\t2\t3\t4\n")
     md5 = hashlib.md5(blob).hexdigest()
-    spec = DatasetSpec("ml-100k", "movielens/ml-100k/u.data", MOVIELENS_100K, "https://example.invalid/ml-100k.zip", md5, "ml-100k/u.data")
+    spec = DatasetSpec(
+        "ml-100k",
+        "movielens/ml-100k/u.data",
+        MOVIELENS_100K,
+        "https://example.invalid/ml-100k.zip",
+        md5,
+        "ml-100k/u.data",
+    )
     fetched: list[str] = []
 
     def fetch(url: str, dest: Path, timeout: float) -> None:  # stands in for the network: a local file
@@ -125,15 +139,29 @@ def test_synthetic_is_deterministic_power_law_and_sequential() -> None:
 
 def _interactions(rows: list[tuple[int, int, int]]) -> pa.Table:
     u, i, t = zip(*rows)
-    return pa.table({"user": pa.array(u, pa.int64()), "item": pa.array(i, pa.int64()), "ts": pa.array(t, pa.int64()),
-                     "rating": pa.array([1.0] * len(rows), pa.float32())})
+    return pa.table(
+        {
+            "user": pa.array(u, pa.int64()),
+            "item": pa.array(i, pa.int64()),
+            "ts": pa.array(t, pa.int64()),
+            "rating": pa.array([1.0] * len(rows), pa.float32()),
+        }
+    )
 
 
 def test_prepare_local_kcore_order_ties_and_split(tmp_path: Path) -> None:
     rows = [
-        (1, 10, 5), (1, 30, 1), (1, 20, 1), (1, 40, 9),  # tie at ts=1: item 20 before 30
-        (2, 10, 1), (2, 20, 2), (2, 30, 3), (2, 40, 4),
-        (3, 10, 1), (3, 99, 2), (3, 20, 3),  # item 99 has one interaction -> dropped, then user 3 has 2 < 3
+        (1, 10, 5),
+        (1, 30, 1),
+        (1, 20, 1),
+        (1, 40, 9),  # tie at ts=1: item 20 before 30
+        (2, 10, 1),
+        (2, 20, 2),
+        (2, 30, 3),
+        (2, 40, 4),
+        (3, 10, 1),
+        (3, 99, 2),
+        (3, 20, 3),  # item 99 has one interaction -> dropped, then user 3 has 2 < 3
     ]
     cfg = DataConfig(dataset="synthetic", min_user_interactions=3, min_item_interactions=2)
     prep = prepare_local(cfg, _interactions(rows), tmp_path / "p")
@@ -158,19 +186,38 @@ def test_prepare_dataset_local_engine_reads_files_without_ray(tmp_path: Path) ->
 
     from lmrec.data.prepare import prepare_dataset
 
-    rows = [(1, 10, 5), (1, 30, 1), (1, 20, 1), (1, 40, 9), (2, 10, 1), (2, 20, 2), (2, 30, 3), (2, 40, 4),
-            (3, 10, 1), (3, 99, 2), (3, 20, 3)]
+    rows = [
+        (1, 10, 5),
+        (1, 30, 1),
+        (1, 20, 1),
+        (1, 40, 9),
+        (2, 10, 1),
+        (2, 20, 2),
+        (2, 30, 3),
+        (2, 40, 4),
+        (3, 10, 1),
+        (3, 99, 2),
+        (3, 20, 3),
+    ]
     base = tmp_path / "data" / "movielens" / "ml-100k"
     base.mkdir(parents=True)
     (base / "u.data").write_text("".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in rows))
-    cfg = DataConfig(dataset="ml-100k", data_dir=str(tmp_path / "data"), min_user_interactions=3,
-                     min_item_interactions=2, download=False)
+    cfg = DataConfig(
+        dataset="ml-100k",
+        data_dir=str(tmp_path / "data"),
+        min_user_interactions=3,
+        min_item_interactions=2,
+        download=False,
+    )
     ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     prep = prepare_dataset(cfg, cache_root=tmp_path / "cache", engine="local")
     assert not prep.cached and prep.manifest["dataset"] == "ml-100k"
     assert ray_was_running or not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
-    ref = prepare_local(DataConfig(dataset="ml-100k", min_user_interactions=3, min_item_interactions=2),
-                        read_interactions(base / "u.data", MOVIELENS_100K), tmp_path / "ref")
+    ref = prepare_local(
+        DataConfig(dataset="ml-100k", min_user_interactions=3, min_item_interactions=2),
+        read_interactions(base / "u.data", MOVIELENS_100K),
+        tmp_path / "ref",
+    )
     a, b = SequenceData.load(prep.path), SequenceData.load(ref.path)
     assert (a.items == b.items).all() and (a.offsets == b.offsets).all() and a.user_ids.tolist() == [1, 2]
     assert prep.manifest["item_ids"] == [10, 20, 30, 40] and prep.manifest["raw_interactions"] == 11

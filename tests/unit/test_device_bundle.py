@@ -19,7 +19,7 @@ SCRIPT = (ROOT / "jobs" / "device" / "build_bundle.sh").read_text()
 
 def _names() -> list[str]:
     start = SCRIPT.index("WHEEL_NAMES=(")
-    block = SCRIPT[start + len("WHEEL_NAMES=("):SCRIPT.index("\n)\n", start)]
+    block = SCRIPT[start + len("WHEEL_NAMES=(") : SCRIPT.index("\n)\n", start)]
     return block.split()
 
 

@@ -62,7 +62,9 @@ def _toy_data() -> SequenceData:
     items = np.array([i for s in seqs for i in s], dtype=np.int32)
     offsets = np.cumsum([0] + [len(s) for s in seqs])
     n = len(items)
-    return SequenceData(items, offsets, np.ones(n, np.float32), np.arange(n), np.arange(3), 6, {"item_ids": list(range(6))})
+    return SequenceData(
+        items, offsets, np.ones(n, np.float32), np.arange(n), np.arange(3), 6, {"item_ids": list(range(6))}
+    )
 
 
 def test_popularity_baseline_end_to_end() -> None:

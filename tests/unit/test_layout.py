@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import platform
+import re
 import subprocess
 import sys
 import sysconfig
@@ -53,5 +54,25 @@ def test_model_code_never_imports_ray_or_torch_distributed() -> None:
 
 def test_job_files_stay_thin() -> None:
     for path in (ROOT / "jobs").glob("*.py"):
-        code_lines = [l for l in path.read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
+        code_lines = [
+            line for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#")
+        ]
         assert len(code_lines) <= 60, f"{path.name} has {len(code_lines)} lines: move the work into the library"
+
+
+NOQA = re.compile(r"#\s*noqa\b(?P<rest>.*)$")
+NOQA_WITH_REASON = re.compile(r":\s*[A-Z]+[0-9]+\b(?:\s*,\s*[A-Z]+[0-9]+\b)*\s*(?:\(|-|—|:)?\s*\w")
+
+
+def test_every_noqa_names_its_codes_and_a_reason() -> None:
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if any(
+            part in {".venv", "build", "dist", ".git"} or part.startswith(".") for part in path.relative_to(ROOT).parts
+        ):
+            continue
+        for no, text in enumerate(path.read_text().splitlines(), 1):
+            m = NOQA.search(text)
+            if m and not NOQA_WITH_REASON.match(m.group("rest")):
+                bad.append(f"{path.relative_to(ROOT)}:{no}: {text.strip()}")
+    assert not bad, "a noqa needs its codes and a reason on the same line:\n" + "\n".join(bad)

@@ -89,8 +89,14 @@ def test_last_position_block_scores_like_the_full_block(kw: dict) -> None:
         torch.testing.assert_close(fast(x), full)
 
 
-@pytest.mark.parametrize("kw", [dict(loss="full"), dict(loss="sampled", negative_sampling="uniform", num_negatives=20),
-                                dict(loss="sampled", negative_sampling="in_batch")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(loss="full"),
+        dict(loss="sampled", negative_sampling="uniform", num_negatives=20),
+        dict(loss="sampled", negative_sampling="in_batch"),
+    ],
+)
 def test_losses_are_finite_and_trainable(kw: dict) -> None:
     m = _model(**kw).train()
     x = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])

@@ -98,9 +98,13 @@ def serve_metrics() -> dict[str, tuple[str, set[str]]]:
     """name -> (kind, tag keys) of every ray.util.metrics object in serve_apps/recommender.py."""
     out: dict[str, tuple[str, set[str]]] = {}
     for node in ast.walk(ast.parse(RECOMMENDER_PY.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("Gauge", "Counter", "Histogram")
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "metrics"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("Gauge", "Counter", "Histogram")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "metrics"
+        ):
             name = node.args[0].value
             tags: set[str] = set()
             for kw in node.keywords:
@@ -132,8 +136,13 @@ def train_published_keys() -> set[str]:
             if isinstance(target, ast.Name):
                 dict_keys.setdefault(target.id, set()).update(_const_keys(node.value))
     for node in ast.walk(fn):  # x.update(evaluate(..., "valid", ...)) / x.update({...})
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id in dict_keys):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "update"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in dict_keys
+        ):
             arg = node.args[0]
             if isinstance(arg, ast.Dict):
                 dict_keys[node.func.value.id] |= _const_keys(arg)
@@ -141,8 +150,11 @@ def train_published_keys() -> set[str]:
                 split = next(a.value for a in arg.args if isinstance(a, ast.Constant) and isinstance(a.value, str))
                 dict_keys[node.func.value.id] |= _evaluation_keys(split)
     published: set[str] = set()
-    calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-             and n.func.attr == "publish"]
+    calls = [
+        n
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "publish"
+    ]
     assert calls, "run_training no longer calls ctx.publish; update the dashboard and this test"
     for call in calls:
         arg = call.args[0]
@@ -174,15 +186,23 @@ def train_metrics() -> dict[str, tuple[str, set[str]]]:
     tree = ast.parse(LOOP_PY.read_text())
     cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "RayTrainContext")
     publish = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "publish")
-    naming = [ast.unparse(n.value) for n in ast.walk(publish)
-              if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "key"]
+    naming = [
+        ast.unparse(n.value)
+        for n in ast.walk(publish)
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "key"
+    ]
     assert naming == ["'lmrec_train_' + ''.join((c if c.isalnum() else '_' for c in name))"], (
-        f"RayTrainContext.publish names its gauges differently now ({naming}); update this test and the dashboard")
+        f"RayTrainContext.publish names its gauges differently now ({naming}); update this test and the dashboard"
+    )
     fn = _function(tree, "run_training")
-    tags = next(_const_keys(n.value) for n in ast.walk(fn) if isinstance(n, ast.Assign)
-                and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "gauge_tags")
-    return {"lmrec_train_" + "".join(c if c.isalnum() else "_" for c in k): ("Gauge", tags)
-            for k in train_published_keys()}
+    tags = next(
+        _const_keys(n.value)
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "gauge_tags"
+    )
+    return {
+        "lmrec_train_" + "".join(c if c.isalnum() else "_" for c in k): ("Gauge", tags) for k in train_published_keys()
+    }
 
 
 def exported_names() -> dict[str, tuple[str, set[str]]]:
@@ -287,8 +307,9 @@ def test_rayservice_manifest_embeds_the_cluster_app_with_the_api_key_on() -> Non
     cluster_app = _serve_app(yaml.safe_load(SERVE_CLUSTER_YAML.read_text()))
     assert app["args"] == cluster_app["args"]
     assert app["deployments"] == cluster_app["deployments"]
-    assert {k: v for k, v in app["runtime_env"].items() if k != "working_dir"} == \
-        {k: v for k, v in cluster_app["runtime_env"].items() if k != "working_dir"}
+    assert {k: v for k, v in app["runtime_env"].items() if k != "working_dir"} == {
+        k: v for k, v in cluster_app["runtime_env"].items() if k != "working_dir"
+    }
     _validate_serve_deploy_schema(serve_config)
 
 
@@ -310,7 +331,7 @@ def _expressions(dash: dict[str, Any]) -> list[tuple[str, str]]:
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
             m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
             assert m, f"variable {var['name']}: unexpected query {query}"
-            out.append((f"variable {var['name']}", f"{m.group(1)}{{{m.group(2)}!=\"\"}}"))
+            out.append((f"variable {var['name']}", f'{m.group(1)}{{{m.group(2)}!=""}}'))
     return out
 
 
@@ -327,8 +348,18 @@ def test_dashboard_structure() -> None:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
         assert panel["targets"], panel["title"]
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
-    for wanted in ("samples/s", "loss", "ndcg@10", "latency p50 / p95 / p99", "batch size", "cache hit",
-                   "exploration", "click-through", "feedback rate", "model version per replica"):
+    for wanted in (
+        "samples/s",
+        "loss",
+        "ndcg@10",
+        "latency p50 / p95 / p99",
+        "batch size",
+        "cache hit",
+        "exploration",
+        "click-through",
+        "feedback rate",
+        "model version per replica",
+    ):
         assert wanted in titles, wanted
 
 
@@ -337,7 +368,8 @@ def test_every_dashboard_metric_exists_in_the_code() -> None:
     used: set[str] = set()
     for where, expr in _expressions(_dashboard()):
         assert not re.search(r"(?<![A-Za-z0-9_])lmrec_\w+", expr), (
-            f"{where}: metric without Ray's '{PROM_PREFIX}' prefix in {expr}")
+            f"{where}: metric without Ray's '{PROM_PREFIX}' prefix in {expr}"
+        )
         names = re.findall(r"(?<![A-Za-z0-9_])(ray_lmrec_\w+)", expr)
         assert names, f"{where}: no lmrec metric in {expr}"
         unknown = sorted(set(names) - set(exported))
@@ -375,11 +407,18 @@ def test_cluster_and_monitoring_docs_cover_token_auth_and_grafana_import() -> No
         assert "RAY_AUTH_MODE=token" in text and "RAY_AUTH_TOKEN" in text, f"{name}: token authentication"
         assert "docs/grafana/lmrec_dashboard.json" in text and "Import" in text, f"{name}: Grafana import"
     cluster = (ROOT / "docs" / "cluster.md").read_text()
-    for needle in ("ray up cluster.yaml", "ray down cluster.yaml", "ray dashboard cluster.yaml",
-                   "lmrec submit pipeline --config jobs/configs/pipeline/ml100k.yaml",
-                   "ray job submit --working-dir . -- python jobs/pipeline.py", "MLFLOW_TRACKING_URI",
-                   "serve_apps/recommender_cluster.yaml", "docs/kuberay/raycluster.yaml", "docs/kuberay/rayservice.yaml",
-                   "safetensors"):
+    for needle in (
+        "ray up cluster.yaml",
+        "ray down cluster.yaml",
+        "ray dashboard cluster.yaml",
+        "lmrec submit pipeline --config jobs/configs/pipeline/ml100k.yaml",
+        "ray job submit --working-dir . -- python jobs/pipeline.py",
+        "MLFLOW_TRACKING_URI",
+        "serve_apps/recommender_cluster.yaml",
+        "docs/kuberay/raycluster.yaml",
+        "docs/kuberay/rayservice.yaml",
+        "safetensors",
+    ):
         assert needle in cluster, needle
     monitoring = (ROOT / "docs" / "monitoring.md").read_text()
     for name in exported_names():

@@ -20,17 +20,20 @@ def test_shipped_pipeline_configs_validate() -> None:
         assert cfg.name
 
 
-@pytest.mark.parametrize("override, key", [
-    ("stages=[train, prepare]", "stages"),
-    ("stages=[prepare, shipit]", "stages"),
-    ("name=a/b", "name"),
-    ("deploy.port=0", "deploy.port"),
-    ("deploy.route_prefix=api", "deploy.route_prefix"),
-    ("promote.source=best", "promote.source"),
-    ("deploy.app.max_k=-1", "deploy.app.max_k"),
-    ("train.train.epochs=0", "train.train.epochs"),
-    ("compress.search.num_samples=0", "compress.search.num_samples"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("stages=[train, prepare]", "stages"),
+        ("stages=[prepare, shipit]", "stages"),
+        ("name=a/b", "name"),
+        ("deploy.port=0", "deploy.port"),
+        ("deploy.route_prefix=api", "deploy.route_prefix"),
+        ("promote.source=best", "promote.source"),
+        ("deploy.app.max_k=-1", "deploy.app.max_k"),
+        ("train.train.epochs=0", "train.train.epochs"),
+        ("compress.search.num_samples=0", "compress.search.num_samples"),
+    ],
+)
 def test_bad_pipeline_config_names_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(PipelineConfig, str(ROOT / "jobs/configs/pipeline/tiny.yaml"), [override])
@@ -56,8 +59,11 @@ def test_missing_exploration_inputs_fail_before_ray_starts(tmp_path: Path) -> No
 
     from lmrec.pipeline import run_pipeline
 
-    cfg = load_config(PipelineConfig, str(ROOT / "jobs/configs/pipeline/tiny.yaml"),
-                      ["explore.scenario=obd", "explore.obd.data_dir=/no/such/data", f"state_dir={tmp_path}"])
+    cfg = load_config(
+        PipelineConfig,
+        str(ROOT / "jobs/configs/pipeline/tiny.yaml"),
+        ["explore.scenario=obd", "explore.obd.data_dir=/no/such/data", f"state_dir={tmp_path}"],
+    )
     ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     with pytest.raises(ConfigError) as err:
         run_pipeline(cfg)

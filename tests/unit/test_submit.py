@@ -17,12 +17,15 @@ def test_entrypoint_for_a_valid_job() -> None:
     assert cmd == "python jobs/pipeline.py --config jobs/configs/pipeline/tiny.yaml name=x train.train.epochs=1"
 
 
-@pytest.mark.parametrize("job, overrides, key", [
-    ("nope", [], "job"),
-    ("pipeline", ["train.train.epochz=1"], "train.train.epochz"),
-    ("train", ["tracking.api_key=abc"], "tracking.api_key"),
-    ("train", ["db_password=hunter2"], "db_password"),
-])
+@pytest.mark.parametrize(
+    "job, overrides, key",
+    [
+        ("nope", [], "job"),
+        ("pipeline", ["train.train.epochz=1"], "train.train.epochz"),
+        ("train", ["tracking.api_key=abc"], "tracking.api_key"),
+        ("train", ["db_password=hunter2"], "db_password"),
+    ],
+)
 def test_bad_submissions_fail_locally_naming_the_key(job: str, overrides: list[str], key: str) -> None:
     config = {"pipeline": "jobs/configs/pipeline/tiny.yaml", "train": "jobs/configs/train/ml100k_tiny.yaml"}.get(job)
     with pytest.raises(ConfigError) as err:
@@ -31,7 +34,11 @@ def test_bad_submissions_fail_locally_naming_the_key(job: str, overrides: list[s
 
 
 def test_loopback_detection() -> None:
-    assert _is_loopback("http://127.0.0.1:5000") and _is_loopback("http://localhost:8265") and _is_loopback("127.0.0.1:6379")
+    assert (
+        _is_loopback("http://127.0.0.1:5000")
+        and _is_loopback("http://localhost:8265")
+        and _is_loopback("127.0.0.1:6379")
+    )
     assert not _is_loopback("http://10.0.3.7:5000") and not _is_loopback("http://head.internal:8265")
 
 

@@ -28,10 +28,20 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(prepared: Path, *extra: str) -> TrainJobConfig:
-    cfg = load_config(TrainJobConfig, None, [
-        "train.strategy=none", "train.batch_size=32", "train.lr=0.003", "model.dropout=0.1",
-        "eval.protocols=[full]", "eval.every_epochs=0", "train.log_every_steps=1000", *extra,
-    ])
+    cfg = load_config(
+        TrainJobConfig,
+        None,
+        [
+            "train.strategy=none",
+            "train.batch_size=32",
+            "train.lr=0.003",
+            "model.dropout=0.1",
+            "eval.protocols=[full]",
+            "eval.every_epochs=0",
+            "train.log_every_steps=1000",
+            *extra,
+        ],
+    )
     cfg.prepared_path = str(prepared)
     return cfg
 
@@ -105,8 +115,14 @@ def test_resume_after_crash_matches_uninterrupted_run(prepared: Path, tmp_path: 
 def test_early_stopping_and_best_epoch_selection(prepared: Path, tmp_path: Path) -> None:
     # A vanishing learning rate cannot improve validation: training stops after `patience`
     # validations without gain, and the exported weights are those of the best epoch.
-    cfg = _cfg(prepared, "train.epochs=6", "train.lr=1e-12", "eval.every_epochs=1", "train.early_stopping_patience=2",
-               "eval.max_users=100")
+    cfg = _cfg(
+        prepared,
+        "train.epochs=6",
+        "train.lr=1e-12",
+        "eval.every_epochs=1",
+        "train.early_stopping_patience=2",
+        "eval.max_users=100",
+    )
     out = run_training(cfg, LocalContext(tmp_path))
     state = read_state(sorted(tmp_path.glob("checkpoint_*"))[-1])
     assert state.stopped_early and state.epochs_completed == [0, 1, 2]
@@ -116,8 +132,13 @@ def test_early_stopping_and_best_epoch_selection(prepared: Path, tmp_path: Path)
 def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_path: Path) -> None:
     # select_best off: validation still records the best epoch, but no best weights are
     # saved, so resuming must not ask the checkpoint for them (it used to fail here).
-    extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "eval.every_epochs=1", "eval.max_users=50",
-             "train.select_best=false")
+    extra = (
+        "train.epochs=2",
+        "train.checkpoint_every_steps=3",
+        "eval.every_epochs=1",
+        "eval.max_users=50",
+        "train.select_best=false",
+    )
     crashing_loss = _crash_on_step(18)  # epoch 1, after its mid-epoch checkpoint at global step 15
 
     ctx = LocalContext(tmp_path)
@@ -130,7 +151,9 @@ def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_pa
     assert out["restarts"] == 1 and state.epochs_completed == [0, 1]
 
 
-def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_rest(prepared: Path, tmp_path: Path) -> None:
+def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_rest(
+    prepared: Path, tmp_path: Path
+) -> None:
     extra = ("train.epochs=4", "train.checkpoint_every_epochs=2", "train.max_steps_per_epoch=4")
     crashing_loss = _crash_on_step(11)  # in epoch 3 (index 2): its checkpoint-less start is lost
 
@@ -145,7 +168,9 @@ def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_r
     assert out["restarts"] == 1 and state.epochs_completed == [0, 1, 2, 3] and state.global_step == 16
     # 0 = no epoch-end checkpoints, only the final one
     ctx0 = LocalContext(tmp_path / "none")
-    run_training(_cfg(prepared, "train.epochs=2", "train.checkpoint_every_epochs=0", "train.max_steps_per_epoch=3"), ctx0)
+    run_training(
+        _cfg(prepared, "train.epochs=2", "train.checkpoint_every_epochs=0", "train.max_steps_per_epoch=3"), ctx0
+    )
     assert [c.name for c in ctx0.checkpoints] == ["checkpoint_00000006"] and len(ctx0.reports) == 3
 
 
@@ -157,9 +182,31 @@ def test_gpu_benchmark_script_runs_its_checks_on_cpu(prepared: Path, tmp_path: P
     import sys
 
     out = tmp_path / "gpu.json"
-    cmd = [sys.executable, "-m", "lmrec.training.gpu_benchmark", "--prepared", str(prepared), "--device", "cpu",
-           "--parts", "fsdp,forward", "--check-size", "tiny", "--resume-steps", "4", "--forward-sizes", "tiny",
-           "--batches", "1,4", "--repeats", "2", "--threads", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmrec.training.gpu_benchmark",
+        "--prepared",
+        str(prepared),
+        "--device",
+        "cpu",
+        "--parts",
+        "fsdp,forward",
+        "--check-size",
+        "tiny",
+        "--resume-steps",
+        "4",
+        "--forward-sizes",
+        "tiny",
+        "--batches",
+        "1,4",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from lmrec.config import ConfigError, load_config
 from lmrec.jobs_registry import CONFIG_CLASSES, config_class
@@ -24,7 +25,7 @@ JOBS_DIR = "jobs"
 SECRET_PATTERN = re.compile(r"(password|secret|token|api_key|apikey)\s*=", re.IGNORECASE)
 
 
-def resolve_address(address: Optional[str]) -> str:
+def resolve_address(address: str | None) -> str:
     """Jobs API address: --address, else RAY_ADDRESS (must be the dashboard's http URL)."""
     addr = address or os.environ.get("RAY_ADDRESS")
     if not addr:
@@ -41,7 +42,7 @@ def _client(address: str) -> Any:
     return JobSubmissionClient(address)
 
 
-def check_job_args(job: str, config: Optional[str], overrides: Sequence[str], root: Path) -> str:
+def check_job_args(job: str, config: str | None, overrides: Sequence[str], root: Path) -> str:
     """Validate locally; return the entrypoint command. Secrets in arguments are refused."""
     script = root / JOBS_DIR / f"{job}.py"
     if not script.exists():
@@ -49,11 +50,15 @@ def check_job_args(job: str, config: Optional[str], overrides: Sequence[str], ro
         raise ConfigError("job", f"unknown job {job!r}; jobs are {known}")
     for arg in overrides:
         if SECRET_PATTERN.search(arg):
-            raise ConfigError(arg.split("=", 1)[0], "job arguments must not carry secrets; reference an env var or file")
+            raise ConfigError(
+                arg.split("=", 1)[0], "job arguments must not carry secrets; reference an env var or file"
+            )
     if config:
         cfg_dir = Path(config).parent.name
         if cfg_dir in CONFIG_CLASSES:
-            load_config(config_class(cfg_dir), root / config if not Path(config).is_absolute() else config, list(overrides))
+            load_config(
+                config_class(cfg_dir), root / config if not Path(config).is_absolute() else config, list(overrides)
+            )
     parts = ["python", f"{JOBS_DIR}/{job}.py"] + (["--config", config] if config else []) + list(overrides)
     return " ".join(_quote(p) for p in parts)
 
@@ -66,13 +71,13 @@ def _quote(s: str) -> str:
 
 def submit(
     job: str,
-    config: Optional[str] = None,
+    config: str | None = None,
     overrides: Sequence[str] = (),
-    address: Optional[str] = None,
+    address: str | None = None,
     working_dir: str = ".",
-    tracking_uri: Optional[str] = None,
-    submission_id: Optional[str] = None,
-    env: Optional[dict[str, str]] = None,
+    tracking_uri: str | None = None,
+    submission_id: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Submit a job; returns {submission_id, dashboard_url, entrypoint}."""
     root = Path(working_dir).resolve()
@@ -89,8 +94,12 @@ def submit(
         env_vars["MLFLOW_TRACKING_URI"] = uri
     sid = submission_id or f"lmrec-{job}-{time.strftime('%Y%m%d-%H%M%S')}"
     runtime_env: dict[str, Any] = {"working_dir": str(root), "env_vars": env_vars}
-    sid = _client(addr).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=sid,
-                                   metadata={"lmrec.job": job, "lmrec.config": config or ""})
+    sid = _client(addr).submit_job(
+        entrypoint=entrypoint,
+        runtime_env=runtime_env,
+        submission_id=sid,
+        metadata={"lmrec.job": job, "lmrec.config": config or ""},
+    )
     return {"submission_id": sid, "dashboard_url": f"{addr}/#/jobs/{sid}", "entrypoint": entrypoint, "note": note}
 
 
@@ -101,17 +110,23 @@ def _is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def status(submission_id: Optional[str] = None, address: Optional[str] = None) -> list[dict[str, Any]]:
+def status(submission_id: str | None = None, address: str | None = None) -> list[dict[str, Any]]:
     client = _client(resolve_address(address))
     infos = [client.get_job_info(submission_id)] if submission_id else client.list_jobs()
     return [
-        {"submission_id": i.submission_id, "status": str(i.status), "entrypoint": i.entrypoint,
-         "start_time": i.start_time, "end_time": i.end_time, "message": i.message}
+        {
+            "submission_id": i.submission_id,
+            "status": str(i.status),
+            "entrypoint": i.entrypoint,
+            "start_time": i.start_time,
+            "end_time": i.end_time,
+            "message": i.message,
+        }
         for i in infos
     ]
 
 
-def logs(submission_id: str, address: Optional[str] = None, follow: bool = False) -> str:
+def logs(submission_id: str, address: str | None = None, follow: bool = False) -> str:
     client = _client(resolve_address(address))
     if not follow:
         return client.get_job_logs(submission_id)
@@ -125,7 +140,7 @@ def logs(submission_id: str, address: Optional[str] = None, follow: bool = False
     return ""
 
 
-def wait(submission_id: str, address: Optional[str] = None, timeout: float = 3600, poll: float = 2.0) -> str:
+def wait(submission_id: str, address: str | None = None, timeout: float = 3600, poll: float = 2.0) -> str:
     """Block until the job reaches a terminal state; return it."""
     client = _client(resolve_address(address))
     deadline = time.time() + timeout

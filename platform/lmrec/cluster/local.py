@@ -19,7 +19,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 BIN = Path(sys.executable).parent
 
@@ -42,7 +41,7 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
     raise RuntimeError("no free port found")
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: Optional[subprocess.Popen] = None) -> None:
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     last: Exception | None = None
     while time.time() < deadline:
@@ -82,11 +81,19 @@ def start_mlflow_server(root: Path) -> MlflowServer:
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
         "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     log = open(root / "mlflow-server.log", "wb")
     # MLflow 3 starts a job runner with several huey worker processes for its GenAI jobs;
@@ -125,13 +132,14 @@ def ensure_auth_token(env: dict[str, str]) -> None:
     path = env.get("RAY_AUTH_TOKEN_PATH")
     if path and Path(path).expanduser().is_file():
         return
-    out = subprocess.run([*ray_cli(), "get-auth-token", "--generate"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [*ray_cli(), "get-auth-token", "--generate"], env=env, capture_output=True, text=True, timeout=120
+    )
     if out.returncode != 0:
         raise RuntimeError(f"could not create a Ray auth token (ray get-auth-token --generate):\n{out.stderr}")
 
 
-def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> RayHead:
+def start_ray_head(num_cpus: int = 4, env: dict[str, str] | None = None) -> RayHead:
     """`ray start --head` on loopback with its own temp dir (so teardown kills only it)."""
     port = free_port()
     dash = free_port()
@@ -139,11 +147,19 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     # A short path: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="lr", dir="/tmp")
     cmd = [
-        *ray_cli(), "start", "--head",
-        f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={metrics_port}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        *ray_cli(),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--num-cpus={num_cpus}",
+        f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={free_port()}",
+        f"--metrics-export-port={metrics_port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         "--disable-usage-stats",
     ]
     env = dict(env if env is not None else os.environ)
@@ -163,7 +179,7 @@ def start_ray_head(num_cpus: int = 4, env: Optional[dict[str, str]] = None) -> R
     return RayHead(f"127.0.0.1:{port}", url, temp_dir, port, metrics_port)
 
 
-def stop_ray_head(temp_dir: str, gcs_port: Optional[int] = None) -> None:
+def stop_ray_head(temp_dir: str, gcs_port: int | None = None) -> None:
     """Kill every process of the head started with `temp_dir` (and their children).
 
     The Ray client server names only the GCS address, not the temp dir: with `gcs_port` it

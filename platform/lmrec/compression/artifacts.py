@@ -21,13 +21,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
 from lmrec.compression.quantize import Int8Linear, int8_module_names, int8_shell
-from lmrec.models.artifacts import CONFIG, METADATA, VOCAB, WEIGHTS, check_safe, load_model_dir, read_tensors, save_model_dir
+from lmrec.models.artifacts import (
+    CONFIG,
+    METADATA,
+    VOCAB,
+    WEIGHTS,
+    check_safe,
+    load_model_dir,
+    read_tensors,
+    save_model_dir,
+)
 from lmrec.models.config import SeqRecConfig
 from lmrec.models.seqrec import SeqRecModel
 
@@ -55,8 +64,8 @@ def save_variant(
     directory: str | Path,
     model: SeqRecModel,
     item_ids: list[int],
-    metadata: Optional[dict[str, Any]] = None,
-    compression: Optional[dict[str, Any]] = None,
+    metadata: dict[str, Any] | None = None,
+    compression: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` (dense, pruned, fp16/bf16 or int8) as a safe artifact folder."""
     info = {**(compression or {}), **describe_model(model)}
@@ -65,7 +74,9 @@ def save_variant(
     return save_model_dir(directory, model.config, state, item_ids, meta)
 
 
-def load_variant(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SeqRecModel, list[int], dict[str, Any]]:
+def load_variant(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SeqRecModel, list[int], dict[str, Any]]:
     """(model in eval mode, item vocabulary, metadata) for any artifact folder, compressed or not."""
     directory = Path(directory)
     check_safe(directory)
@@ -84,7 +95,9 @@ def load_variant(directory: str | Path, device: str | torch.device = "cpu") -> t
     tensors = read_tensors(directory / WEIGHTS)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{directory}: int8 weights do not match config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{directory}: int8 weights do not match config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     vocab = json.loads((directory / VOCAB).read_text())["item_ids"]
     if len(vocab) != config.num_items:
         raise ValueError(f"{directory}: vocabulary has {len(vocab)} items, config says {config.num_items}")

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -39,7 +39,7 @@ VARIANTS_DIR = "variants"
 class TeacherSection:
     """The teacher: an existing artifact folder, or a model trained here first (cached in out_dir)."""
 
-    artifact: Optional[str] = None
+    artifact: str | None = None
     model: ModelSpec = field(default_factory=lambda: ModelSpec(size="small"))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, strategy="none", batch_size=64))
 
@@ -65,8 +65,11 @@ class BenchmarkConfig:
     def validate(self) -> None:
         check(len(self.variants) >= 1, "variants", "list at least one variant")
         names = [v.name for v in self.variants]
-        check(len(set(names)) == len(names) and "teacher" not in names, "variants",
-              "variant names must be unique and not 'teacher'")
+        check(
+            len(set(names)) == len(names) and "teacher" not in names,
+            "variants",
+            "variant names must be unique and not 'teacher'",
+        )
         check("full" in self.eval.protocols and 10 in self.eval.ks, "eval", "needs protocol 'full' and k 10")
         check(self.calibration_rows >= 0, "calibration_rows", "must be >= 0")
         check(self.threads >= 0, "threads", "must be >= 0")
@@ -112,22 +115,37 @@ def get_teacher(cfg: BenchmarkConfig, prepared: Path, out_dir: Path) -> tuple[Se
         return model, {"source": cfg.teacher.artifact, **{k: meta.get(k) for k in ("dataset", "global_step")}}
     key = config_hash({"model": cfg.teacher.model, "train": cfg.teacher.train, "data": manifest["config_hash"]})
     cached = out_dir / TEACHER_DIR
-    if (cached / "metadata.json").exists() and json.loads((cached / "metadata.json").read_text()).get("teacher_key") == key:
+    if (cached / "metadata.json").exists() and json.loads((cached / "metadata.json").read_text()).get(
+        "teacher_key"
+    ) == key:
         model, _, meta = load_model_dir(cached)
         print(f"[bench] teacher from cache {cached}", flush=True)
         return model, {"source": str(cached), "cached": True, "train_seconds": meta.get("train_seconds")}
     data = SequenceData.load(prepared, with_meta=False)
     model = SeqRecModel(cfg.teacher.model.build(data.num_items))
     init_weights_(model, cfg.teacher.train.seed)
-    job = TrainJobConfig(data=cfg.data, model=cfg.teacher.model, train=cfg.teacher.train,
-                         eval=dataclasses.replace(cfg.eval, every_epochs=max(1, cfg.teacher.train.epochs // 4)),
-                         prepared_path=str(prepared))
+    job = TrainJobConfig(
+        data=cfg.data,
+        model=cfg.teacher.model,
+        train=cfg.teacher.train,
+        eval=dataclasses.replace(cfg.eval, every_epochs=max(1, cfg.teacher.train.epochs // 4)),
+        prepared_path=str(prepared),
+    )
     t0 = time.time()
     final = run_training(job, LocalContext(), model=model)
     seconds = round(time.time() - t0, 1)
-    save_model_dir(cached, model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                   manifest["item_ids"], {"teacher_key": key, "train_seconds": seconds, "dataset": manifest["dataset"],
-                                           "metrics": {k: v for k, v in final.items() if "/" in k}})
+    save_model_dir(
+        cached,
+        model.config,
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        manifest["item_ids"],
+        {
+            "teacher_key": key,
+            "train_seconds": seconds,
+            "dataset": manifest["dataset"],
+            "metrics": {k: v for k, v in final.items() if "/" in k},
+        },
+    )
     return model.eval(), {"source": "trained", "train_seconds": seconds}
 
 
@@ -139,8 +157,16 @@ def _quality(model: SeqRecModel, data: Any, cfg: BenchmarkConfig) -> dict[str, f
 
     out = {}
     for split in ("valid", "test"):
-        m = evaluate_scorer(model_scorer(model), data, split, model.config.max_seq_len, cfg.eval.ks,
-                            cfg.eval.batch_size, "cpu", ["full"])
+        m = evaluate_scorer(
+            model_scorer(model),
+            data,
+            split,
+            model.config.max_seq_len,
+            cfg.eval.ks,
+            cfg.eval.batch_size,
+            "cpu",
+            ["full"],
+        )
         out.update({f"{split}/{k}": v for k, v in m.items() if k.startswith("full/")})
     return out
 
@@ -148,12 +174,19 @@ def _quality(model: SeqRecModel, data: Any, cfg: BenchmarkConfig) -> dict[str, f
 def _only(spec: CompressionSpec, what: str) -> bool:
     """The variant applies only technique `what`, so its target can be judged on its own."""
     student, pruned, quant = spec.has_student, spec.prune != "none", spec.quantize != "none"
-    return {"distill": student and spec.alpha > 0 and not pruned and not quant,  # alpha 0: trained, not distilled
-            "int8": spec.quantize == "int8" and not student and not pruned,
-            "structured50": spec.prune == "structured" and abs(spec.prune_amount - 0.5) < 1e-9 and not student and not quant}[what]
+    return {
+        "distill": student and spec.alpha > 0 and not pruned and not quant,  # alpha 0: trained, not distilled
+        "int8": spec.quantize == "int8" and not student and not pruned,
+        "structured50": spec.prune == "structured"
+        and abs(spec.prune_amount - 0.5) < 1e-9
+        and not student
+        and not quant,
+    }[what]
 
 
-def check_targets(rows: list[dict[str, Any]], specs: dict[str, CompressionSpec], batch_sizes: list[int]) -> list[dict[str, Any]]:
+def check_targets(
+    rows: list[dict[str, Any]], specs: dict[str, CompressionSpec], batch_sizes: list[int]
+) -> list[dict[str, Any]]:
     """The issue's targets, one verdict per eligible variant."""
     teacher = rows[0]
     t_ndcg = teacher["test/full/ndcg@10"]
@@ -164,20 +197,41 @@ def check_targets(rows: list[dict[str, Any]], specs: dict[str, CompressionSpec],
         speed = {bs: teacher[f"b{bs}/p50_ms"] / row[f"b{bs}/p50_ms"] for bs in batch_sizes}
         if _only(spec, "distill"):
             ok = row["params_ratio"] <= 0.25 and ndcg_ratio >= 0.95
-            verdicts.append({"variant": spec.name, "target": "distilled student <= 25% params keeps >= 95% NDCG@10",
-                             "params_ratio": row["params_ratio"], "ndcg_ratio": ndcg_ratio, "met": bool(ok)})
+            verdicts.append(
+                {
+                    "variant": spec.name,
+                    "target": "distilled student <= 25% params keeps >= 95% NDCG@10",
+                    "params_ratio": row["params_ratio"],
+                    "ndcg_ratio": ndcg_ratio,
+                    "met": bool(ok),
+                }
+            )
         if _only(spec, "int8"):
             ok = all(s >= 2.0 for s in speed.values()) and ndcg_ratio >= 0.98
-            verdicts.append({"variant": spec.name, "target": "int8: >= 2x lower CPU p50 latency at <= 2% NDCG@10 loss",
-                             "speedup_p50": {f"b{bs}": s for bs, s in speed.items()}, "ndcg_ratio": ndcg_ratio, "met": bool(ok)})
+            verdicts.append(
+                {
+                    "variant": spec.name,
+                    "target": "int8: >= 2x lower CPU p50 latency at <= 2% NDCG@10 loss",
+                    "speedup_p50": {f"b{bs}": s for bs, s in speed.items()},
+                    "ndcg_ratio": ndcg_ratio,
+                    "met": bool(ok),
+                }
+            )
         if _only(spec, "structured50"):
             ok = all(s > 1.0 for s in speed.values())
-            verdicts.append({"variant": spec.name, "target": "structured pruning at 50% gives a measured speed-up",
-                             "speedup_p50": {f"b{bs}": s for bs, s in speed.items()}, "ndcg_ratio": ndcg_ratio, "met": bool(ok)})
+            verdicts.append(
+                {
+                    "variant": spec.name,
+                    "target": "structured pruning at 50% gives a measured speed-up",
+                    "speedup_p50": {f"b{bs}": s for bs, s in speed.items()},
+                    "ndcg_ratio": ndcg_ratio,
+                    "met": bool(ok),
+                }
+            )
     return verdicts
 
 
-def run_benchmark(cfg: BenchmarkConfig, out_json: Optional[str | Path] = None) -> dict[str, Any]:
+def run_benchmark(cfg: BenchmarkConfig, out_json: str | Path | None = None) -> dict[str, Any]:
     """Build, evaluate, save and time the teacher and every variant; return (and write) the results."""
     from lmrec.data.sequences import SequenceData
     from lmrec.models.artifacts import artifact_size_bytes
@@ -189,34 +243,63 @@ def run_benchmark(cfg: BenchmarkConfig, out_json: Optional[str | Path] = None) -
     t_start = time.time()
     prepared = prepare_local_cached(cfg.data)
     data = SequenceData.load(prepared, with_meta=False)
-    print(f"[bench] dataset {data.manifest['dataset']}: {data.num_users:,} users, {data.num_items:,} items ({prepared})", flush=True)
+    print(
+        f"[bench] dataset {data.manifest['dataset']}: {data.num_users:,} users, {data.num_items:,} items ({prepared})",
+        flush=True,
+    )
     teacher, teacher_info = get_teacher(cfg, prepared, out_dir)
     item_ids = data.manifest["item_ids"]
-    calib = calibration_batch(prepared, teacher.config.max_seq_len, cfg.calibration_rows) if cfg.calibration_rows else None
+    calib = (
+        calibration_batch(prepared, teacher.config.max_seq_len, cfg.calibration_rows) if cfg.calibration_rows else None
+    )
 
     models: dict[str, SeqRecModel] = {"teacher": teacher}
     rows: list[dict[str, Any]] = []
     teacher_dir = save_variant(out_dir / VARIANTS_DIR / "teacher", teacher, item_ids, compression={"name": "teacher"})
-    rows.append({"variant": "teacher", "params": parameter_count(teacher), "bytes": artifact_size_bytes(teacher_dir),
-                 **_quality(teacher, data, cfg), "info": teacher_info})
+    rows.append(
+        {
+            "variant": "teacher",
+            "params": parameter_count(teacher),
+            "bytes": artifact_size_bytes(teacher_dir),
+            **_quality(teacher, data, cfg),
+            "info": teacher_info,
+        }
+    )
     print(f"[bench] teacher: {rows[0]['params']:,} params, test NDCG@10 {rows[0]['test/full/ndcg@10']:.4f}", flush=True)
     trained: dict[str, Any] = {}  # students / fine-tuned models shared by variants that differ only in quantization
     for spec in cfg.variants:
         res = build_variant(spec, teacher, prepared, cfg.student_train, cfg.eval, calib_inputs=calib, cache=trained)
-        folder = save_variant(out_dir / VARIANTS_DIR / spec.name, res.model, item_ids,
-                              metadata={"dataset": data.manifest["dataset"]}, compression=spec.describe())
-        row = {"variant": spec.name, "params": parameter_count(res.model), "bytes": artifact_size_bytes(folder),
-               **_quality(res.model, data, cfg), "info": res.info}
+        folder = save_variant(
+            out_dir / VARIANTS_DIR / spec.name,
+            res.model,
+            item_ids,
+            metadata={"dataset": data.manifest["dataset"]},
+            compression=spec.describe(),
+        )
+        row = {
+            "variant": spec.name,
+            "params": parameter_count(res.model),
+            "bytes": artifact_size_bytes(folder),
+            **_quality(res.model, data, cfg),
+            "info": res.info,
+        }
         rows.append(row)
         models[spec.name] = res.model
-        print(f"[bench] {spec.name}: {row['params']:,} params, {row['bytes']:,} bytes, test NDCG@10 "
-              f"{row['test/full/ndcg@10']:.4f} (built in {res.info['build_seconds']}s)", flush=True)
+        print(
+            f"[bench] {spec.name}: {row['params']:,} params, {row['bytes']:,} bytes, test NDCG@10 "
+            f"{row['test/full/ndcg@10']:.4f} (built in {res.info['build_seconds']}s)",
+            flush=True,
+        )
 
     specs = {s.name: s for s in cfg.variants}
     result = {
         "config": to_dict(cfg),
-        "dataset": {"name": data.manifest["dataset"], "users": data.num_users, "items": data.num_items,
-                    "prepared": str(prepared)},
+        "dataset": {
+            "name": data.manifest["dataset"],
+            "users": data.num_users,
+            "items": data.num_items,
+            "prepared": str(prepared),
+        },
         "rows": rows,
     }
     _time_and_judge(result, models, cfg, specs)
@@ -228,8 +311,9 @@ def run_benchmark(cfg: BenchmarkConfig, out_json: Optional[str | Path] = None) -
     return result
 
 
-def _time_and_judge(result: dict[str, Any], models: dict[str, SeqRecModel], cfg: BenchmarkConfig,
-                    specs: dict[str, CompressionSpec]) -> None:
+def _time_and_judge(
+    result: dict[str, Any], models: dict[str, SeqRecModel], cfg: BenchmarkConfig, specs: dict[str, CompressionSpec]
+) -> None:
     """Time every model (interleaved), fill ratios and speed-ups into the rows, judge the targets."""
     load_before = load_average()
     lat = measure_latencies(models, cfg.latency)
@@ -243,11 +327,16 @@ def _time_and_judge(result: dict[str, Any], models: dict[str, SeqRecModel], cfg:
         row["ndcg_ratio"] = row["test/full/ndcg@10"] / max(rows[0]["test/full/ndcg@10"], 1e-12)
         for bs in cfg.latency.batch_sizes:
             row[f"b{bs}/speedup_p50"] = rows[0][f"b{bs}/p50_ms"] / row[f"b{bs}/p50_ms"]
-    result["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                         "latency_threads": cfg.latency.threads or torch.get_num_threads(),
-                         "load_avg_1m_before_timing": load_before, "load_avg_1m_after_timing": load_after,
-                         "timed_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "latency_threads": cfg.latency.threads or torch.get_num_threads(),
+        "load_avg_1m_before_timing": load_before,
+        "load_avg_1m_after_timing": load_after,
+        "timed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     result["targets"] = check_targets(rows, specs, cfg.latency.batch_sizes)
 
 
@@ -261,7 +350,9 @@ def retime_saved(cfg: BenchmarkConfig, json_path: str | Path) -> dict[str, Any]:
     path = Path(json_path)
     result = json.loads(path.read_text())
     result["config"]["latency"] = to_dict(cfg.latency)
-    models = {row["variant"]: load_variant(Path(cfg.out_dir) / VARIANTS_DIR / row["variant"])[0] for row in result["rows"]}
+    models = {
+        row["variant"]: load_variant(Path(cfg.out_dir) / VARIANTS_DIR / row["variant"])[0] for row in result["rows"]
+    }
     specs = {s["name"]: CompressionSpec(**s) for s in result["config"]["variants"]}
     _time_and_judge(result, models, cfg, specs)
     result["retimed_from_artifacts"] = True
@@ -277,14 +368,30 @@ def format_table(result: dict[str, Any]) -> str:
         head += [f"b{bs} p50 ms", f"b{bs} p99 ms", f"b{bs} speed-up"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
-        cells = [r["variant"], f"{r['params']:,}", f"{100 * r['params_ratio']:.1f}", f"{r['bytes'] / 1e6:.2f}",
-                 f"{r['test/full/ndcg@10']:.4f}", f"{r['test/full/hr@10']:.4f}", f"{100 * r['ndcg_ratio']:.1f}"]
+        cells = [
+            r["variant"],
+            f"{r['params']:,}",
+            f"{100 * r['params_ratio']:.1f}",
+            f"{r['bytes'] / 1e6:.2f}",
+            f"{r['test/full/ndcg@10']:.4f}",
+            f"{r['test/full/hr@10']:.4f}",
+            f"{100 * r['ndcg_ratio']:.1f}",
+        ]
         for bs in bss:
             cells += [f"{r[f'b{bs}/p50_ms']:.2f}", f"{r[f'b{bs}/p99_ms']:.2f}", f"{r[f'b{bs}/speedup_p50']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for t in result["targets"]:
-        detail = {k: (round(v, 3) if isinstance(v, float) else {a: round(b, 2) for a, b in v.items()} if isinstance(v, dict) else v)
-                  for k, v in t.items() if k not in ("variant", "target", "met")}
+        detail = {
+            k: (
+                round(v, 3)
+                if isinstance(v, float)
+                else {a: round(b, 2) for a, b in v.items()}
+                if isinstance(v, dict)
+                else v
+            )
+            for k, v in t.items()
+            if k not in ("variant", "target", "met")
+        }
         lines.append(f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} ({t['variant']}: {detail})")
     return "\n".join(lines)

@@ -28,9 +28,9 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ def _topk_head(k: int) -> Callable[[SeqRecModel, torch.Tensor], tuple[torch.Tens
 def _row_key(row: np.ndarray) -> bytes:
     """Lookup key of a left-padded input row: its non-pad suffix (identical prefixes give identical teacher outputs)."""
     nz = np.flatnonzero(row != PAD_ID)
-    return row[nz[0]:].astype(np.int64).tobytes() if len(nz) else b""
+    return row[nz[0] :].astype(np.int64).tobytes() if len(nz) else b""
 
 
 @dataclass
@@ -121,7 +121,9 @@ class TeacherTopK:
         return int(self.inputs.shape[1])
 
     def nbytes(self) -> int:
-        return int(self.values.numel() * self.values.element_size() + self.indices.numel() * self.indices.element_size())
+        return int(
+            self.values.numel() * self.values.element_size() + self.indices.numel() * self.indices.element_size()
+        )
 
     @classmethod
     @torch.no_grad()
@@ -133,7 +135,7 @@ class TeacherTopK:
         batch_size: int = 128,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float16,
-    ) -> "TeacherTopK":
+    ) -> TeacherTopK:
         """Run the teacher over `inputs` (N, L) once; fp16 values halve the table (logits are O(10))."""
         inner = _seqrec(teacher)
         if not 1 <= k <= inner.config.num_items:
@@ -174,15 +176,18 @@ class TeacherTopK:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(
-            {"inputs": torch.from_numpy(self.inputs).contiguous(), "values": self.values.contiguous(),
-             "indices": self.indices.contiguous()},
+            {
+                "inputs": torch.from_numpy(self.inputs).contiguous(),
+                "values": self.values.contiguous(),
+                "indices": self.indices.contiguous(),
+            },
             str(path),
             metadata={"format": TOPK_FORMAT, "num_items": str(self.num_items)},
         )
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TeacherTopK":
+    def load(cls, path: str | Path) -> TeacherTopK:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
@@ -197,11 +202,11 @@ class TeacherTopK:
 
 
 def distillation_loss(
-    teacher: Optional[nn.Module] = None,
+    teacher: nn.Module | None = None,
     temperature: float = 2.0,
     alpha: float = 0.5,
     topk: int = 0,
-    table: Optional[TeacherTopK] = None,
+    table: TeacherTopK | None = None,
 ) -> LossFn:
     """A `LossFn` mixing the student's own loss with KL to the teacher's soft targets.
 
@@ -228,9 +233,9 @@ def distillation_loss(
 
     def loss_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         valid = targets != PAD_ID
-        t_full: Optional[torch.Tensor] = None
-        t_vals: Optional[torch.Tensor] = None
-        t_idx: Optional[torch.Tensor] = None
+        t_full: torch.Tensor | None = None
+        t_vals: torch.Tensor | None = None
+        t_idx: torch.Tensor | None = None
         if table is not None:
             vals, idx = table.lookup(inputs)
             t_vals, t_idx = vals[valid], idx[valid]
@@ -248,7 +253,7 @@ def distillation_loss(
                 raise ValueError(f"student catalog has {cfg.num_items} items, teacher {teacher_items}")
             table_w = m.item_embeddings
             h, t = hidden[valid], targets[valid]
-            logits: Optional[torch.Tensor] = None
+            logits: torch.Tensor | None = None
             if cfg.loss == "full":  # the same operations as SeqRecModel._loss, sharing the logits with the KL
                 logits = (h @ table_w.T) / cfg.temperature
                 logits[:, PAD_ID] = float("-inf")
@@ -270,8 +275,12 @@ def distillation_loss(
     return loss_fn
 
 
-def check_teacher_catalog(teacher_num_items: int, dataset_num_items: int, teacher_items: Optional[list[int]] = None,
-                          dataset_items: Optional[list[int]] = None) -> None:
+def check_teacher_catalog(
+    teacher_num_items: int,
+    dataset_num_items: int,
+    teacher_items: list[int] | None = None,
+    dataset_items: list[int] | None = None,
+) -> None:
     """Raise ValueError unless teacher and dataset index the same catalog (count and, if given, ids)."""
     if teacher_num_items != dataset_num_items:
         raise ValueError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ class LatencyConfig:
     """Batch sizes, history length and repetitions of the latency measurement."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    seq_len: Optional[int] = None  # None = each model's max_seq_len
+    seq_len: int | None = None  # None = each model's max_seq_len
     iters: int = 100  # timed calls per model and batch size (p99 needs >= 100)
     warmup: int = 5
     rounds: int = 5  # interleaving rounds; iters are split evenly over them
@@ -34,7 +33,9 @@ class LatencyConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes), "batch_sizes", "must be positive ints")
+        check(
+            len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes), "batch_sizes", "must be positive ints"
+        )
         check(self.seq_len is None or self.seq_len >= 1, "seq_len", "must be >= 1 or null")
         check(self.iters >= 1, "iters", "must be >= 1")
         check(self.warmup >= 0, "warmup", "must be >= 0")
@@ -59,7 +60,7 @@ def _summary(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-def measure_latencies(models: dict[str, nn.Module], cfg: Optional[LatencyConfig] = None) -> dict[str, dict[str, float]]:
+def measure_latencies(models: dict[str, nn.Module], cfg: LatencyConfig | None = None) -> dict[str, dict[str, float]]:
     """{name: {"b1/p50_ms": ..., "b1/p99_ms": ..., "b64/p50_ms": ..., ...}} for each model, on CPU."""
     cfg = cfg or LatencyConfig()
     old_threads = torch.get_num_threads()
@@ -100,12 +101,12 @@ def measure_latencies(models: dict[str, nn.Module], cfg: Optional[LatencyConfig]
     return out
 
 
-def measure_latency(model: nn.Module, cfg: Optional[LatencyConfig] = None) -> dict[str, float]:
+def measure_latency(model: nn.Module, cfg: LatencyConfig | None = None) -> dict[str, float]:
     """Latency summary of one model (see `measure_latencies`)."""
     return measure_latencies({"model": model}, cfg)["model"]
 
 
-def load_average() -> Optional[float]:
+def load_average() -> float | None:
     """1-minute load average (None where the OS has none): recorded next to latencies."""
     try:
         import os

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ def train_with(
     prepared_path: str | Path,
     train: TrainConfig,
     eval_cfg: EvalConfig,
-    ctx: Optional[Any] = None,
+    ctx: Any | None = None,
 ) -> dict[str, Any]:
     """Run the standard training loop on `model` (in place, one process) for about `steps` steps."""
     from lmrec.training.loop import LocalContext, run_training
@@ -99,8 +99,8 @@ def build_variant(
     prepared_path: str | Path,
     train: TrainConfig,
     eval_cfg: EvalConfig,
-    calib_inputs: Optional[torch.Tensor] = None,
-    cache: Optional[dict[str, tuple[SeqRecModel, dict[str, Any]]]] = None,
+    calib_inputs: torch.Tensor | None = None,
+    cache: dict[str, tuple[SeqRecModel, dict[str, Any]]] | None = None,
 ) -> VariantResult:
     """Build `spec` from `teacher` (left in eval mode) on the prepared dataset at `prepared_path`.
 
@@ -111,7 +111,10 @@ def build_variant(
     teacher = teacher.float().eval()
     key = trained_key(spec)
     if cache is not None and key in cache:
-        model, info = copy.deepcopy(cache[key][0]), {**copy.deepcopy(cache[key][1]), "spec": spec.to_dict(), "reused_training": True}
+        model, info = (
+            copy.deepcopy(cache[key][0]),
+            {**copy.deepcopy(cache[key][1]), "spec": spec.to_dict(), "reused_training": True},
+        )
         model = quantize(model.eval(), spec.quantize)
         info["build_seconds"] = round(time.time() - t0, 2)
         return VariantResult(spec, model, info)
@@ -144,8 +147,8 @@ def build_variant(
 
 
 def starting_model(
-    spec: CompressionSpec, teacher: SeqRecModel, seed: int, calib_inputs: Optional[torch.Tensor] = None
-) -> tuple[SeqRecModel, Optional[dict[str, torch.Tensor]], dict[str, Any]]:
+    spec: CompressionSpec, teacher: SeqRecModel, seed: int, calib_inputs: torch.Tensor | None = None
+) -> tuple[SeqRecModel, dict[str, torch.Tensor] | None, dict[str, Any]]:
     """Where a single-phase training run starts: a fresh student, or the (pruned) teacher.
 
     For Ray Train workers (a Tune trial is one training run): a student is trained

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import nn
@@ -43,7 +43,8 @@ Importance = Literal["magnitude", "activation"]
 def prunable_weights(model: SeqRecModel) -> dict[str, nn.Parameter]:
     """The block projections' weights (embeddings and norms are never pruned)."""
     return {
-        name: p for name, p in model.named_parameters()
+        name: p
+        for name, p in model.named_parameters()
         if name.endswith(".weight") and name.rsplit(".", 2)[-2] in LINEAR_NAMES
     }
 
@@ -126,6 +127,7 @@ def _activation_stats(model: SeqRecModel, calib: torch.Tensor) -> tuple[list[tor
         def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].reshape(-1, args[0].shape[-1])[valid].float()
             store.append((x * x).mean(0))
+
         return hook
 
     for block in model.blocks:
@@ -148,7 +150,7 @@ def plan_structured(
     heads: bool = True,
     ffn: bool = True,
     importance: Importance = "magnitude",
-    calib_inputs: Optional[torch.Tensor] = None,
+    calib_inputs: torch.Tensor | None = None,
 ) -> StructuredPlan:
     """Choose, per layer, the heads (or kv groups) and FFN channels to keep.
 
@@ -164,7 +166,7 @@ def plan_structured(
     cfg = model.config
     hd, nq, nkv = cfg.attn_head_dim, cfg.num_heads, cfg.kv_heads
     group = nq // nkv
-    o_stats, d_stats = (_activation_stats(model, calib_inputs) if importance == "activation" else (None, None))
+    o_stats, d_stats = _activation_stats(model, calib_inputs) if importance == "activation" else (None, None)
     plan = StructuredPlan()
     for li, block in enumerate(model.blocks):
         att, mlp = block.self_attn, block.mlp
@@ -173,11 +175,10 @@ def plan_structured(
         if o_stats is not None:
             q_score = (o_cols.sum(0) * o_stats[li]).view(nq, hd).sum(1)
         else:
-            q_score = (
-                att.q_proj.weight.float().pow(2).sum(1).view(nq, hd).sum(1)
-                + o_cols.sum(0).view(nq, hd).sum(1)
+            q_score = att.q_proj.weight.float().pow(2).sum(1).view(nq, hd).sum(1) + o_cols.sum(0).view(nq, hd).sum(1)
+            kv_score = (
+                (att.k_proj.weight.float().pow(2).sum(1) + att.v_proj.weight.float().pow(2).sum(1)).view(nkv, hd).sum(1)
             )
-            kv_score = (att.k_proj.weight.float().pow(2).sum(1) + att.v_proj.weight.float().pow(2).sum(1)).view(nkv, hd).sum(1)
             q_score = q_score + kv_score.repeat_interleave(group)
         if not heads or amount == 0.0:
             kept_q, kept_kv = list(range(nq)), list(range(nkv))
@@ -219,8 +220,10 @@ def apply_structured(model: SeqRecModel, plan: StructuredPlan) -> SeqRecModel:
     cfg = model.config
     hd = cfg.attn_head_dim
     n_q, n_kv, n_c = len(plan.q_heads[0]), len(plan.kv_heads[0]), len(plan.channels[0])
-    if any(len(q) != n_q for q in plan.q_heads) or any(len(k) != n_kv for k in plan.kv_heads) or any(
-        len(c) != n_c for c in plan.channels
+    if (
+        any(len(q) != n_q for q in plan.q_heads)
+        or any(len(k) != n_kv for k in plan.kv_heads)
+        or any(len(c) != n_c for c in plan.channels)
     ):
         raise ValueError("structured plan must keep the same number of heads and channels in every layer")
     if n_q % n_kv:
@@ -259,7 +262,7 @@ def prune_structured(
     heads: bool = True,
     ffn: bool = True,
     importance: Importance = "magnitude",
-    calib_inputs: Optional[torch.Tensor] = None,
+    calib_inputs: torch.Tensor | None = None,
 ) -> tuple[SeqRecModel, StructuredPlan]:
     """Remove the `amount` fraction of heads and FFN channels per layer; (smaller model, plan)."""
     plan = plan_structured(model, amount, heads, ffn, importance, calib_inputs)
@@ -289,7 +292,7 @@ def prune(
     model: SeqRecModel,
     kind: str,
     amount: float,
-    calib_inputs: Optional[torch.Tensor] = None,
+    calib_inputs: torch.Tensor | None = None,
 ) -> tuple[SeqRecModel, dict[str, object]]:
     """Dispatch on `kind` ("none" | "magnitude" | "structured"); returns (model, info for metadata).
 
@@ -304,6 +307,11 @@ def prune(
     if kind == "structured":
         importance: Importance = "activation" if calib_inputs is not None else "magnitude"
         pruned, plan = prune_structured(model, amount, importance=importance, calib_inputs=calib_inputs)
-        return pruned, {"kind": "structured", "amount": amount, "importance": importance,
-                        "heads_per_layer": len(plan.q_heads[0]), "ffn_per_layer": len(plan.channels[0])}
+        return pruned, {
+            "kind": "structured",
+            "amount": amount,
+            "importance": importance,
+            "heads_per_layer": len(plan.q_heads[0]),
+            "ffn_per_layer": len(plan.channels[0]),
+        }
     raise ValueError(f"unknown pruning kind {kind!r}; choose none, magnitude or structured")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +55,12 @@ class Int8Linear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32))
         else:
             self.bias = None
-        self._packed: Optional[object] = None  # fbgemm/x86 packed weight, rebuilt from the buffers
-        self._packed_key: Optional[tuple[int, ...]] = None
+        self._packed: object | None = None  # fbgemm/x86 packed weight, rebuilt from the buffers
+        self._packed_key: tuple[int, ...] | None = None
         self._kernel_failed = False
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         """Quantize a float Linear: scale_o = max_i |W[o, i]| / 127, q = round(W / scale)."""
         w = linear.weight.detach().float().cpu()
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / QMAX  # all-zero rows keep a tiny positive scale
@@ -78,8 +78,10 @@ class Int8Linear(nn.Module):
 
     def _packed_weight(self) -> object:
         key = (
-            self.weight_int8.data_ptr(), self.weight_int8._version,
-            self.weight_scale.data_ptr(), self.weight_scale._version,
+            self.weight_int8.data_ptr(),
+            self.weight_int8._version,
+            self.weight_scale.data_ptr(),
+            self.weight_scale._version,
             -1 if self.bias is None else self.bias._version,
         )
         if self._packed is None or self._packed_key != key:
@@ -93,7 +95,9 @@ class Int8Linear(nn.Module):
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_kernel = x.device.type == "cpu" and x.dtype == torch.float32 and not self._kernel_failed and _kernel_available()
+        use_kernel = (
+            x.device.type == "cpu" and x.dtype == torch.float32 and not self._kernel_failed and _kernel_available()
+        )
         if use_kernel:
             try:
                 flat = x.reshape(-1, self.in_features).contiguous()
@@ -117,7 +121,8 @@ def linear_module_names(model: SeqRecModel) -> list[str]:
     scoring matrix, and full-catalog scores are sensitive to its precision.
     """
     return [
-        name for name, mod in model.named_modules()
+        name
+        for name, mod in model.named_modules()
         if isinstance(mod, (nn.Linear, Int8Linear)) and name.rsplit(".", 1)[-1] in LINEAR_NAMES
     ]
 
@@ -128,7 +133,7 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def quantize_int8(model: SeqRecModel, names: Optional[Iterable[str]] = None) -> SeqRecModel:
+def quantize_int8(model: SeqRecModel, names: Iterable[str] | None = None) -> SeqRecModel:
     """A copy of `model` (eval mode, CPU) whose block projections are `Int8Linear`."""
     out = copy.deepcopy(model).cpu().float().eval()
     for name in list(names) if names is not None else linear_module_names(out):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from lmrec.config import check
 from lmrec.models.config import SeqRecConfig
@@ -25,10 +25,10 @@ class CompressionSpec:
 
     name: str = "variant"
     # student (all None = compress the teacher itself)
-    student_layers: Optional[int] = None
-    student_hidden: Optional[int] = None
-    student_heads: Optional[int] = None
-    student_ffn: Optional[int] = None  # None = 4 x student width when the width changes, else the teacher's
+    student_layers: int | None = None
+    student_hidden: int | None = None
+    student_heads: int | None = None
+    student_ffn: int | None = None  # None = 4 x student width when the width changes, else the teacher's
     distill_steps: int = 0  # optimisation steps training the student (needed when there is one)
     # distillation (student training and pruning fine-tunes)
     temperature: float = 2.0
@@ -47,23 +47,31 @@ class CompressionSpec:
             v = getattr(self, key)
             check(v is None or v >= 1, key, f"must be >= 1 or null, got {v}")
         check(self.distill_steps >= 0, "distill_steps", "must be >= 0")
-        check(not self.has_student or self.distill_steps >= 1, "distill_steps",
-              "a student (student_layers/hidden/heads/ffn set) needs distill_steps >= 1")
+        check(
+            not self.has_student or self.distill_steps >= 1,
+            "distill_steps",
+            "a student (student_layers/hidden/heads/ffn set) needs distill_steps >= 1",
+        )
         check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         check(self.teacher_topk >= 0, "teacher_topk", "must be >= 0")
         check(0.0 <= self.prune_amount < 1.0, "prune_amount", f"must be in [0, 1), got {self.prune_amount}")
         check(self.prune != "none" or self.prune_amount == 0.0, "prune_amount", "must be 0 when prune is 'none'")
         check(self.finetune_steps >= 0, "finetune_steps", "must be >= 0")
-        check(self.prune != "none" or self.finetune_steps == 0, "finetune_steps",
-              "fine-tune steps follow pruning; set prune, or train a student with distill_steps")
+        check(
+            self.prune != "none" or self.finetune_steps == 0,
+            "finetune_steps",
+            "fine-tune steps follow pruning; set prune, or train a student with distill_steps",
+        )
 
     def __post_init__(self) -> None:
         self.validate()
 
     @property
     def has_student(self) -> bool:
-        return any(v is not None for v in (self.student_layers, self.student_hidden, self.student_heads, self.student_ffn))
+        return any(
+            v is not None for v in (self.student_layers, self.student_hidden, self.student_heads, self.student_ffn)
+        )
 
     def student_config(self, teacher: SeqRecConfig) -> SeqRecConfig:
         """The student's model config: the teacher's with the student fields replaced."""
@@ -94,11 +102,21 @@ class CompressionSpec:
                 if getattr(self, key) is not None:
                     out[f"compression.{key}"] = getattr(self, key)
         if self.has_student or self.finetune_steps:
-            out.update({"compression.temperature": self.temperature, "compression.alpha": self.alpha,
-                        "compression.teacher_topk": self.teacher_topk})
+            out.update(
+                {
+                    "compression.temperature": self.temperature,
+                    "compression.alpha": self.alpha,
+                    "compression.teacher_topk": self.teacher_topk,
+                }
+            )
         if self.prune != "none":
-            out.update({"compression.prune": self.prune, "compression.prune_amount": self.prune_amount,
-                        "compression.finetune_steps": self.finetune_steps})
+            out.update(
+                {
+                    "compression.prune": self.prune,
+                    "compression.prune_amount": self.prune_amount,
+                    "compression.finetune_steps": self.finetune_steps,
+                }
+            )
         out["compression.quantize"] = self.quantize
         return out
 

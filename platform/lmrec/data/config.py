@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from lmrec.config import check
 
@@ -49,10 +48,10 @@ class DataConfig:
     """
 
     dataset: str = "ml-100k"
-    data_dir: Optional[str] = None  # None: LMREC_DATA_DIR, then ../shared/data
+    data_dir: str | None = None  # None: LMREC_DATA_DIR, then ../shared/data
     min_user_interactions: int = 5  # k-core: users with fewer are dropped (iterated)
     min_item_interactions: int = 5  # k-core: items with fewer are dropped (iterated)
-    min_rating: Optional[float] = None  # None: every rating is an interaction (implicit)
+    min_rating: float | None = None  # None: every rating is an interaction (implicit)
     download: bool = True  # fetch missing MovieLens files from GroupLens when online
     fallback_to_synthetic: bool = False  # when the files are absent and cannot be fetched
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

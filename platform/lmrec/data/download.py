@@ -14,8 +14,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from lmrec.data.readers import DatasetSpec
 from lmrec.paths import lmrec_home
@@ -42,7 +42,7 @@ def _candidates(spec: DatasetSpec, data_dir: Path) -> list[Path]:
 
 
 def _fetch(url: str, dest: Path, timeout: float) -> None:
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:  # noqa: S310 (https URL constant)
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:
         shutil.copyfileobj(resp, out)
 
 
@@ -80,8 +80,8 @@ def download_zip(
             prefix = spec.member.rsplit("/", 1)[0] + "/"
             for name in zf.namelist():
                 if name.startswith(prefix) and name != spec.member and not name.endswith("/"):
-                    side = out_file.parent / name[len(prefix):]
-                    if "/" not in name[len(prefix):] and not side.exists():
+                    side = out_file.parent / name[len(prefix) :]
+                    if "/" not in name[len(prefix) :] and not side.exists():
                         with zf.open(name) as src, open(side, "wb") as dst:
                             shutil.copyfileobj(src, dst)
         os.replace(tmp_out, out_file)  # atomic: a half-written file is never visible
@@ -100,7 +100,11 @@ def locate_dataset(
             return cand
     where = data_dir / spec.relative_path
     if download and spec.url:
-        target = data_dir if os.access(data_dir if data_dir.exists() else data_dir.parent, os.W_OK) else lmrec_home() / "data"
+        target = (
+            data_dir
+            if os.access(data_dir if data_dir.exists() else data_dir.parent, os.W_OK)
+            else lmrec_home() / "data"
+        )
         try:
             return download_zip(spec, target, fetch=fetch)
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
@@ -118,7 +122,7 @@ def locate_dataset(
     )
 
 
-def optional_locate(spec: DatasetSpec, data_dir: Path) -> Optional[Path]:
+def optional_locate(spec: DatasetSpec, data_dir: Path) -> Path | None:
     """Path if the file is already present, else None (never downloads)."""
     for cand in _candidates(spec, data_dir):
         if cand.is_file():

@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,10 +50,10 @@ class Source:
     dataset: str
     kind: str  # "text" or "parquet"
     files: list[str]
-    fmt: Optional[FileFormat]
+    fmt: FileFormat | None
     fingerprint: str
-    notice: Optional[str] = None  # e.g. "MovieLens absent: using synthetic data"
-    data_dir: Optional[str] = None
+    notice: str | None = None  # e.g. "MovieLens absent: using synthetic data"
+    data_dir: str | None = None
 
 
 @dataclass
@@ -124,7 +124,7 @@ def cache_key(cfg: DataConfig, source: Source) -> str:
 
 
 def prepare_dataset(
-    cfg: DataConfig, force: bool = False, cache_root: Optional[Path] = None, engine: str = "ray"
+    cfg: DataConfig, force: bool = False, cache_root: Path | None = None, engine: str = "ray"
 ) -> PreparedDataset:
     """Prepared leave-one-out sequences for `cfg`, from cache when the hash matches.
 
@@ -199,8 +199,14 @@ def _sum_counts(parts: list[pa.Table], kind: str) -> tuple[np.ndarray, np.ndarra
 def _user_sequences(batch: pa.Table) -> pa.Table:
     """One block holding whole users -> one row per user, chronological (ts, then item id)."""
     if batch.num_rows == 0:
-        return pa.table({"user": pa.array([], pa.int64()), "items": pa.array([], pa.list_(pa.int64())),
-                         "ts": pa.array([], pa.list_(pa.int64())), "ratings": pa.array([], pa.list_(pa.float32()))})
+        return pa.table(
+            {
+                "user": pa.array([], pa.int64()),
+                "items": pa.array([], pa.list_(pa.int64())),
+                "ts": pa.array([], pa.list_(pa.int64())),
+                "ratings": pa.array([], pa.list_(pa.float32())),
+            }
+        )
     t = batch.sort_by([("user", "ascending"), ("ts", "ascending"), ("item", "ascending")])
     users = t["user"].to_numpy()
     starts = np.concatenate([[0], np.flatnonzero(np.diff(users)) + 1])
@@ -238,7 +244,7 @@ def _run_pipeline(cfg: DataConfig, source: Source, out: Path, key: str) -> dict[
     # Iterative k-core: dropping items can push users under the threshold and back.
     # Counts are per-block value_counts (a map, no shuffle) summed on the driver.
     iterations = 0
-    for iterations in range(1, 101):
+    for iterations in range(1, 101):  # noqa: B007 (the count is read after the loop)
         parts = ray.get(ds.map_batches(_block_counts, batch_format="pyarrow").to_arrow_refs())
         ucount, icount = _sum_counts(parts, "user"), _sum_counts(parts, "item")
         bad_u = ucount[0][ucount[1] < cfg.min_user_interactions]
@@ -366,7 +372,7 @@ def source_summary(src: Source) -> dict[str, Any]:
 def kcore_local(table: pa.Table, min_user: int, min_item: int) -> tuple[pa.Table, int]:
     """The same iterative k-core filter as the Ray pipeline, on one pyarrow table."""
     iterations = 0
-    for iterations in range(1, 101):
+    for iterations in range(1, 101):  # noqa: B007 (the count is read after the loop)
         (uk, uc), (ik, ic) = _sum_counts([_block_counts(table)], "user"), _sum_counts([_block_counts(table)], "item")
         bad_u, bad_i = uk[uc < min_user], ik[ic < min_item]
         if len(bad_u) == 0 and len(bad_i) == 0:
@@ -396,7 +402,9 @@ def _stages_local(cfg: DataConfig, source: Source, table: pa.Table, out: Path, k
             f"{source.dataset}: no interactions left after the k-core filter "
             f"(users >= {cfg.min_user_interactions}, items >= {cfg.min_item_interactions})"
         )
-    return _write_outputs(cfg, source, _user_sequences(table), out, key, raw_interactions=raw, kcore_iterations=iterations)
+    return _write_outputs(
+        cfg, source, _user_sequences(table), out, key, raw_interactions=raw, kcore_iterations=iterations
+    )
 
 
 def prepare_local(cfg: DataConfig, table: pa.Table, out: Path) -> PreparedDataset:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -50,29 +49,45 @@ class DatasetSpec:
     name: str
     relative_path: str  # under the data directory
     fmt: FileFormat
-    url: Optional[str] = None  # official download (zip)
-    md5: Optional[str] = None  # GroupLens publishes MD5 sidecars next to each zip
-    member: Optional[str] = None  # path of the file inside the zip
+    url: str | None = None  # official download (zip)
+    md5: str | None = None  # GroupLens publishes MD5 sidecars next to each zip
+    member: str | None = None  # path of the file inside the zip
 
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 
 MOVIELENS: dict[str, DatasetSpec] = {
     "ml-100k": DatasetSpec(
-        "ml-100k", "movielens/ml-100k/u.data", MOVIELENS_100K, f"{GROUPLENS}/ml-100k.zip",
-        "0e33842e24a9c977be4e0107933c0723", "ml-100k/u.data",
+        "ml-100k",
+        "movielens/ml-100k/u.data",
+        MOVIELENS_100K,
+        f"{GROUPLENS}/ml-100k.zip",
+        "0e33842e24a9c977be4e0107933c0723",
+        "ml-100k/u.data",
     ),
     "ml-1m": DatasetSpec(
-        "ml-1m", "movielens/ml-1m/ratings.dat", MOVIELENS_1M, f"{GROUPLENS}/ml-1m.zip",
-        "c4d9eecfca2ab87c1945afe126590906", "ml-1m/ratings.dat",
+        "ml-1m",
+        "movielens/ml-1m/ratings.dat",
+        MOVIELENS_1M,
+        f"{GROUPLENS}/ml-1m.zip",
+        "c4d9eecfca2ab87c1945afe126590906",
+        "ml-1m/ratings.dat",
     ),
     "ml-20m": DatasetSpec(
-        "ml-20m", "movielens/ml-20m/ratings.csv", MOVIELENS_CSV, f"{GROUPLENS}/ml-20m.zip",
-        "cd245b17a1ae2cc31bb14903e1204af3", "ml-20m/ratings.csv",
+        "ml-20m",
+        "movielens/ml-20m/ratings.csv",
+        MOVIELENS_CSV,
+        f"{GROUPLENS}/ml-20m.zip",
+        "cd245b17a1ae2cc31bb14903e1204af3",
+        "ml-20m/ratings.csv",
     ),
     "ml-25m": DatasetSpec(
-        "ml-25m", "movielens/ml-25m/ratings.csv", MOVIELENS_CSV, f"{GROUPLENS}/ml-25m.zip",
-        "6b51fb2759a8657d3bfcbfc42b592ada", "ml-25m/ratings.csv",
+        "ml-25m",
+        "movielens/ml-25m/ratings.csv",
+        MOVIELENS_CSV,
+        f"{GROUPLENS}/ml-25m.zip",
+        "6b51fb2759a8657d3bfcbfc42b592ada",
+        "ml-25m/ratings.csv",
     ),
 }
 
@@ -117,6 +132,7 @@ def parse_lines(lines: pa.Array | pa.ChunkedArray, fmt: FileFormat, first_line_n
             f"{fmt.name}: line {line_no[idx].as_py() + 1} has {ncols[idx].as_py()} fields, expected {want}: "
             f"{lines[idx].as_py()[:80]!r}"
         )
+
     def col(i: int, typ: pa.DataType) -> pa.Array:
         values = pc.list_element(parts, i)
         try:

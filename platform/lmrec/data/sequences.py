@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow.compute as pc
@@ -34,7 +34,7 @@ class SequenceData:
     manifest: dict[str, Any]
 
     @classmethod
-    def load(cls, path: str | Path, with_meta: bool = True) -> "SequenceData":
+    def load(cls, path: str | Path, with_meta: bool = True) -> SequenceData:
         """Read a prepared dataset folder; `with_meta=False` skips timestamps and ratings."""
         path = Path(path)
         manifest = json.loads((path / "manifest.json").read_text())
@@ -45,7 +45,9 @@ class SequenceData:
         return cls(
             items=pc.list_flatten(table["items"]).to_numpy().astype(np.int32),
             offsets=np.concatenate([[0], np.cumsum(lengths)]),
-            ratings=pc.list_flatten(table["ratings"]).to_numpy().astype(np.float32) if with_meta else np.ones(total, np.float32),
+            ratings=pc.list_flatten(table["ratings"]).to_numpy().astype(np.float32)
+            if with_meta
+            else np.ones(total, np.float32),
             ts=pc.list_flatten(table["ts"]).to_numpy().astype(np.int64) if with_meta else np.zeros(total, np.int64),
             user_ids=table["user_id"].to_numpy(),
             num_items=int(manifest["num_items"]),
@@ -125,7 +127,7 @@ def trim_padding(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def eval_arrays(
-    data: SequenceData, split: Split, max_len: int, users: Optional[np.ndarray] = None
+    data: SequenceData, split: Split, max_len: int, users: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs (U, max_len), targets (U,), user indices) for evaluating `split`."""
     users = np.arange(data.num_users) if users is None else users

@@ -11,8 +11,8 @@ millions of users over a 1M-item catalog fit in memory chunk by chunk.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -89,9 +89,7 @@ def generate_chunks(cfg: SyntheticConfig, users_per_chunk: int = 200_000) -> Ite
         steps = np.nonzero(valid)[1].astype(np.int64)
         offsets = rng.integers(0, 86_400, size=n)  # users start at different times of day
         ts = T0 + np.repeat(offsets, lengths) + steps * STEP_SECONDS
-        yield pa.table(
-            [users, items.astype(np.int64), ts, np.ones(len(items), dtype=np.float32)], schema=INTERACTIONS
-        )
+        yield pa.table([users, items.astype(np.int64), ts, np.ones(len(items), dtype=np.float32)], schema=INTERACTIONS)
 
 
 def generate(cfg: SyntheticConfig) -> pa.Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from lmrec.config import check
 
@@ -17,7 +16,7 @@ class EvalConfig:
     num_negatives: int = 100
     batch_size: int = 256
     every_epochs: int = 1  # validation every N epochs (0 = only at the end)
-    max_users: Optional[int] = None  # cap for quick runs; None = all users
+    max_users: int | None = None  # cap for quick runs; None = all users
     seed: int = 0
     select_metric: str = "full/ndcg@10"  # validation metric for best-epoch selection / early stopping
 
@@ -28,5 +27,8 @@ class EvalConfig:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.every_epochs >= 0, "every_epochs", "must be >= 0")
         proto, _, name = self.select_metric.partition("/")
-        check(proto in self.protocols and "@" in name or name == "mrr", "select_metric",
-              f"must be '<protocol>/<metric>@<k>' with a protocol from {self.protocols}, got {self.select_metric!r}")
+        check(
+            proto in self.protocols and "@" in name or name == "mrr",
+            "select_metric",
+            f"must be '<protocol>/<metric>@<k>' with a protocol from {self.protocols}, got {self.select_metric!r}",
+        )

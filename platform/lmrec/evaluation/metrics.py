@@ -7,7 +7,7 @@ Sums are kept separately from the count so ranks can be all-reduced across worke
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

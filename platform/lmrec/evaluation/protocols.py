@@ -9,7 +9,7 @@ Ray-free: the Ray Train loop calls `rank_batch` on its shard and all-reduces sum
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def rank_batch(
     device: torch.device,
     protocol: str = "full",
     num_negatives: int = 100,
-    rng: Optional[np.random.Generator] = None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Ranks of `users`' `split` targets under `protocol` ("full" or "sampled")."""
     inputs, targets, _ = eval_arrays(data, split, max_len, users)
@@ -107,7 +107,7 @@ def evaluate_scorer(
     protocols: Sequence[str] = ("full", "sampled"),
     num_negatives: int = 100,
     seed: int = 0,
-    max_users: Optional[int] = None,
+    max_users: int | None = None,
 ) -> dict[str, float]:
     """Single-process evaluation: {"full/ndcg@10": ..., "sampled/hr@10": ..., "users": n}."""
     device = torch.device(device)
@@ -117,7 +117,9 @@ def evaluate_scorer(
         rng = np.random.default_rng(seed)
         sums = np.zeros(len(metric_sums(np.zeros(1), ks)))
         for start in range(0, len(users), batch_size):
-            ranks = rank_batch(scorer, data, users[start : start + batch_size], split, max_len, device, protocol, num_negatives, rng)
+            ranks = rank_batch(
+                scorer, data, users[start : start + batch_size], split, max_len, device, protocol, num_negatives, rng
+            )
             sums += metric_sums(ranks, ks)
         for name, value in sums_to_metrics(sums, len(users), ks).items():
             out[f"{protocol}/{name}"] = value

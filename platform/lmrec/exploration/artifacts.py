@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from lmrec.exploration.policies import Policy, PolicyConfig, build_policy, policy_from_dict
 
@@ -23,7 +24,9 @@ POLICY_FILE = "policy.json"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def policy_document(policy: Policy | PolicyConfig | Mapping[str, Any], metadata: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def policy_document(
+    policy: Policy | PolicyConfig | Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The JSON document for a policy (state included when given a Policy)."""
     if isinstance(policy, Policy):
         doc = policy.to_dict()
@@ -35,8 +38,10 @@ def policy_document(policy: Policy | PolicyConfig | Mapping[str, Any], metadata:
 
 
 def save_policy_artifact(
-    run_id: str, policy: Policy | PolicyConfig | Mapping[str, Any], metadata: Optional[Mapping[str, Any]] = None,
-    uri: Optional[str] = None,
+    run_id: str,
+    policy: Policy | PolicyConfig | Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    uri: str | None = None,
 ) -> str:
     """Log `policy/policy.json` into MLflow run `run_id`; returns the artifact path."""
     from lmrec.tracking.mlflow_utils import RunLogger
@@ -48,7 +53,7 @@ def save_policy_artifact(
     return f"{POLICY_ARTIFACT_DIR}/{POLICY_FILE}"
 
 
-def read_policy_document(ref: str | Path, uri: Optional[str] = None) -> dict[str, Any]:
+def read_policy_document(ref: str | Path, uri: str | None = None) -> dict[str, Any]:
     """The policy JSON behind `ref`.
 
     `ref` is a local `.json` file or a folder holding `policy.json`, a bare MLflow
@@ -77,10 +82,10 @@ def read_policy_document(ref: str | Path, uri: Optional[str] = None) -> dict[str
         return json.loads(path.read_text())
 
 
-def load_policy(ref: str | Path, uri: Optional[str] = None) -> Policy:
+def load_policy(ref: str | Path, uri: str | None = None) -> Policy:
     """A ready policy (config + saved state) from any reference `read_policy_document` accepts."""
     return policy_from_dict(read_policy_document(ref, uri))
 
 
-def load_policy_config(ref: str | Path, uri: Optional[str] = None) -> PolicyConfig:
+def load_policy_config(ref: str | Path, uri: str | None = None) -> PolicyConfig:
     return load_policy(ref, uri).config

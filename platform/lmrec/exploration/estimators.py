@@ -28,8 +28,9 @@ Pipeline (arXiv:2008.07146) for the evaluation protocol.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +70,9 @@ class OPEData:
     rewards: np.ndarray  # (n,)
     pscore: np.ndarray  # (n,) behaviour propensity of the logged item at its position
     pi_e: np.ndarray  # (n,) evaluation policy's probability of that item at that position
-    action_dist: Optional[np.ndarray] = None  # (n, A) evaluation policy at the sample's position
-    q_hat: Optional[np.ndarray] = None  # (n, A) predicted reward of each candidate
-    q_logged: Optional[np.ndarray] = None  # (n,) predicted reward of the logged item
+    action_dist: np.ndarray | None = None  # (n, A) evaluation policy at the sample's position
+    q_hat: np.ndarray | None = None  # (n, A) predicted reward of each candidate
+    q_logged: np.ndarray | None = None  # (n,) predicted reward of the logged item
 
     def __post_init__(self) -> None:
         check_inputs(self.rewards, self.pscore, self.pi_e)
@@ -92,7 +93,9 @@ def check_inputs(rewards: np.ndarray, pscore: np.ndarray, pi_e: np.ndarray) -> N
         raise ValueError("no logged samples")
     bad = ~((p > 0) & (p <= 1))
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} sample(s) have a behaviour propensity outside (0, 1] (first: {p[bad][0]!r})")
+        raise ValueError(
+            f"{int(bad.sum())} sample(s) have a behaviour propensity outside (0, 1] (first: {p[bad][0]!r})"
+        )
     bad = ~((e >= 0) & (e <= 1 + 1e-9))
     if bad.any():
         raise ValueError(f"{int(bad.sum())} sample(s) have an evaluation probability outside [0, 1]")
@@ -114,8 +117,8 @@ def bootstrap(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-    denominator: Optional[np.ndarray] = None,
-    groups: Optional[np.ndarray] = None,
+    denominator: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """(ci_low, ci_high, std_err) of mean(values), or of sum(values)/sum(denominator).
 
@@ -143,7 +146,11 @@ def bootstrap(
     else:
         codes, size = _group_index(groups, n)
         unit_num = np.bincount(codes, weights=values, minlength=size)
-        unit_den = np.bincount(codes, weights=den, minlength=size) if den is not None else np.bincount(codes, minlength=size).astype(np.float64)
+        unit_den = (
+            np.bincount(codes, weights=den, minlength=size)
+            if den is not None
+            else np.bincount(codes, minlength=size).astype(np.float64)
+        )
     per = max(1, _BOOT_CHUNK_ELEMENTS // size)
     for lo in range(0, n_bootstrap, per):
         m = min(per, n_bootstrap - lo)
@@ -166,15 +173,20 @@ def bootstrap(
     return float(low), float(high), float(stats.std(ddof=1)) if len(stats) > 1 else 0.0
 
 
-def importance_weights(pscore: np.ndarray, pi_e: np.ndarray, max_weight: Optional[float] = None) -> np.ndarray:
+def importance_weights(pscore: np.ndarray, pi_e: np.ndarray, max_weight: float | None = None) -> np.ndarray:
     """w = pi_e / pscore, optionally clipped at `max_weight` (trades bias for variance)."""
     w = np.asarray(pi_e, dtype=np.float64) / np.asarray(pscore, dtype=np.float64)
     return np.minimum(w, max_weight) if max_weight is not None else w
 
 
 def _estimate(
-    name: str, terms: np.ndarray, n_bootstrap: int, confidence: float, seed: int,
-    denominator: Optional[np.ndarray] = None, groups: Optional[np.ndarray] = None,
+    name: str,
+    terms: np.ndarray,
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+    denominator: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> Estimate:
     """Point value (mean of terms, or ratio to the denominator; 0 if that sums to 0) plus its bootstrap."""
     if denominator is None:
@@ -187,8 +199,15 @@ def _estimate(
 
 
 def ips(
-    rewards: np.ndarray, pscore: np.ndarray, pi_e: np.ndarray, *, max_weight: Optional[float] = None,
-    n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0, groups: Optional[np.ndarray] = None,
+    rewards: np.ndarray,
+    pscore: np.ndarray,
+    pi_e: np.ndarray,
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Estimate:
     """Inverse propensity scoring: mean of pi_e / pscore * reward (unbiased, high variance)."""
     check_inputs(rewards, pscore, pi_e)
@@ -197,18 +216,32 @@ def ips(
 
 
 def snips(
-    rewards: np.ndarray, pscore: np.ndarray, pi_e: np.ndarray, *, max_weight: Optional[float] = None,
-    n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0, groups: Optional[np.ndarray] = None,
+    rewards: np.ndarray,
+    pscore: np.ndarray,
+    pi_e: np.ndarray,
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Estimate:
     """Self-normalised IPS: sum(w r) / sum(w); bounded by the reward range, slightly biased."""
     check_inputs(rewards, pscore, pi_e)
     w = importance_weights(pscore, pi_e, max_weight)
-    return _estimate("snips", w * np.asarray(rewards, dtype=np.float64), n_bootstrap, confidence, seed, denominator=w, groups=groups)
+    return _estimate(
+        "snips", w * np.asarray(rewards, dtype=np.float64), n_bootstrap, confidence, seed, denominator=w, groups=groups
+    )
 
 
 def dm(
-    action_dist: np.ndarray, q_hat: np.ndarray, *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
-    groups: Optional[np.ndarray] = None,
+    action_dist: np.ndarray,
+    q_hat: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Estimate:
     """Direct method: the reward model's value of the evaluation policy (low variance, biased)."""
     action_dist = np.asarray(action_dist, dtype=np.float64)
@@ -219,9 +252,18 @@ def dm(
 
 
 def dr(
-    rewards: np.ndarray, pscore: np.ndarray, pi_e: np.ndarray, action_dist: np.ndarray, q_hat: np.ndarray,
-    q_logged: np.ndarray, *, max_weight: Optional[float] = None, n_bootstrap: int = 1000,
-    confidence: float = 0.95, seed: int = 0, groups: Optional[np.ndarray] = None,
+    rewards: np.ndarray,
+    pscore: np.ndarray,
+    pi_e: np.ndarray,
+    action_dist: np.ndarray,
+    q_hat: np.ndarray,
+    q_logged: np.ndarray,
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Estimate:
     """Doubly robust: DM plus the importance-weighted residual of the logged reward."""
     check_inputs(rewards, pscore, pi_e)
@@ -236,8 +278,14 @@ def dr(
 
 
 def evaluate(
-    data: OPEData, estimators: Sequence[str] = ESTIMATORS, *, max_weight: Optional[float] = None,
-    n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0, groups: Optional[np.ndarray] = None,
+    data: OPEData,
+    estimators: Sequence[str] = ESTIMATORS,
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Estimate]:
     """Run the named estimators on one dataset (DM/DR need action_dist and q_hat).
 
@@ -259,12 +307,20 @@ def evaluate(
         elif name == "dm":
             out[name] = dm(data.action_dist, data.q_hat, **kw)  # type: ignore[arg-type]
         else:
-            out[name] = dr(data.rewards, data.pscore, data.pi_e, data.action_dist, data.q_hat, data.q_logged,  # type: ignore[arg-type]
-                           max_weight=max_weight, **kw)
+            out[name] = dr(
+                data.rewards,
+                data.pscore,
+                data.pi_e,
+                data.action_dist,
+                data.q_hat,
+                data.q_logged,  # type: ignore[arg-type]
+                max_weight=max_weight,
+                **kw,
+            )
     return out
 
 
-def dr_ips_decomposition(data: OPEData, max_weight: Optional[float] = None) -> dict[str, float]:
+def dr_ips_decomposition(data: OPEData, max_weight: float | None = None) -> dict[str, float]:
     """Why DR differs from IPS on this sample: DR - IPS = DM - mean(w * q_logged), split exactly into
 
         (DM - mean(q_logged))                 the model values the evaluation policy's items differently
@@ -283,8 +339,13 @@ def dr_ips_decomposition(data: OPEData, max_weight: Optional[float] = None) -> d
     cov = float(np.mean((w - w_mean) * (q - q_mean)))
     r = np.asarray(data.rewards, dtype=np.float64)
     return {
-        "ips": float(np.mean(w * r)), "dm": dm_value, "dr": float(np.mean(np.sum(data.action_dist * data.q_hat, axis=1) + w * (r - q))),
-        "mean_weight": w_mean, "mean_q_logged": q_mean,
+        "ips": float(np.mean(w * r)),
+        "dm": dm_value,
+        "dr": float(np.mean(np.sum(data.action_dist * data.q_hat, axis=1) + w * (r - q))),
+        "mean_weight": w_mean,
+        "mean_q_logged": q_mean,
         "dr_minus_ips": dm_value - float(np.mean(w * q)),
-        "term_dm_vs_logged": dm_value - q_mean, "term_weight_mean": q_mean * (1.0 - w_mean), "term_cov": -cov,
+        "term_dm_vs_logged": dm_value - q_mean,
+        "term_weight_mean": q_mean * (1.0 - w_mean),
+        "term_cov": -cov,
     }

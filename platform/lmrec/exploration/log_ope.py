@@ -8,8 +8,8 @@ is one (request, position) pair, as in the Open Bandit Dataset.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,13 +44,17 @@ class LoggedSlates:
         return int(self.slate_len.max())
 
     @classmethod
-    def from_table(cls, table: pa.Table, source: str = "<logs>", drop_unrewarded: bool = False) -> "LoggedSlates":
+    def from_table(cls, table: pa.Table, source: str = "<logs>", drop_unrewarded: bool = False) -> LoggedSlates:
         """Validate and flatten; rows without joined rewards raise unless `drop_unrewarded`."""
         validate_table(table, source)
         missing = table["rewards"].null_count
         if missing:
             if not drop_unrewarded:
-                raise FeedbackLogError(source, "rewards", f"{missing} of {table.num_rows} row(s) have no rewards joined yet (join_rewards first, or drop_unrewarded=True)")
+                raise FeedbackLogError(
+                    source,
+                    "rewards",
+                    f"{missing} of {table.num_rows} row(s) have no rewards joined yet (join_rewards first, or drop_unrewarded=True)",
+                )
             table = table.filter(pc.invert(pc.is_null(table["rewards"])))
         if table.num_rows == 0:
             raise FeedbackLogError(source, None, "no rows with rewards")
@@ -74,8 +78,7 @@ class LoggedSlates:
         action = slate_candidate_index(table)
         return cls(row, rank, action, reward, pscore, candidates, scores, mask, k)
 
-
-    def take(self, requests: np.ndarray) -> tuple["LoggedSlates", np.ndarray]:
+    def take(self, requests: np.ndarray) -> tuple[LoggedSlates, np.ndarray]:
         """The logs of `requests` (indices into the padded arrays, kept in the given order),
         and the indices of their samples in this object (to subset per-sample arrays)."""
         requests = np.asarray(requests, dtype=np.int64)
@@ -84,13 +87,19 @@ class LoggedSlates:
         samples = np.flatnonzero(new_row[self.row] >= 0)
         samples = samples[np.argsort(new_row[self.row[samples]], kind="stable")]
         sub = LoggedSlates(
-            row=new_row[self.row[samples]], rank=self.rank[samples], action=self.action[samples],
-            reward=self.reward[samples], pscore=self.pscore[samples], candidates=self.candidates[requests],
-            scores=self.scores[requests], mask=self.mask[requests], slate_len=self.slate_len[requests],
+            row=new_row[self.row[samples]],
+            rank=self.rank[samples],
+            action=self.action[samples],
+            reward=self.reward[samples],
+            pscore=self.pscore[samples],
+            candidates=self.candidates[requests],
+            scores=self.scores[requests],
+            mask=self.mask[requests],
+            slate_len=self.slate_len[requests],
         )
         return sub, samples
 
-    def split(self, warm_frac: float) -> tuple["LoggedSlates", "LoggedSlates", np.ndarray]:
+    def split(self, warm_frac: float) -> tuple[LoggedSlates, LoggedSlates, np.ndarray]:
         """(earliest `warm_frac` of the requests, the rest, the rest's sample indices in self).
 
         Requests are taken in their stored order, which `prepare_logs` and the OBD reader keep
@@ -115,7 +124,10 @@ def policy_marginals(logged: LoggedSlates, policy: Policy) -> np.ndarray:
     for k in np.unique(logged.slate_len):  # the marginal at position k does not depend on K beyond k
         rows = np.flatnonzero(logged.slate_len == k)
         out[rows, :k, :] = policy.action_dist(
-            logged.scores[rows], int(k), candidates=np.where(logged.mask[rows], logged.candidates[rows], 0), mask=logged.mask[rows]
+            logged.scores[rows],
+            int(k),
+            candidates=np.where(logged.mask[rows], logged.candidates[rows], 0),
+            mask=logged.mask[rows],
         )
     return out
 
@@ -152,10 +164,10 @@ def evaluate_policy_on_logs(
     logged: LoggedSlates,
     policy: Policy,
     estimators: Sequence[str] = ESTIMATORS,
-    rewards: Optional[CrossFitRewards] = None,
+    rewards: CrossFitRewards | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    max_weight: Optional[float] = None,
+    max_weight: float | None = None,
     cluster_by_request: bool = False,
 ) -> dict[str, Estimate]:
     """Estimate `policy`'s mean reward per shown position from logs written by another policy.
@@ -169,18 +181,35 @@ def evaluate_policy_on_logs(
     need_model = any(e in ("dm", "dr") for e in estimators)
     if need_model and rewards is None:
         rewards = fit_log_rewards(logged, seed=seed)
-    data = OPEData(logged.reward, logged.pscore, pi_e, at_pos if need_model else None,
-                   rewards.q_hat if need_model and rewards else None, rewards.q_logged if need_model and rewards else None)
-    return evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed, max_weight=max_weight,
-                    groups=logged.row if cluster_by_request else None)
+    data = OPEData(
+        logged.reward,
+        logged.pscore,
+        pi_e,
+        at_pos if need_model else None,
+        rewards.q_hat if need_model and rewards else None,
+        rewards.q_logged if need_model and rewards else None,
+    )
+    return evaluate(
+        data,
+        estimators,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        max_weight=max_weight,
+        groups=logged.row if cluster_by_request else None,
+    )
 
 
 def subset_rewards(rewards: CrossFitRewards, samples: np.ndarray) -> CrossFitRewards:
     """The reward model's predictions for `samples` only (see `LoggedSlates.take`)."""
     import dataclasses
 
-    return dataclasses.replace(rewards, q_hat=rewards.q_hat[samples], logits=rewards.logits[samples],
-                               q_logged=rewards.q_logged[samples], folds=rewards.folds[samples])
+    return dataclasses.replace(
+        rewards,
+        q_hat=rewards.q_hat[samples],
+        logits=rewards.logits[samples],
+        q_logged=rewards.q_logged[samples],
+        folds=rewards.folds[samples],
+    )
 
 
 def state_from_samples(logged: LoggedSlates, policy: Policy) -> PolicyState:
@@ -194,7 +223,9 @@ def state_from_samples(logged: LoggedSlates, policy: Policy) -> PolicyState:
     return feedback_state(items, (logged.reward > 0).astype(float), expected)
 
 
-def state_from_logs(table: pa.Table, policy: Policy, source: str = "<logs>", drop_unrewarded: bool = True) -> PolicyState:
+def state_from_logs(
+    table: pa.Table, policy: Policy, source: str = "<logs>", drop_unrewarded: bool = True
+) -> PolicyState:
     """The policy state that a feedback log amounts to: every shown item is one impression,
     its joined reward a click or not, and (for `feedback: lift`) the model's click probability
     from its logged score the expected click. Use it to warm-start or rebuild serving state."""

@@ -33,9 +33,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,7 +73,7 @@ COLUMNS = tuple(FEEDBACK_SCHEMA.names)
 class FeedbackLogError(ValueError):
     """A feedback-log file or record is malformed; the message names the file and column."""
 
-    def __init__(self, source: str, column: Optional[str], message: str) -> None:
+    def __init__(self, source: str, column: str | None, message: str) -> None:
         self.source, self.column = source, column
         where = f"{source}: column '{column}'" if column else source
         super().__init__(f"{where}: {message}")
@@ -94,7 +95,7 @@ class PropensityError(FeedbackLogError):
 class RewardError(FeedbackLogError):
     """Rewards that are NaN, infinite or null inside a filled list: they would turn IPS/SNIPS into NaN."""
 
-    def __init__(self, source: str, bad_rows: int, total_rows: int, first_row: int, first_value: Optional[float]) -> None:
+    def __init__(self, source: str, bad_rows: int, total_rows: int, first_row: int, first_value: float | None) -> None:
         self.bad_rows = bad_rows
         super().__init__(
             source,
@@ -118,12 +119,12 @@ class FeedbackRecord:
     propensities: Sequence[float]
     policy: str
     policy_params: Mapping[str, Any] | str = field(default_factory=dict)
-    timestamp: Optional[dt.datetime | float] = None  # datetime or unix seconds; None = now
-    user_id: Optional[str] = None
-    context: Optional[Sequence[float]] = None
-    positions: Optional[Sequence[int]] = None  # None = 0..K-1
-    model_version: Optional[str] = None
-    rewards: Optional[Sequence[float]] = None
+    timestamp: dt.datetime | float | None = None  # datetime or unix seconds; None = now
+    user_id: str | None = None
+    context: Sequence[float] | None = None
+    positions: Sequence[int] | None = None  # None = 0..K-1
+    model_version: str | None = None
+    rewards: Sequence[float] | None = None
 
     def to_row(self) -> dict[str, Any]:
         """A validated plain-dict row in FEEDBACK_SCHEMA's column order."""
@@ -146,7 +147,9 @@ class FeedbackRecord:
             "positions": list(range(k)) if self.positions is None else [_opt(int, x) for x in self.positions],
             "propensities": [_opt(float, x) for x in self.propensities],
             "policy": str(self.policy),
-            "policy_params": self.policy_params if isinstance(self.policy_params, str) else json.dumps(self.policy_params, sort_keys=True),
+            "policy_params": self.policy_params
+            if isinstance(self.policy_params, str)
+            else json.dumps(self.policy_params, sort_keys=True),
             "model_version": self.model_version,
             "rewards": None if self.rewards is None else [_opt(float, x) for x in self.rewards],
         }
@@ -170,13 +173,19 @@ def _check_row(row: Mapping[str, Any], source: str) -> None:
     if row["rewards"] is not None and len(row["rewards"]) != k:
         raise FeedbackLogError(source, "rewards", f"has {len(row['rewards'])} entries, slate has {k}")
     if len(row["scores"]) != len(row["candidates"]):
-        raise FeedbackLogError(source, "scores", f"has {len(row['scores'])} entries, candidates has {len(row['candidates'])}")
+        raise FeedbackLogError(
+            source, "scores", f"has {len(row['scores'])} entries, candidates has {len(row['candidates'])}"
+        )
     bad = [p for p in row["propensities"] if p is None or not (0.0 < p <= 1.0)]
     if bad:
         raise PropensityError(source, 1, 1, 0, bad[0])
     positions = row["positions"]
     if any(p is None or p < 0 for p in positions) or len(set(positions)) != len(positions):
-        raise FeedbackLogError(source, "positions", f"1 of 1 row(s) have a negative, null or repeated position (first at row 0: {list(positions)!r})")
+        raise FeedbackLogError(
+            source,
+            "positions",
+            f"1 of 1 row(s) have a negative, null or repeated position (first at row 0: {list(positions)!r})",
+        )
     if row["rewards"] is not None:
         bad_r = [r for r in row["rewards"] if r is None or not np.isfinite(r)]
         if bad_r:
@@ -257,7 +266,9 @@ class FeedbackLogWriter:
     as written, and only the rows not yet written stay buffered for the next flush.
     """
 
-    def __init__(self, root: str | Path, batch_size: int = 1000, max_delay_s: float = 5.0, name: Optional[str] = None) -> None:
+    def __init__(
+        self, root: str | Path, batch_size: int = 1000, max_delay_s: float = 5.0, name: str | None = None
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.root = Path(root)
@@ -265,7 +276,7 @@ class FeedbackLogWriter:
         self.max_delay_s = max_delay_s  # `maybe_flush` writes when the oldest pending record is this old
         self.name = name or f"{os.getpid()}"
         self._pending: list[dict[str, Any]] = []
-        self._oldest: Optional[float] = None
+        self._oldest: float | None = None
         self._lock = threading.Lock()  # guards the buffer
         self._flush_lock = threading.Lock()  # one flush at a time
         self.files_written: list[Path] = []
@@ -278,7 +289,9 @@ class FeedbackLogWriter:
 
     def append(self, record: FeedbackRecord | Mapping[str, Any]) -> int:
         """Validate and buffer one record; returns the number pending (not yet durable)."""
-        return self.append_rows([record.to_row() if isinstance(record, FeedbackRecord) else FeedbackRecord(**record).to_row()])
+        return self.append_rows(
+            [record.to_row() if isinstance(record, FeedbackRecord) else FeedbackRecord(**record).to_row()]
+        )
 
     def append_rows(self, rows: Sequence[dict[str, Any]]) -> int:
         """Buffer rows already validated by `FeedbackRecord.to_row` (as a batch); returns the
@@ -345,13 +358,17 @@ class FeedbackLogWriter:
             by_date.setdefault(day, []).append(i)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         for day, idx in sorted(by_date.items()):
-            path = self.root / f"{PARTITION_KEY}={day}" / f"{FILE_PREFIX}{stamp}-{self.name}-{uuid.uuid4().hex[:12]}.parquet"
+            path = (
+                self.root
+                / f"{PARTITION_KEY}={day}"
+                / f"{FILE_PREFIX}{stamp}-{self.name}-{uuid.uuid4().hex[:12]}.parquet"
+            )
             yield write_table_atomic(records_to_table([batch[i] for i in idx]), path), idx
 
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "FeedbackLogWriter":
+    def __enter__(self) -> FeedbackLogWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -369,8 +386,7 @@ def list_log_files(root: str | Path) -> list[Path]:
     if not root.exists():
         raise FileNotFoundError(f"feedback log folder not found: {root}")
     return sorted(
-        p for p in root.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+        p for p in root.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
     )
 
 
@@ -378,7 +394,9 @@ def validate_schema(schema: pa.Schema, source: str) -> int:
     """Check the version and every column's type; returns the schema version."""
     meta = schema.metadata or {}
     if VERSION_KEY not in meta:
-        raise FeedbackLogError(source, None, f"not an lmrec feedback log: schema metadata has no {VERSION_KEY.decode()!r}")
+        raise FeedbackLogError(
+            source, None, f"not an lmrec feedback log: schema metadata has no {VERSION_KEY.decode()!r}"
+        )
     try:
         version = int(meta[VERSION_KEY])
     except ValueError as exc:
@@ -420,14 +438,26 @@ def validate_table(table: pa.Table, source: str = "<table>") -> None:
     for col in ("positions", "propensities"):
         bad = _list_lengths(table, col) != k
         if bad.any():
-            raise FeedbackLogError(source, col, f"{int(bad.sum())} row(s) have a length different from 'slate' (first at row {int(np.argmax(bad))})")
+            raise FeedbackLogError(
+                source,
+                col,
+                f"{int(bad.sum())} row(s) have a length different from 'slate' (first at row {int(np.argmax(bad))})",
+            )
     rl = _list_lengths(table, "rewards")
     bad = (rl != -1) & (rl != k)
     if bad.any():
-        raise FeedbackLogError(source, "rewards", f"{int(bad.sum())} row(s) have a length different from 'slate' (first at row {int(np.argmax(bad))})")
+        raise FeedbackLogError(
+            source,
+            "rewards",
+            f"{int(bad.sum())} row(s) have a length different from 'slate' (first at row {int(np.argmax(bad))})",
+        )
     bad = _list_lengths(table, "scores") != _list_lengths(table, "candidates")
     if bad.any():
-        raise FeedbackLogError(source, "scores", f"{int(bad.sum())} row(s) have a length different from 'candidates' (first at row {int(np.argmax(bad))})")
+        raise FeedbackLogError(
+            source,
+            "scores",
+            f"{int(bad.sum())} row(s) have a length different from 'candidates' (first at row {int(np.argmax(bad))})",
+        )
     row_of = np.repeat(np.arange(n), k)
     props = _flat_float(table["propensities"])  # null elements read as NaN
     bad_value = ~((props > 0) & (props <= 1))  # NaN fails both comparisons
@@ -441,8 +471,12 @@ def validate_table(table: pa.Table, source: str = "<table>") -> None:
     bad_rows = np.union1d(row_of[pos < 0], repeated)
     if len(bad_rows):
         first = int(bad_rows[0])
-        raise FeedbackLogError(source, "positions", f"{len(bad_rows)} of {n} row(s) have a negative, null or repeated position "
-                               f"(first at row {first}: {table['positions'][first].as_py()!r})")
+        raise FeedbackLogError(
+            source,
+            "positions",
+            f"{len(bad_rows)} of {n} row(s) have a negative, null or repeated position "
+            f"(first at row {first}: {table['positions'][first].as_py()!r})",
+        )
     rewards = _flat_float(table["rewards"])  # rows whose rewards are null (not yet joined) contribute nothing
     bad_value = ~np.isfinite(rewards)
     if bad_value.any():
@@ -451,7 +485,11 @@ def validate_table(table: pa.Table, source: str = "<table>") -> None:
     missing = _slate_not_in_candidates(table)
     if missing.any():
         rows = np.flatnonzero(missing)
-        raise FeedbackLogError(source, "slate", f"{len(rows)} row(s) show items that are not among their candidates (first at row {int(rows[0])})")
+        raise FeedbackLogError(
+            source,
+            "slate",
+            f"{len(rows)} row(s) show items that are not among their candidates (first at row {int(rows[0])})",
+        )
 
 
 def _flat_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -13,8 +13,9 @@ The Tune trial in `lmrec.tuning.exploration` only forwards these reports.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class LoggedScenario:
     kind: str = "logged"
     # Earlier logs a stateful policy (UCB, Thompson) learns its item statistics from before it is
     # scored on `logged`; None: every policy starts from empty statistics, where UCB is greedy.
-    warm: Optional[LoggedSlates] = None
+    warm: LoggedSlates | None = None
     cluster_by_request: bool = False  # bootstrap whole requests (a slate's positions are correlated)
 
     @property
@@ -68,7 +69,7 @@ class ReplayScenario:
     base_policy: dict[str, Any] = field(default_factory=dict)  # calibration: score_scale, score_shift
     info: dict[str, Any] = field(default_factory=dict)
     kind: str = "replay"
-    valid: Optional[ReplayEvents] = None
+    valid: ReplayEvents | None = None
 
     def events(self, period: ReplayPeriod) -> ReplayEvents:
         if period == "valid":
@@ -93,13 +94,19 @@ def obd_logged(log: OBDLog, rewards: OBDRewards) -> LoggedSlates:
     """OBD samples as LoggedSlates: each sample is its own request over all items."""
     n, a = log.n, log.n_actions
     return LoggedSlates(
-        row=np.arange(n), rank=log.positions, action=log.actions, reward=log.rewards, pscore=log.pscore,
-        candidates=np.broadcast_to(np.arange(a), (n, a)).copy(), scores=rewards.scores,
-        mask=np.ones((n, a), dtype=bool), slate_len=np.full(n, log.len_list),
+        row=np.arange(n),
+        rank=log.positions,
+        action=log.actions,
+        reward=log.rewards,
+        pscore=log.pscore,
+        candidates=np.broadcast_to(np.arange(a), (n, a)).copy(),
+        scores=rewards.scores,
+        mask=np.ones((n, a), dtype=bool),
+        slate_len=np.full(n, log.len_list),
     )
 
 
-def policy_config(params: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> PolicyConfig:
+def policy_config(params: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> PolicyConfig:
     """A PolicyConfig from Tune's sampled params ({"policy": type, ...}) over `base` settings."""
     data = dict(base or {})
     data["type"] = params.get("policy", params.get("type"))
@@ -122,18 +129,31 @@ def logged_policy(scenario: LoggedScenario, config: PolicyConfig) -> Policy:
 def evaluate_logged(scenario: LoggedScenario, config: PolicyConfig, penalty: float, seed: int = 0) -> dict[str, float]:
     """One off-policy estimate of `config` and the penalised objective."""
     est = evaluate_policy_on_logs(
-        scenario.logged, logged_policy(scenario, config), [scenario.estimator], scenario.rewards, scenario.n_bootstrap, seed,
+        scenario.logged,
+        logged_policy(scenario, config),
+        [scenario.estimator],
+        scenario.rewards,
+        scenario.n_bootstrap,
+        seed,
         cluster_by_request=scenario.cluster_by_request,
     )[scenario.estimator]
     return {
-        "objective": est.penalised(penalty), "estimate": est.value, "std_err": est.std_err,
-        "ci_low": est.ci_low, "ci_high": est.ci_high, "samples": float(est.n),
+        "objective": est.penalised(penalty),
+        "estimate": est.value,
+        "std_err": est.std_err,
+        "ci_low": est.ci_low,
+        "ci_high": est.ci_high,
+        "samples": float(est.n),
     }
 
 
 def evaluate_replay(
-    scenario: ReplayScenario, config: PolicyConfig, penalty: float, report: Optional[Report] = None,
-    heldout: bool = False, period: Optional[ReplayPeriod] = None,
+    scenario: ReplayScenario,
+    config: PolicyConfig,
+    penalty: float,
+    report: Report | None = None,
+    heldout: bool = False,
+    period: ReplayPeriod | None = None,
 ) -> dict[str, float]:
     """Run the policy over the tune (or `period`'s) events; `report` gets every intermediate summary."""
     events = scenario.events(period or ("heldout" if heldout else "tune"))
@@ -142,16 +162,27 @@ def evaluate_replay(
         if report is not None:
             report(replay_metrics(summary, penalty))
 
-    res = run_replay(events, build_policy(config), scenario.slate_size, report_every=scenario.report_every if report else None,
-                     callback=forward if report else None)
+    res = run_replay(
+        events,
+        build_policy(config),
+        scenario.slate_size,
+        report_every=scenario.report_every if report else None,
+        callback=forward if report else None,
+    )
     return replay_metrics(res.summary(), penalty)
 
 
 def replay_metrics(summary: dict[str, float], penalty: float) -> dict[str, float]:
-    return {**summary, "objective": summary["reward_per_event"] - penalty * summary["reward_se"], "estimate": summary["reward_per_event"]}
+    return {
+        **summary,
+        "objective": summary["reward_per_event"] - penalty * summary["reward_se"],
+        "estimate": summary["reward_per_event"],
+    }
 
 
-def evaluate(scenario: Scenario, config: PolicyConfig, penalty: float, report: Optional[Report] = None, seed: int = 0) -> dict[str, float]:
+def evaluate(
+    scenario: Scenario, config: PolicyConfig, penalty: float, report: Report | None = None, seed: int = 0
+) -> dict[str, float]:
     """The objective of `config` on `scenario` (reports intermediate steps for replay)."""
     if isinstance(scenario, ReplayScenario):
         return evaluate_replay(scenario, config, penalty, report)

@@ -14,9 +14,10 @@ ground truth is the mean click of BTS's own logs; error = |V_hat - V| / V.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 
@@ -54,7 +55,9 @@ class OBDLog:
     item_features: np.ndarray  # (n_actions, d) numeric + one-hot categorical item features
     n_actions: int
     len_list: int = LEN_LIST
-    item_codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_actions, c) sorted-label codes of categorical item features
+    item_codes: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 0))
+    )  # (n_actions, c) sorted-label codes of categorical item features
     item_numeric: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_actions, d) numeric item features
 
     @property
@@ -67,13 +70,13 @@ class OBDLog:
         return float(self.rewards.mean())
 
 
-def obd_dir(data_dir: Optional[str | Path] = None) -> Path:
+def obd_dir(data_dir: str | Path | None = None) -> Path:
     from lmrec.paths import data_dir as resolve
 
     return resolve(data_dir) / "open_bandit"
 
 
-def load_obd(data_dir: Optional[str | Path] = None, behavior: str = "random", campaign: str = "all") -> OBDLog:
+def load_obd(data_dir: str | Path | None = None, behavior: str = "random", campaign: str = "all") -> OBDLog:
     """Read one behaviour policy's CSV and the item context (pandas; no obp)."""
     import pandas as pd
 
@@ -108,7 +111,9 @@ def load_obd(data_dir: Optional[str | Path] = None, behavior: str = "random", ca
         codes.append(c)
         levels.append(len(uniq))
     aff_cols = [f"user-item_affinity_{a}" for a in range(n_actions)]
-    affinity = df[aff_cols].to_numpy(np.float64) if all(c in df.columns for c in aff_cols) else np.zeros((len(df), n_actions))
+    affinity = (
+        df[aff_cols].to_numpy(np.float64) if all(c in df.columns for c in aff_cols) else np.zeros((len(df), n_actions))
+    )
     items = items.sort_values("item_id")
     numeric = items[[c for c in items.columns if c != "item_id" and items[c].dtype.kind in "fi"]].to_numpy(np.float64)
     feats, item_codes = [numeric], []
@@ -118,15 +123,29 @@ def load_obd(data_dir: Optional[str | Path] = None, behavior: str = "random", ca
             item_codes.append(pd.factorize(items[col].astype(str), sort=True)[0])
     ts = pd.to_datetime(df["timestamp"], utc=True).to_numpy(dtype="datetime64[us]")
     return OBDLog(
-        behavior, campaign, path, actions, positions, rewards, pscore, ts, np.stack(codes, axis=1), levels,
-        affinity, np.hstack(feats), n_actions,
-        item_codes=np.stack(item_codes, axis=1) if item_codes else np.zeros((n_actions, 0), dtype=np.int64), item_numeric=numeric,
+        behavior,
+        campaign,
+        path,
+        actions,
+        positions,
+        rewards,
+        pscore,
+        ts,
+        np.stack(codes, axis=1),
+        levels,
+        affinity,
+        np.hstack(feats),
+        n_actions,
+        item_codes=np.stack(item_codes, axis=1) if item_codes else np.zeros((n_actions, 0), dtype=np.int64),
+        item_numeric=numeric,
     )
 
 
 def _check_range(path: Path, column: str, bad: np.ndarray) -> None:
     if bad.any():
-        raise OBDFormatError(f"{path}: column '{column}': {int(bad.sum())} row(s) out of range (first at row {int(np.argmax(bad))})")
+        raise OBDFormatError(
+            f"{path}: column '{column}': {int(bad.sum())} row(s) out of range (first at row {int(np.argmax(bad))})"
+        )
 
 
 # ------------------------------------------------------------------ evaluation policy
@@ -139,7 +158,10 @@ def bts_prior(campaign: str = "all") -> tuple[np.ndarray, np.ndarray]:
 
 
 def bts_action_dist(
-    campaign: str = "all", len_list: int = LEN_LIST, n_sim: int = 100_000, seed: int = 12345,
+    campaign: str = "all",
+    len_list: int = LEN_LIST,
+    n_sim: int = 100_000,
+    seed: int = 12345,
     method: Literal["mc", "exact"] = "mc",
 ) -> np.ndarray:
     """(n_actions, len_list) P(item a at position k) under Bernoulli-TS from the prior.
@@ -183,7 +205,7 @@ def _user_onehot(log: OBDLog, rows: np.ndarray) -> np.ndarray:
     return user
 
 
-def obd_features(log: OBDLog, position: Optional[int] = None, use_affinity: bool = False) -> FeatureFn:
+def obd_features(log: OBDLog, position: int | None = None, use_affinity: bool = False) -> FeatureFn:
     """features(rows, actions): user one-hot, item features, item one-hot, position one-hot.
 
     `position` fixes the position (for position-free policy scores); None uses
@@ -205,7 +227,7 @@ def obd_features(log: OBDLog, position: Optional[int] = None, use_affinity: bool
     return fn
 
 
-def obd_predictor(log: OBDLog, position: Optional[int] = None, use_affinity: bool = False) -> Any:
+def obd_predictor(log: OBDLog, position: int | None = None, use_affinity: bool = False) -> Any:
     """Logits of every item for `rows`, from the blocks of `obd_features` (no n x A feature matrix)."""
     n_user = int(sum(log.user_levels))
     d_item = log.item_features.shape[1]
@@ -231,7 +253,7 @@ class OBDRewards:
     """Cross-fitted reward predictions on one log, plus position-free policy scores."""
 
     fit: CrossFitRewards  # at each sample's logged position (for DM/DR)
-    scores: Optional[np.ndarray]  # (n, n_actions) logits at position 0 (for policies to rank on)
+    scores: np.ndarray | None  # (n, n_actions) logits at position 0 (for policies to rank on)
 
 
 L2_GRID = (1.0, 10.0, 100.0, 1000.0)
@@ -240,7 +262,11 @@ RewardModelName = Literal["lmrec", "obp_quickstart"]
 
 
 def fit_obd_rewards(
-    log: OBDLog, n_folds: int = 3, l2: float | Literal["auto"] = "auto", seed: int = 12345, with_scores: bool = True,
+    log: OBDLog,
+    n_folds: int = 3,
+    l2: float | Literal["auto"] = "auto",
+    seed: int = 12345,
+    with_scores: bool = True,
     reward_model: RewardModelName = "lmrec",
 ) -> OBDRewards:
     """Our logistic regression, cross-fitted over `n_folds` folds (OBP's quickstart uses 3).
@@ -258,7 +284,9 @@ def fit_obd_rewards(
     if l2 == "auto":
         fit = select_cross_fit(feats, log.actions, log.rewards, log.n_actions, L2_GRID, n_folds, seed, predict=predict)
     else:
-        fit = cross_fit_rewards(feats, log.actions, log.rewards, log.n_actions, n_folds, float(l2), seed, predict=predict)
+        fit = cross_fit_rewards(
+            feats, log.actions, log.rewards, log.n_actions, n_folds, float(l2), seed, predict=predict
+        )
     # Scores at position 0 from the same folds: the position term only shifts every item equally.
     scores = _position_free_scores(log, fit, n_folds, fit.l2) if with_scores else None
     return OBDRewards(fit, scores)
@@ -320,8 +348,12 @@ LogisticSolver = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 
 
 def fit_obd_rewards_obp_quickstart(
-    log: OBDLog, n_folds: int = 3, l2: float = 1.0, seed: int = 12345, with_scores: bool = True,
-    solver: Optional[LogisticSolver] = None,
+    log: OBDLog,
+    n_folds: int = 3,
+    l2: float = 1.0,
+    seed: int = 12345,
+    with_scores: bool = True,
+    solver: LogisticSolver | None = None,
 ) -> OBDRewards:
     """The reward model behind the published DM/DR figures (obp 0.5.4 quickstart), refitted with ours.
 
@@ -369,7 +401,7 @@ def fit_obd_rewards_obp_quickstart(
     return OBDRewards(fit, scores)
 
 
-def ope_data(log: OBDLog, dist: np.ndarray, rewards: Optional[OBDRewards] = None) -> OPEData:
+def ope_data(log: OBDLog, dist: np.ndarray, rewards: OBDRewards | None = None) -> OPEData:
     """OPEData for an evaluation policy given as (n_actions, K) or per-sample (n, K, n_actions)."""
     rows = np.arange(log.n)
     if dist.ndim == 2:  # context-free: same distribution for every sample
@@ -399,15 +431,27 @@ class OBDBenchmark:
 
     def rows(self) -> list[dict[str, Any]]:
         return [
-            {**e.to_dict(), "relative_error": e.relative_error(self.truth), "relative_to_behavior": e.value / self.behavior_value}
+            {
+                **e.to_dict(),
+                "relative_error": e.relative_error(self.truth),
+                "relative_to_behavior": e.value / self.behavior_value,
+            }
             for e in self.estimates.values()
         ]
 
 
 def evaluate_bts_from_random(
-    data_dir: Optional[str | Path] = None, campaign: str = "all", n_sim: int = 100_000, seed: int = 12345,
-    method: Literal["mc", "exact"] = "mc", n_folds: int = 3, l2: float | Literal["auto"] = "auto", n_bootstrap: int = 10_000,
-    estimators: tuple[str, ...] = ESTIMATORS, dist: Optional[np.ndarray] = None, reward_model: RewardModelName = "lmrec",
+    data_dir: str | Path | None = None,
+    campaign: str = "all",
+    n_sim: int = 100_000,
+    seed: int = 12345,
+    method: Literal["mc", "exact"] = "mc",
+    n_folds: int = 3,
+    l2: float | Literal["auto"] = "auto",
+    n_bootstrap: int = 10_000,
+    estimators: tuple[str, ...] = ESTIMATORS,
+    dist: np.ndarray | None = None,
+    reward_model: RewardModelName = "lmrec",
 ) -> OBDBenchmark:
     """The OBP paper's check on the sample: V(BTS) estimated from Random logs vs BTS's CTR."""
     random_log = load_obd(data_dir, "random", campaign)
@@ -415,10 +459,24 @@ def evaluate_bts_from_random(
     if dist is None:
         dist = bts_action_dist(campaign, random_log.len_list, n_sim, seed, method)
     need_model = any(e in ("dm", "dr") for e in estimators)
-    rewards = fit_obd_rewards(random_log, n_folds, l2, seed, with_scores=False, reward_model=reward_model) if need_model else None
+    rewards = (
+        fit_obd_rewards(random_log, n_folds, l2, seed, with_scores=False, reward_model=reward_model)
+        if need_model
+        else None
+    )
     data = ope_data(random_log, dist, rewards)
     est = evaluate(data, estimators, n_bootstrap=n_bootstrap, seed=seed)
-    settings = dict(campaign=campaign, n_sim=n_sim, seed=seed, method=method, n_folds=n_folds, reward_model=reward_model,
-                    l2=rewards.fit.l2 if rewards else None, reward_model_oof_log_loss=rewards.fit.oof_log_loss if rewards else None,
-                    n_bootstrap=n_bootstrap, n_random=random_log.n, n_bts=bts_log.n)
+    settings = dict(
+        campaign=campaign,
+        n_sim=n_sim,
+        seed=seed,
+        method=method,
+        n_folds=n_folds,
+        reward_model=reward_model,
+        l2=rewards.fit.l2 if rewards else None,
+        reward_model_oof_log_loss=rewards.fit.oof_log_loss if rewards else None,
+        n_bootstrap=n_bootstrap,
+        n_random=random_log.n,
+        n_bts=bts_log.n,
+    )
     return OBDBenchmark(bts_log.on_policy_value, random_log.on_policy_value, est, dist, settings)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -71,7 +72,11 @@ class PolicyConfig:
         check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         check(self.ucb_c >= 0, "ucb_c", f"must be >= 0, got {self.ucb_c}")
         check(self.prior_strength > 0, "prior_strength", f"must be > 0, got {self.prior_strength}")
-        check(self.score_scale > 0, "score_scale", f"must be > 0 (calibration must keep the ranking), got {self.score_scale}")
+        check(
+            self.score_scale > 0,
+            "score_scale",
+            f"must be > 0 (calibration must keep the ranking), got {self.score_scale}",
+        )
         check(self.n_sim >= 1, "n_sim", f"must be >= 1, got {self.n_sim}")
         check(self.quad_points >= 8, "quad_points", f"must be >= 8, got {self.quad_points}")
 
@@ -82,11 +87,11 @@ class PolicyConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PolicyConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyConfig:
         """Validated config; unknown keys and bad values raise ConfigError naming the key."""
         return from_dict(cls, data)
 
-    def replace(self, **changes: Any) -> "PolicyConfig":
+    def replace(self, **changes: Any) -> PolicyConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -110,17 +115,19 @@ class PolicyState:
 
     def __init__(
         self,
-        ids: Optional[np.ndarray] = None,
-        impressions: Optional[np.ndarray] = None,
-        clicks: Optional[np.ndarray] = None,
-        expected: Optional[np.ndarray] = None,
+        ids: np.ndarray | None = None,
+        impressions: np.ndarray | None = None,
+        clicks: np.ndarray | None = None,
+        expected: np.ndarray | None = None,
     ) -> None:
         ids = np.asarray([] if ids is None else ids, dtype=np.int64)
         n = np.asarray([] if impressions is None else impressions, dtype=np.int64)
         c = np.asarray([] if clicks is None else clicks, dtype=np.int64)
         e = np.zeros(len(ids), dtype=np.int64) if expected is None else np.asarray(expected, dtype=np.int64)
         if not (ids.shape == n.shape == c.shape == e.shape and ids.ndim == 1):
-            raise ValueError(f"ids, impressions, clicks, expected must be 1-D and equally long, got {ids.shape}, {n.shape}, {c.shape}, {e.shape}")
+            raise ValueError(
+                f"ids, impressions, clicks, expected must be 1-D and equally long, got {ids.shape}, {n.shape}, {c.shape}, {e.shape}"
+            )
         if np.any(n < 0) or np.any(c < 0) or np.any(c > n) or np.any(e < 0) or np.any(e > n * MICRO):
             raise ValueError("counts must satisfy 0 <= clicks <= impressions and 0 <= expected <= impressions")
         self.ids, self.impressions, self.clicks, self.expected = _reduce(ids, n, c, e)
@@ -141,24 +148,36 @@ class PolicyState:
             return z, z.copy(), np.zeros(items.shape)
         pos = np.clip(np.searchsorted(self.ids, items), 0, len(self.ids) - 1)
         found = self.ids[pos] == items
-        return (np.where(found, self.impressions[pos], 0), np.where(found, self.clicks[pos], 0),
-                np.where(found, self.expected[pos], 0) / MICRO)
+        return (
+            np.where(found, self.impressions[pos], 0),
+            np.where(found, self.clicks[pos], 0),
+            np.where(found, self.expected[pos], 0) / MICRO,
+        )
 
     def lookup(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(impressions, clicks) of `items` (any shape); unseen items get 0, 0."""
         n, c, _ = self.stats(items)
         return n, c
 
-    def update(self, items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray,
-               expected: Optional[Sequence[float] | np.ndarray] = None) -> None:
+    def update(
+        self,
+        items: Sequence[int] | np.ndarray,
+        rewards: Sequence[float] | np.ndarray,
+        expected: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
         """Add one impression per shown item, a click where its reward is 1, and its expected click."""
         self._add(feedback_state(items, rewards, expected))
 
-    def _add(self, other: "PolicyState") -> None:
+    def _add(self, other: PolicyState) -> None:
         merged = self.merge(other)
-        self.ids, self.impressions, self.clicks, self.expected = merged.ids, merged.impressions, merged.clicks, merged.expected
+        self.ids, self.impressions, self.clicks, self.expected = (
+            merged.ids,
+            merged.impressions,
+            merged.clicks,
+            merged.expected,
+        )
 
-    def merge(self, *others: "PolicyState") -> "PolicyState":
+    def merge(self, *others: PolicyState) -> PolicyState:
         """A new state holding the summed counts of `self` and `others`."""
         parts = (self, *others)
         return PolicyState(
@@ -168,21 +187,25 @@ class PolicyState:
             np.concatenate([p.expected for p in parts]),
         )
 
-    def __add__(self, other: "PolicyState") -> "PolicyState":
+    def __add__(self, other: PolicyState) -> PolicyState:
         return self.merge(other)
 
-    def subtract(self, other: "PolicyState") -> "PolicyState":
+    def subtract(self, other: PolicyState) -> PolicyState:
         """Counts of `self` minus `other` (a replica's delta since a snapshot)."""
         extra = np.setdiff1d(other.ids, self.ids)
         if len(extra):
             raise ValueError(f"cannot subtract: {len(extra)} item(s) are in `other` only (e.g. {int(extra[0])})")
         pos = np.searchsorted(other.ids, self.ids).clip(0, max(0, len(other.ids) - 1))
         found = (other.ids[pos] == self.ids) if len(other.ids) else np.zeros(len(self.ids), dtype=bool)
-        get = lambda a: np.where(found, a[pos], 0) if len(other.ids) else np.zeros(len(self.ids), dtype=np.int64)  # noqa: E731
-        return PolicyState(self.ids, self.impressions - get(other.impressions), self.clicks - get(other.clicks),
-                           self.expected - get(other.expected))
+        get = lambda a: np.where(found, a[pos], 0) if len(other.ids) else np.zeros(len(self.ids), dtype=np.int64)  # noqa: E731 (a one-line local helper)
+        return PolicyState(
+            self.ids,
+            self.impressions - get(other.impressions),
+            self.clicks - get(other.clicks),
+            self.expected - get(other.expected),
+        )
 
-    def copy(self) -> "PolicyState":
+    def copy(self) -> PolicyState:
         return PolicyState(self.ids.copy(), self.impressions.copy(), self.clicks.copy(), self.expected.copy())
 
     def __eq__(self, other: object) -> bool:
@@ -194,27 +217,37 @@ class PolicyState:
         return f"PolicyState(items={len(self)}, impressions={self.total}, clicks={int(self.clicks.sum())})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"items": self.ids.tolist(), "impressions": self.impressions.tolist(), "clicks": self.clicks.tolist(),
-                "expected_micro": self.expected.tolist()}
+        return {
+            "items": self.ids.tolist(),
+            "impressions": self.impressions.tolist(),
+            "clicks": self.clicks.tolist(),
+            "expected_micro": self.expected.tolist(),
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PolicyState":
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyState:
         missing = {"items", "impressions", "clicks"} - set(data)
         if missing:
             raise ValueError(f"policy state is missing {sorted(missing)}")
         e = data.get("expected_micro")
-        return cls(np.asarray(data["items"]), np.asarray(data["impressions"]), np.asarray(data["clicks"]),
-                   None if e is None else np.asarray(e))
+        return cls(
+            np.asarray(data["items"]),
+            np.asarray(data["impressions"]),
+            np.asarray(data["clicks"]),
+            None if e is None else np.asarray(e),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> "PolicyState":
+    def from_json(cls, text: str) -> PolicyState:
         return cls.from_dict(json.loads(text))
 
 
-def _reduce(ids: np.ndarray, n: np.ndarray, c: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _reduce(
+    ids: np.ndarray, n: np.ndarray, c: np.ndarray, e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sum counts of duplicate ids (exactly, in integers), drop items with no impressions; sorted by id."""
     if len(ids) == 0:
         return ids.copy(), n.copy(), c.copy(), e.copy()
@@ -228,8 +261,9 @@ def _reduce(ids: np.ndarray, n: np.ndarray, c: np.ndarray, e: np.ndarray) -> tup
 
 
 def feedback_state(
-    items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray,
-    expected: Optional[Sequence[float] | np.ndarray] = None,
+    items: Sequence[int] | np.ndarray,
+    rewards: Sequence[float] | np.ndarray,
+    expected: Sequence[float] | np.ndarray | None = None,
 ) -> PolicyState:
     """The state that one batch of (shown item, binary reward[, expected click]) feedback amounts to."""
     items = np.asarray(items, dtype=np.int64).ravel()
@@ -263,7 +297,7 @@ class Slate:
 
     items: np.ndarray  # (K,) candidate ids
     indices: np.ndarray  # (K,) positions of `items` in the candidate array
-    propensities: Optional[np.ndarray]  # (K,) P(items[k] at position k); None if not asked for
+    propensities: np.ndarray | None  # (K,) P(items[k] at position k); None if not asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -321,7 +355,7 @@ class Stats(NamedTuple):
     c: np.ndarray
     e: np.ndarray
 
-    def row(self) -> "Stats":
+    def row(self) -> Stats:
         return Stats(self.n[None], self.c[None], self.e[None])
 
 
@@ -334,7 +368,7 @@ class Policy:
 
     type: str = "base"
 
-    def __init__(self, config: PolicyConfig, state: Optional[PolicyState] = None) -> None:
+    def __init__(self, config: PolicyConfig, state: PolicyState | None = None) -> None:
         self.config = config
         self.state = state if state is not None else PolicyState()
         self.delta = PolicyState()  # feedback since the last `take_delta()` (what a replica ships)
@@ -360,7 +394,7 @@ class Policy:
         """The model's click probability for raw `scores` (what `expected` clicks sum)."""
         return self.prior_mean(self.logits(scores))
 
-    def _stats(self, candidates: Optional[np.ndarray], shape: tuple[int, ...]) -> Stats:
+    def _stats(self, candidates: np.ndarray | None, shape: tuple[int, ...]) -> Stats:
         if candidates is None:
             z = np.zeros(shape, dtype=np.int64)
             return Stats(z, z.copy(), np.zeros(shape))
@@ -370,10 +404,10 @@ class Policy:
     def action_dist(
         self,
         scores: np.ndarray,
-        k: Optional[int] = None,
-        candidates: Optional[np.ndarray] = None,
-        mask: Optional[np.ndarray] = None,
-        rng: Optional[np.random.Generator] = None,
+        k: int | None = None,
+        candidates: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """(B, K, N) marginals P(candidate j shown at position k); (K, N) for 1-D scores.
 
@@ -385,7 +419,9 @@ class Policy:
         valid = np.ones(s.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(s.shape)
         nvalid = valid.sum(axis=1)
         if np.any(nvalid < k):
-            raise ValueError(f"slate size {k} exceeds the valid candidates of {int((nvalid < k).sum())} row(s) (min {int(nvalid.min())})")
+            raise ValueError(
+                f"slate size {k} exceeds the valid candidates of {int((nvalid < k).sum())} row(s) (min {int(nvalid.min())})"
+            )
         out = self._dist(self.logits(s), self._stats(candidates, s.shape), valid, k, rng or self.rng)
         return out[0] if single else out
 
@@ -393,10 +429,10 @@ class Policy:
         self,
         candidates: Sequence[int] | np.ndarray,
         scores: Sequence[float] | np.ndarray,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
         key: int | str | bytes | None = None,
-        rng: Optional[np.random.Generator] = None,
+        rng: np.random.Generator | None = None,
         with_propensities: bool = True,
     ) -> Slate:
         """Sample a slate of min(K, N) items from one request's candidates and scores."""
@@ -412,8 +448,10 @@ class Policy:
         return Slate(cand[idx], idx, prop)
 
     def update(
-        self, items: Sequence[int] | np.ndarray, rewards: Sequence[float] | np.ndarray,
-        scores: Optional[Sequence[float] | np.ndarray] = None,
+        self,
+        items: Sequence[int] | np.ndarray,
+        rewards: Sequence[float] | np.ndarray,
+        scores: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         """Learn from feedback: one impression per shown item, a click where reward is 1.
 
@@ -466,7 +504,7 @@ class Policy:
 
     def _sample(
         self, z: np.ndarray, st: Stats, k: int, rng: np.random.Generator, with_prop: bool
-    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
 
 
@@ -560,8 +598,14 @@ class SoftmaxPolicy(Policy):
         if k == 1:
             e = np.exp(zt - zt.max(axis=1, keepdims=True))
             return (e / e.sum(axis=1, keepdims=True))[:, None, :]
-        return _mc_marginals(lambda ins, g, size: ins[0] + g.gumbel(size=size), [z / self.config.temperature], valid, k,
-                             self.config.n_sim, rng)
+        return _mc_marginals(
+            lambda ins, g, size: ins[0] + g.gumbel(size=size),
+            [z / self.config.temperature],
+            valid,
+            k,
+            self.config.n_sim,
+            rng,
+        )
 
     def _sample(self, z, st, k, rng, with_prop):
         zt = z / self.config.temperature
@@ -635,7 +679,9 @@ class ThompsonPolicy(Policy):
         return idx, _rank_probabilities(idx, x, sf)
 
 
-def _mc_marginals(draw: Any, inputs: list[np.ndarray], valid: np.ndarray, k: int, n_sim: int, rng: np.random.Generator) -> np.ndarray:
+def _mc_marginals(
+    draw: Any, inputs: list[np.ndarray], valid: np.ndarray, k: int, n_sim: int, rng: np.random.Generator
+) -> np.ndarray:
     """Monte Carlo (B, K, N) marginals of 'top K of one random draw per candidate'.
 
     `inputs` are (B, N) parameter arrays; `draw(inputs sliced to (rows, 1, N), rng, size)`
@@ -684,8 +730,8 @@ def _rank_probabilities(idx: np.ndarray, x: np.ndarray, sf: Any) -> np.ndarray:
     s[np.arange(k), :, idx] = 0.0  # an item does not compete with itself
     dp = np.zeros(x.shape + (k,))
     dp[..., 0] = 1.0
-    for l in range(s.shape[2]):
-        sl = s[:, :, l : l + 1]
+    for j in range(s.shape[2]):
+        sl = s[:, :, j : j + 1]
         shifted = np.concatenate([np.zeros(x.shape + (1,)), dp[..., :-1]], axis=-1)
         dp = dp * (1 - sl) + shifted * sl
     probs = dp.mean(axis=1)  # (K, K): row = shown item, column = number of items above it
@@ -701,7 +747,7 @@ _POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def build_policy(config: PolicyConfig | Mapping[str, Any], state: Optional[PolicyState] = None) -> Policy:
+def build_policy(config: PolicyConfig | Mapping[str, Any], state: PolicyState | None = None) -> Policy:
     """A policy from a config object or a plain dict (validated: bad keys raise ConfigError)."""
     cfg = config if isinstance(config, PolicyConfig) else PolicyConfig.from_dict(config)
     return _POLICIES[cfg.type](cfg, state)
@@ -748,9 +794,7 @@ def beta_topk_marginals_exact(alpha: np.ndarray, beta: np.ndarray, k: int, point
     # Densities via log-space (stable for large alpha, beta); survival via the regularised incomplete beta.
     with np.errstate(divide="ignore", invalid="ignore"):
         logpdf = (
-            (alpha - 1) * np.log(grid[:, None])
-            + (beta - 1) * np.log1p(-grid[:, None])
-            - special.betaln(alpha, beta)
+            (alpha - 1) * np.log(grid[:, None]) + (beta - 1) * np.log1p(-grid[:, None]) - special.betaln(alpha, beta)
         )
     pdf = np.nan_to_num(np.exp(logpdf), nan=0.0, posinf=0.0)
     sf = special.betainc(beta, alpha, 1.0 - grid[:, None])  # (G, N) P(key_j > x) by I_{1-x}(b, a) = 1 - I_x(a, b)

@@ -22,9 +22,10 @@ scores do not depend on the policy; runs of many policies then take seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +49,7 @@ class CatalogScorer(Protocol):
 class PopularityScorer:
     """log(1 + count) of each item before a cut-off time: the same scores for every user."""
 
-    def __init__(self, interactions: pa.Table, before_ts: Optional[int] = None) -> None:
+    def __init__(self, interactions: pa.Table, before_ts: int | None = None) -> None:
         items = interactions["item"].to_numpy()
         if before_ts is not None:
             items = items[interactions["ts"].to_numpy() < before_ts]
@@ -105,19 +106,21 @@ class ReplayEvents:
         """(E,) the most clicks any slate of k candidates could get."""
         return np.minimum(k, self.clicks.sum(axis=1))
 
-    def subset(self, sel: np.ndarray) -> "ReplayEvents":
+    def subset(self, sel: np.ndarray) -> ReplayEvents:
         return ReplayEvents(self.ts[sel], self.users[sel], self.candidates[sel], self.scores[sel], self.clicks[sel])
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, ts=self.ts, users=self.users, candidates=self.candidates, scores=self.scores, clicks=self.clicks)
+        np.savez_compressed(
+            tmp, ts=self.ts, users=self.users, candidates=self.candidates, scores=self.scores, clicks=self.clicks
+        )
         tmp.replace(path)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReplayEvents":
+    def load(cls, path: str | Path) -> ReplayEvents:
         with np.load(path, allow_pickle=False) as z:  # plain arrays only: loading runs no code
             return cls(z["ts"], z["users"], z["candidates"], z["scores"], z["clicks"])
 
@@ -140,7 +143,7 @@ def build_replay_events(
     horizon: int = 10,
     click_threshold: float = 4.0,
     min_history: int = 5,
-    max_events: Optional[int] = None,
+    max_events: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
 ) -> ReplayEvents:
@@ -171,7 +174,7 @@ def build_replay_events(
         chunk = points[b0 : b0 + batch_size]
         hists = [items[lo:j] for _, lo, j in chunk]
         scores = np.asarray(scorer(hists), dtype=np.float64)
-        for i, (_, lo, j) in enumerate(chunk):
+        for i in range(len(chunk)):
             seen = hists[i]
             pos = np.clip(np.searchsorted(catalog, seen, sorter=cat_order), 0, len(catalog) - 1)
             hit = catalog[cat_order[pos]] == seen
@@ -244,8 +247,8 @@ def run_replay(
     policy: Policy,
     slate_size: int,
     learn: bool = True,
-    report_every: Optional[int] = None,
-    callback: Optional[Callable[[int, dict[str, float]], None]] = None,
+    report_every: int | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> ReplayResult:
     """Replay `events` in order: choose, observe clicks, learn; `callback(step, summary)` every `report_every`."""
     e = len(events)

@@ -13,8 +13,9 @@ as in double machine learning; the Open Bandit Pipeline uses 3 folds on OBD).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,11 +59,11 @@ class LogisticRegression:
         z = X @ w[1:] + w[0]
         return float(np.sum(_log1pexp(z) - y * z) + 0.5 * self.l2 * np.dot(w[1:], w[1:]))
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "LogisticRegression":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticRegression:
         with _single_thread_blas():
             return self._fit(X, y)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> "LogisticRegression":
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> LogisticRegression:
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).ravel()
         if X.ndim != 2 or X.shape[0] != len(y):
@@ -104,7 +105,9 @@ class LogisticRegression:
         return sigmoid(self.decision_function(X))
 
 
-def _predict_all(model: LogisticRegression, features: FeatureFn, rows: np.ndarray, n_actions: int, logits: bool, chunk: int = 256) -> np.ndarray:
+def _predict_all(
+    model: LogisticRegression, features: FeatureFn, rows: np.ndarray, n_actions: int, logits: bool, chunk: int = 256
+) -> np.ndarray:
     out = np.empty((len(rows), n_actions))
     for lo in range(0, len(rows), chunk):
         r = rows[lo : lo + chunk]
@@ -142,8 +145,8 @@ def cross_fit_rewards(
     n_folds: int = 3,
     l2: float = 1.0,
     seed: int = 0,
-    mask: Optional[np.ndarray] = None,
-    predict: Optional[PredictFn] = None,
+    mask: np.ndarray | None = None,
+    predict: PredictFn | None = None,
 ) -> CrossFitRewards:
     """Fit on K - 1 folds, predict the held-out fold, for each of K folds.
 
@@ -178,12 +181,14 @@ def select_cross_fit(
     l2_grid: Sequence[float] = (1.0, 10.0, 100.0, 1000.0),
     n_folds: int = 3,
     seed: int = 0,
-    mask: Optional[np.ndarray] = None,
-    predict: Optional[PredictFn] = None,
+    mask: np.ndarray | None = None,
+    predict: PredictFn | None = None,
 ) -> CrossFitRewards:
     """The cross-fit whose L2 strength gives the lowest out-of-fold log-loss.
 
     Selection uses only the logged data, never the policy value being estimated.
     """
-    fits = [cross_fit_rewards(features, actions, rewards, n_actions, n_folds, l2, seed, mask, predict) for l2 in l2_grid]
+    fits = [
+        cross_fit_rewards(features, actions, rewards, n_actions, n_folds, l2, seed, mask, predict) for l2 in l2_grid
+    ]
     return min(fits, key=lambda f: f.oof_log_loss)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -54,7 +53,7 @@ class SyntheticBandit:
         scores = self.quality[cands] + self.bias[cands] + self.model_noise_std * rng.standard_normal(cands.shape)
         return cands.astype(np.int64), scores
 
-    def true_value(self, policy: Policy, candidates: np.ndarray, scores: np.ndarray, k: Optional[int] = None) -> float:
+    def true_value(self, policy: Policy, candidates: np.ndarray, scores: np.ndarray, k: int | None = None) -> float:
         """Exact expected reward per shown position of `policy` on these requests."""
         k = k or self.slate_size
         dist = policy.action_dist(scores, k, candidates=candidates)  # (n, K, N)
@@ -65,10 +64,10 @@ class SyntheticBandit:
         self,
         policy: Policy,
         n_requests: int,
-        writer: Optional[FeedbackLogWriter] = None,
+        writer: FeedbackLogWriter | None = None,
         seed: int = 0,
         learn: bool = False,
-        start: Optional[dt.datetime] = None,
+        start: dt.datetime | None = None,
         seconds_between: float = 30.0,
         model_version: str = "synthetic",
     ) -> list[FeedbackRecord]:
@@ -85,11 +84,17 @@ class SyntheticBandit:
                 policy.update(slate.items, clicks, scores=scores[i, slate.indices])
             records.append(
                 FeedbackRecord(
-                    request_id=f"req-{seed}-{i}", candidates=cands[i].tolist(), scores=scores[i].tolist(),
-                    slate=slate.items.tolist(), propensities=slate.propensities.tolist(),  # type: ignore[union-attr]
-                    policy=policy.type, policy_params=params,
+                    request_id=f"req-{seed}-{i}",
+                    candidates=cands[i].tolist(),
+                    scores=scores[i].tolist(),
+                    slate=slate.items.tolist(),
+                    propensities=slate.propensities.tolist(),  # type: ignore[union-attr]
+                    policy=policy.type,
+                    policy_params=params,
                     timestamp=start + dt.timedelta(seconds=seconds_between * i),
-                    user_id=f"u{i % 97}", model_version=model_version, rewards=clicks.tolist(),
+                    user_id=f"u{i % 97}",
+                    model_version=model_version,
+                    rewards=clicks.tolist(),
                 )
             )
         if writer is not None:

@@ -28,8 +28,12 @@ def main(src: str, dst: str) -> int:
         model = LogisticRegression(max_iter=1000, random_state=12345).fit(problems[f"X{i}"], problems[f"y{i}"])
         out[f"c{i}"], out[f"b{i}"] = model.coef_[0], model.intercept_[0]
         iters.append(int(np.ravel(model.n_iter_)[0]))
-    versions = {"scikit-learn": sklearn.__version__, "scipy": scipy.__version__, "numpy": np.__version__,
-                "python": sys.version.split()[0]}
+    versions = {
+        "scikit-learn": sklearn.__version__,
+        "scipy": scipy.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
     np.savez(dst, n_iter=np.asarray(iters), versions=json.dumps(versions), **out)
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -35,7 +35,7 @@ def save_model_dir(
     config: SeqRecConfig,
     state_dict: dict[str, torch.Tensor],
     item_ids: list[int],
-    metadata: Optional[dict[str, Any]] = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write an artifact folder; tensors are made contiguous and moved to CPU."""
     directory = Path(directory)
@@ -44,7 +44,12 @@ def save_model_dir(
     save_file(tensors, str(directory / WEIGHTS), metadata={"format": "lmrec-seqrec"})
     (directory / CONFIG).write_text(json.dumps(config.to_dict(), indent=1))
     (directory / VOCAB).write_text(json.dumps({"item_ids": [int(i) for i in item_ids]}))
-    meta = {"format": "lmrec-seqrec", "format_version": 1, "num_parameters": config.num_parameters(), **(metadata or {})}
+    meta = {
+        "format": "lmrec-seqrec",
+        "format_version": 1,
+        "num_parameters": config.num_parameters(),
+        **(metadata or {}),
+    }
     (directory / METADATA).write_text(json.dumps(meta, indent=1, default=str))
     return directory
 
@@ -90,7 +95,9 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise UnsafeArtifactError(f"{path}: not a valid safetensors file ({exc})") from exc
 
 
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> tuple[SeqRecModel, list[int], dict[str, Any]]:
+def load_model_dir(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SeqRecModel, list[int], dict[str, Any]]:
     """(model in eval mode, item vocabulary, metadata) from an artifact folder."""
     directory = Path(directory)
     check_safe(directory)
@@ -99,7 +106,9 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     tensors = read_tensors(directory / WEIGHTS)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{directory}: weights do not match config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{directory}: weights do not match config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     vocab = json.loads((directory / VOCAB).read_text())["item_ids"]
     if len(vocab) != config.num_items:
         raise ValueError(f"{directory}: vocabulary has {len(vocab)} items, config says {config.num_items}")

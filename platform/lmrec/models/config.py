@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from lmrec.config import ConfigError, check
 
@@ -19,9 +19,9 @@ class SeqRecConfig:
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
-    num_kv_heads: Optional[int] = None  # None = num_heads (plain multi-head attention)
-    intermediate_size: Optional[int] = None  # None = 4 * hidden_size
-    head_dim: Optional[int] = None  # None = hidden_size // num_heads; set by structured head pruning
+    num_kv_heads: int | None = None  # None = num_heads (plain multi-head attention)
+    intermediate_size: int | None = None  # None = 4 * hidden_size
+    head_dim: int | None = None  # None = hidden_size // num_heads; set by structured head pruning
     max_seq_len: int = 50
     dropout: float = 0.1  # on item embeddings and attention probabilities
     loss: Literal["full", "sampled"] = "full"
@@ -50,7 +50,11 @@ class SeqRecConfig:
         head_dim = self.attn_head_dim
         check(head_dim % 2 == 0, "num_heads", f"head dim {head_dim} must be even for rotary embeddings")
         kv = self.kv_heads
-        check(kv >= 1 and self.num_heads % kv == 0, "num_kv_heads", f"num_heads {self.num_heads} must be a multiple of num_kv_heads {kv}")
+        check(
+            kv >= 1 and self.num_heads % kv == 0,
+            "num_kv_heads",
+            f"num_heads {self.num_heads} must be a multiple of num_kv_heads {kv}",
+        )
         check(self.max_seq_len >= 2, "max_seq_len", f"must be >= 2, got {self.max_seq_len}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.num_negatives >= 1, "num_negatives", f"must be >= 1, got {self.num_negatives}")
@@ -94,12 +98,12 @@ class SeqRecConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SeqRecConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SeqRecConfig:
         from lmrec.config import from_dict
 
         return from_dict(cls, data)
 
-    def replace(self, **changes: Any) -> "SeqRecConfig":
+    def replace(self, **changes: Any) -> SeqRecConfig:
         try:
             return dataclasses.replace(self, **changes)
         except TypeError as exc:
@@ -114,17 +118,17 @@ class ModelSpec:
     """
 
     size: str = "tiny"
-    hidden_size: Optional[int] = None
-    num_layers: Optional[int] = None
-    num_heads: Optional[int] = None
-    num_kv_heads: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    max_seq_len: Optional[int] = None
-    dropout: Optional[float] = None
-    loss: Optional[Literal["full", "sampled"]] = None
-    negative_sampling: Optional[Literal["uniform", "in_batch"]] = None
-    num_negatives: Optional[int] = None
-    temperature: Optional[float] = None
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    max_seq_len: int | None = None
+    dropout: float | None = None
+    loss: Literal["full", "sampled"] | None = None
+    negative_sampling: Literal["uniform", "in_batch"] | None = None
+    num_negatives: int | None = None
+    temperature: float | None = None
 
     def validate(self) -> None:
         from lmrec.models.sizes import SIZES
@@ -134,7 +138,11 @@ class ModelSpec:
         self.build(num_items=10)
 
     def overrides(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "size" and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "size" and getattr(self, f.name) is not None
+        }
 
     def build(self, num_items: int) -> SeqRecConfig:
         from lmrec.models.sizes import build_config

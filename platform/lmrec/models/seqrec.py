@@ -8,8 +8,8 @@ Imports neither ray nor torch.distributed: sharding wraps a finished model in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -90,9 +90,9 @@ class SeqRecModel(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        targets: Optional[torch.Tensor] = None,
-        candidates: Optional[torch.Tensor] = None,
-        head: Optional[Callable[["SeqRecModel", torch.Tensor], torch.Tensor]] = None,
+        targets: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
+        head: Callable[[SeqRecModel, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """With `targets` (B, L): the scalar training loss over non-pad targets.
 
@@ -179,8 +179,13 @@ class LastPositionLayer(nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None, **kwargs: object) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
         block, attn = self.block, self.block.self_attn
         batch, length = hidden_states.shape[:2]
         normed = block.input_layernorm(hidden_states)

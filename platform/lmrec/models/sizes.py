@@ -7,7 +7,8 @@ item-embedding table; `backbone_parameters` excludes it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lmrec.config import ConfigError
 from lmrec.models.config import SeqRecConfig
@@ -20,18 +21,25 @@ def seqrec_tiny(num_items: int, **overrides: Any) -> SeqRecConfig:
 
 def seqrec_small(num_items: int, **overrides: Any) -> SeqRecConfig:
     """About 3M backbone parameters."""
-    return _build("small", num_items, dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768), overrides)
+    return _build(
+        "small", num_items, dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768), overrides
+    )
 
 
 def seqrec_base(num_items: int, **overrides: Any) -> SeqRecConfig:
     """About 34M backbone parameters."""
-    return _build("base", num_items, dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048), overrides)
+    return _build(
+        "base", num_items, dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048), overrides
+    )
 
 
 def seqrec_large(num_items: int, **overrides: Any) -> SeqRecConfig:
     """>= 300M backbone parameters (24 x 1024)."""
     return _build(
-        "large", num_items, dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096, dropout=0.0), overrides
+        "large",
+        num_items,
+        dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096, dropout=0.0),
+        overrides,
     )
 
 

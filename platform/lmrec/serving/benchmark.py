@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,8 +55,13 @@ def make_model(data_cfg: DataConfig, size: str, out: Path) -> tuple[Path, Sequen
     cfg = build_config(size, data.num_items, dropout=0.0)
     model = SeqRecModel(cfg)
     init_weights_(model, 0)
-    save_model_dir(out, cfg, model.state_dict(), prepared.manifest["item_ids"],
-                   {"dataset": prepared.manifest["dataset"], "data_config": to_dict(data_cfg)})
+    save_model_dir(
+        out,
+        cfg,
+        model.state_dict(),
+        prepared.manifest["item_ids"],
+        {"dataset": prepared.manifest["dataset"], "data_config": to_dict(data_cfg)},
+    )
     return out, data
 
 
@@ -78,22 +83,44 @@ def request_bodies(data: SequenceData, n: int, k: int, seed: int = 0) -> list[di
     return bodies
 
 
-def raw_ceiling(model_dir: Path, bodies: list[dict[str, Any]], batch: int, threads: int, forward: str = "auto",
-                rows_per_forward: Optional[int] = None, repeats: int = 20, last_position_only: bool = True,
-                device: str = "auto") -> dict[str, Any]:
+def raw_ceiling(
+    model_dir: Path,
+    bodies: list[dict[str, Any]],
+    batch: int,
+    threads: int,
+    forward: str = "auto",
+    rows_per_forward: int | None = None,
+    repeats: int = 20,
+    last_position_only: bool = True,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Requests/s of the model forward alone (no HTTP, no Serve) at batch `batch` and 1."""
     from lmrec.config import from_dict
     from lmrec.serving.config import ServeConfig
     from lmrec.serving.runtime import load_model
 
     torch.set_num_threads(threads)
-    cfg = from_dict(ServeConfig, {"model_uri": str(model_dir), "torch_threads": threads, "forward": forward, "device": device,
-                                  "batch": {"rows_per_forward": rows_per_forward}, "last_position_only": last_position_only})
+    cfg = from_dict(
+        ServeConfig,
+        {
+            "model_uri": str(model_dir),
+            "torch_threads": threads,
+            "forward": forward,
+            "device": device,
+            "batch": {"rows_per_forward": rows_per_forward},
+            "last_position_only": last_position_only,
+        },
+    )
     loaded = load_model(str(model_dir), cfg)
     rows = cfg.batch.forward_rows(loaded.device.type)
     hists = [loaded.to_idx(b["history"]) for b in bodies]
     k = bodies[0]["k"]
-    out: dict[str, Any] = {"device": loaded.device.type, "forward": loaded.forward, "rows_per_forward": rows, "last_position_only": loaded.last_position_only}
+    out: dict[str, Any] = {
+        "device": loaded.device.type,
+        "forward": loaded.forward,
+        "rows_per_forward": rows,
+        "last_position_only": loaded.last_position_only,
+    }
     for bs in (1, batch):
         loaded.rank(hists[:bs], k, [True] * bs, rows)  # warm-up
         t0 = time.perf_counter()
@@ -114,7 +141,7 @@ def _wait(url: str, timeout: float = 300) -> None:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
                     return
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 (not up yet: poll again)
             time.sleep(0.5)
     raise TimeoutError(url)
 
@@ -127,8 +154,15 @@ def _levels(url: str, bodies: list[dict[str, Any]], levels: list[int], total: in
     return res
 
 
-def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path, bodies: list[dict[str, Any]],
-                  args: argparse.Namespace, app_extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def serve_variant(
+    name: str,
+    env: dict[str, str],
+    topology: str,
+    model_dir: Path,
+    bodies: list[dict[str, Any]],
+    args: argparse.Namespace,
+    app_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     import ray
     from ray import serve
 
@@ -144,18 +178,29 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
 
         def deploy(batch: int, cache: bool) -> None:
             app_args = {
-                "model_uri": str(model_dir), "torch_threads": args.threads, "forward": args.forward, "max_history": 200,
+                "model_uri": str(model_dir),
+                "torch_threads": args.threads,
+                "forward": args.forward,
+                "max_history": 200,
                 "device": model_device(args.gpus),
-                "batch": {"max_batch_size": batch, "batch_wait_timeout_s": args.wait_s,
-                          "rows_per_forward": args.rows_per_forward},
-                "cache": {"enabled": cache}, "alias_poll_s": 0,
+                "batch": {
+                    "max_batch_size": batch,
+                    "batch_wait_timeout_s": args.wait_s,
+                    "rows_per_forward": args.rows_per_forward,
+                },
+                "cache": {"enabled": cache},
+                "alias_poll_s": 0,
                 "feedback": {"log_dir": tempfile.mkdtemp(prefix="lmrec-bench-fb-")},
-                "topology": topology, **(app_extra or {}),
+                "topology": topology,
+                **(app_extra or {}),
                 # the deployment that holds the model: the Ranker (split) or the Ingress (fused)
-                "deployments": {"Ranker" if topology == "split" else "Ingress":
-                                {"ray_actor_options": {"num_cpus": 1, **({"num_gpus": args.gpus} if args.gpus else {})},
-                                 "max_ongoing_requests": 512,
-                                 "num_replicas": args.replicas}},
+                "deployments": {
+                    "Ranker" if topology == "split" else "Ingress": {
+                        "ray_actor_options": {"num_cpus": 1, **({"num_gpus": args.gpus} if args.gpus else {})},
+                        "max_ongoing_requests": 512,
+                        "num_replicas": args.replicas,
+                    }
+                },
             }
             serve.run(launch.build_app(app_args), name="bench", route_prefix="/")
             _wait(f"{url}/healthz")
@@ -170,7 +215,8 @@ def serve_variant(name: str, env: dict[str, str], topology: str, model_dir: Path
         after = _metric_sum_count("ray_lmrec_serve_batch_size", settle_s=12)
         forwards = after[1] - before[1]
         out["batching_on"][f"c{args.levels[-1]}"]["rows_per_forward_mean"] = (
-            round((after[0] - before[0]) / forwards, 2) if forwards else None)
+            round((after[0] - before[0]) / forwards, 2) if forwards else None
+        )
         sat = max(args.levels)
         deploy(1, cache=False)
         out["batching_off"] = {f"c{sat}": run_load(f"{url}/recommend", bodies, sat, args.requests).summary()}
@@ -206,11 +252,30 @@ def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.N
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmrec.serving.peer", "--model-uri", str(model_dir), "--port", str(port),
-         "--max-batch-size", str(args.batch), "--batch-wait-timeout-s", str(args.wait_s), "--threads", str(args.threads),
-         "--forward", args.forward, "--device", model_device(args.gpus), "--workers", str(args.peer_workers),
-         *(["--rows-per-forward", str(args.rows_per_forward)] if args.rows_per_forward is not None else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "lmrec.serving.peer",
+            "--model-uri",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(args.batch),
+            "--batch-wait-timeout-s",
+            str(args.wait_s),
+            "--threads",
+            str(args.threads),
+            "--forward",
+            args.forward,
+            "--device",
+            model_device(args.gpus),
+            "--workers",
+            str(args.peer_workers),
+            *(["--rows-per-forward", str(args.rows_per_forward)] if args.rows_per_forward is not None else []),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -234,17 +299,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bodies = request_bodies(data, 2000, args.k)
     result: dict[str, Any] = {
         "model": {"size": args.size, "dataset": data.manifest["dataset"], "num_items": data.num_items},
-        "k": args.k, "max_batch_size": args.batch, "batch_wait_timeout_s": args.wait_s, "torch_threads": args.threads,
-        "forward": args.forward, "rows_per_forward": args.rows_per_forward, "levels": args.levels, "requests_per_level": args.requests, "rounds": args.rounds,
+        "k": args.k,
+        "max_batch_size": args.batch,
+        "batch_wait_timeout_s": args.wait_s,
+        "torch_threads": args.threads,
+        "forward": args.forward,
+        "rows_per_forward": args.rows_per_forward,
+        "levels": args.levels,
+        "requests_per_level": args.requests,
+        "rounds": args.rounds,
         "replicas": args.replicas,
-        "peer_workers": args.peer_workers, "host": platform.node(), "cpus": os.cpu_count(),
-        "device": _device_name(args.gpus), "gpus_per_model_replica": args.gpus, "unix_time": int(time.time()),
+        "peer_workers": args.peer_workers,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "device": _device_name(args.gpus),
+        "gpus_per_model_replica": args.gpus,
+        "unix_time": int(time.time()),
     }
     dev = model_device(args.gpus)  # the peer and the raw forward run where the replicas do, never "auto"
-    result["raw_forward"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward, device=dev)
+    result["raw_forward"] = raw_ceiling(
+        model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward, device=dev
+    )
     # The same forward with the last block over every position (ServeConfig.last_position_only: false), for the A/B.
-    result["raw_forward_full_last_block"] = raw_ceiling(model_dir, bodies, args.batch, args.threads, args.forward,
-                                                        args.rows_per_forward, last_position_only=False, device=dev)
+    result["raw_forward_full_last_block"] = raw_ceiling(
+        model_dir,
+        bodies,
+        args.batch,
+        args.threads,
+        args.forward,
+        args.rows_per_forward,
+        last_position_only=False,
+        device=dev,
+    )
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
         one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
@@ -253,8 +339,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             one[name] = serve_variant(name, env, topology, model_dir, bodies, args, extra)
         one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"]}, args)
         rounds.append(one)
-        print(f"round {i + 1}/{args.rounds}: " + json.dumps({k: v.get("throughput_vs_fastapi_peer") for k, v in one["ratios"].items()
-                                                              if isinstance(v, dict) and "throughput_vs_fastapi_peer" in v}))
+        print(
+            f"round {i + 1}/{args.rounds}: "
+            + json.dumps(
+                {
+                    k: v.get("throughput_vs_fastapi_peer")
+                    for k, v in one["ratios"].items()
+                    if isinstance(v, dict) and "throughput_vs_fastapi_peer" in v
+                }
+            )
+        )
     for name in ["fastapi_peer", *args.variants]:
         result[name] = median_cells([r[name] for r in rounds])
     result["ratios"] = ratios(result, args)
@@ -308,20 +402,34 @@ def ratios(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "throughput_vs_fastapi_peer": round(on["req_per_s"] / peer["req_per_s"], 3),
             "p99_vs_fastapi_peer": round(on["p99_ms"] / peer["p99_ms"], 3),
         }
-    out["targets"] = {"batching_speedup": ">= 3", "vs_raw_ceiling": ">= 0.6", "cache_hit_p50_over_miss_p50": "<= 0.2",
-                      "throughput_vs_fastapi_peer": ">= 1.0", "p99_vs_fastapi_peer": "<= 1.0"}
+    out["targets"] = {
+        "batching_speedup": ">= 3",
+        "vs_raw_ceiling": ">= 0.6",
+        "cache_hit_p50_over_miss_p50": "<= 0.2",
+        "throughput_vs_fastapi_peer": ">= 1.0",
+        "p99_vs_fastapi_peer": "<= 1.0",
+    }
     return out
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"\nserving benchmark: {r['model']['size']} model over {r['model']['num_items']} items ({r['model']['dataset']}), "
-          f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs, "
-          f"{r.get('replicas', 1)} model replica(s), {r.get('peer_workers', 1)} peer worker(s), {r.get('rounds', 1)} round(s)")
-    for key, label in (("raw_forward", "last block at the scored position only"), ("raw_forward_full_last_block", "last block at every position")):
+    print(
+        f"\nserving benchmark: {r['model']['size']} model over {r['model']['num_items']} items ({r['model']['dataset']}), "
+        f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs, "
+        f"{r.get('replicas', 1)} model replica(s), {r.get('peer_workers', 1)} peer worker(s), {r.get('rounds', 1)} round(s)"
+    )
+    for key, label in (
+        ("raw_forward", "last block at the scored position only"),
+        ("raw_forward_full_last_block", "last block at every position"),
+    ):
         rf = r.get(key)
         if rf:
-            print(f"raw forward (no HTTP, {rf.get('forward', 'eager')}, {label}): " + ", ".join(
-                f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)))
+            print(
+                f"raw forward (no HTTP, {rf.get('forward', 'eager')}, {label}): "
+                + ", ".join(
+                    f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)
+                )
+            )
     print(f"{'server':<40}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ["fastapi_peer", *VARIANTS]:
         if name not in r:
@@ -334,12 +442,14 @@ def print_table(r: dict[str, Any]) -> None:
             for level, s in rows:
                 setting = f"{section.replace('batching_', 'batch ')} {level}"
                 rows_fwd = f"  ({s['rows_per_forward_mean']} rows/forward)" if s.get("rows_per_forward_mean") else ""
-                print(f"{name:<40}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}"
-                      f"{s['errors']:>8}{rows_fwd}")
+                print(
+                    f"{name:<40}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}"
+                    f"{s['errors']:>8}{rows_fwd}"
+                )
     print(json.dumps(r["ratios"], indent=1))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--size", default="small", help="model size (random weights; latency only)")
@@ -347,19 +457,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--wait-s", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--forward", default="auto", choices=["auto", "eager", "torchscript"],
-                   help="ServeConfig.forward of the raw ceiling, every Serve variant and the peer alike")
-    p.add_argument("--rows-per-forward", type=int, default=None,
-                   help="BatchConfig.rows_per_forward for all of them (default: the device's default)")
+    p.add_argument(
+        "--forward",
+        default="auto",
+        choices=["auto", "eager", "torchscript"],
+        help="ServeConfig.forward of the raw ceiling, every Serve variant and the peer alike",
+    )
+    p.add_argument(
+        "--rows-per-forward",
+        type=int,
+        default=None,
+        help="BatchConfig.rows_per_forward for all of them (default: the device's default)",
+    )
     p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     p.add_argument("--requests", type=int, default=1500, help="requests per concurrency level")
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     p.add_argument("--rounds", type=int, default=1, help="repeat peer + variants; cells are medians over rounds")
     p.add_argument("--replicas", type=int, default=1, help="replicas of the deployment that holds the model")
     p.add_argument("--peer-workers", type=int, default=1, help="uvicorn worker processes of the FastAPI peer")
-    p.add_argument("--gpus", type=float, default=0.0,
-                   help="num_gpus of each model replica (0: CPU). With a GPU, the peer and the raw forward use it too "
-                        "(ServeConfig device/precision auto: CUDA, bf16)")
+    p.add_argument(
+        "--gpus",
+        type=float,
+        default=0.0,
+        help="num_gpus of each model replica (0: CPU). With a GPU, the peer and the raw forward use it too "
+        "(ServeConfig device/precision auto: CUDA, bf16)",
+    )
     p.add_argument("--out", default="out/benchmark_serve.json")
     args = p.parse_args(argv)
     unknown = sorted(set(args.variants) - set(VARIANTS))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from collections.abc import Callable, Hashable
+from typing import Any
 
 
 class TTLCache:
@@ -19,7 +20,7 @@ class TTLCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable) -> Optional[Any]:
+    def get(self, key: Hashable) -> Any | None:
         item = self._data.get(key)
         if item is None:
             self.misses += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from lmrec.config import check
 
@@ -17,13 +17,16 @@ class BatchConfig:
     # A batch is sorted by history length and run in forwards of at most this many rows, so
     # short histories are not padded to the batch's longest. None: 16 on CPU (where compute
     # grows with padded tokens), the whole batch on GPU; 0: always the whole batch.
-    rows_per_forward: Optional[int] = None
+    rows_per_forward: int | None = None
 
     def validate(self) -> None:
         check(1 <= self.max_batch_size <= 4096, "max_batch_size", f"must be in [1, 4096], got {self.max_batch_size}")
         check(0 <= self.batch_wait_timeout_s <= 5, "batch_wait_timeout_s", "must be in [0, 5] seconds")
-        check(self.rows_per_forward is None or self.rows_per_forward >= 0, "rows_per_forward",
-              "must be >= 0 (0: the whole batch in one forward), or null for the device's default")
+        check(
+            self.rows_per_forward is None or self.rows_per_forward >= 0,
+            "rows_per_forward",
+            "must be >= 0 (0: the whole batch in one forward), or null for the device's default",
+        )
 
     def forward_rows(self, device_type: str) -> int:
         """`rows_per_forward` resolved for a device ("cpu" or "cuda")."""
@@ -57,7 +60,7 @@ class ExplorationConfig:
     """
 
     policy: dict[str, Any] = field(default_factory=lambda: {"type": "epsilon_greedy", "epsilon": 0.1})
-    policy_uri: Optional[str] = None
+    policy_uri: str | None = None
     num_candidates: int = 100  # top-N the policy chooses from
     stats_sync_s: float = 1.0  # how often replicas pull merged feedback statistics
 
@@ -73,7 +76,7 @@ class ExplorationConfig:
 class FeedbackConfig:
     """The Parquet impression/feedback log the FeedbackLog deployment owns."""
 
-    log_dir: Optional[str] = None  # None: LMREC_HOME/feedback_logs
+    log_dir: str | None = None  # None: LMREC_HOME/feedback_logs
     batch_size: int = 512  # impressions per file (a file is written once this many are pending)
     max_delay_s: float = 2.0  # impressions are flushed at least this often
     commit_interval_s: float = 0.02  # feedback group commit: acknowledged after a durable write
@@ -102,7 +105,7 @@ class ServeConfig:
     # CPU ingress). fused: the Ingress replicas hold the model and rank in-process, one hop fewer
     # per request: faster when the model shares a few CPU cores with HTTP (docs/benchmarks.md).
     topology: Literal["split", "fused"] = "split"
-    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
     alias_poll_s: float = 10.0  # re-resolve `models:/name@alias` this often; 0 = never
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
@@ -121,13 +124,13 @@ class ServeConfig:
     http_fast_path: bool = True
     max_history: int = 200  # longest history accepted in a request (items)
     max_k: int = 100
-    data_dir: Optional[str] = None  # where to find the model's dataset for user histories
+    data_dir: str | None = None  # where to find the model's dataset for user histories
     batch: BatchConfig = field(default_factory=BatchConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    api_key_env: Optional[str] = None  # name of an env var holding the API key
-    api_key_file: Optional[str] = None  # or a file holding it; either turns the key check on
+    api_key_env: str | None = None  # name of an env var holding the API key
+    api_key_file: str | None = None  # or a file holding it; either turns the key check on
     api_key_header: str = "X-API-Key"
     # A ranker or feedback-log replica that dies mid-request (node loss, OOM kill) is retried on
     # another (or its restarted) replica for up to this long before the client gets a 503.
@@ -146,15 +149,30 @@ class ServeConfig:
         check(self.exploration.num_candidates >= 1, "exploration.num_candidates", "must be >= 1")
         check(bool(self.api_key_header), "api_key_header", "must not be empty")
         check(self.upstream_retry_s >= 0, "upstream_retry_s", "must be >= 0")
-        allowed = {"num_replicas", "autoscaling_config", "ray_actor_options", "max_ongoing_requests",
-                   "graceful_shutdown_timeout_s", "health_check_period_s"}
+        allowed = {
+            "num_replicas",
+            "autoscaling_config",
+            "ray_actor_options",
+            "max_ongoing_requests",
+            "graceful_shutdown_timeout_s",
+            "health_check_period_s",
+        }
         for name, opts in self.deployments.items():
-            check(name in ("Ingress", "Ranker", "FeedbackLog"), f"deployments.{name}",
-                  "unknown deployment; choose Ingress, Ranker or FeedbackLog")
-            check(not (name == "Ranker" and self.topology == "fused"), f"deployments.{name}",
-                  "topology 'fused' has no Ranker deployment: the Ingress holds the model, so set its "
-                  "options (num_gpus, autoscaling_config, ...) under deployments.Ingress")
+            check(
+                name in ("Ingress", "Ranker", "FeedbackLog"),
+                f"deployments.{name}",
+                "unknown deployment; choose Ingress, Ranker or FeedbackLog",
+            )
+            check(
+                not (name == "Ranker" and self.topology == "fused"),
+                f"deployments.{name}",
+                "topology 'fused' has no Ranker deployment: the Ingress holds the model, so set its "
+                "options (num_gpus, autoscaling_config, ...) under deployments.Ingress",
+            )
             bad = sorted(set(opts) - allowed)
             check(not bad, f"deployments.{name}.{bad[0] if bad else ''}", f"unknown option; allowed: {sorted(allowed)}")
-            check(name != "FeedbackLog" or opts.get("num_replicas", 1) == 1 and "autoscaling_config" not in opts,
-                  f"deployments.{name}", "the feedback log has exactly one replica (it owns the Parquet files)")
+            check(
+                name != "FeedbackLog" or opts.get("num_replicas", 1) == 1 and "autoscaling_config" not in opts,
+                f"deployments.{name}",
+                "the feedback log has exactly one replica (it owns the Parquet files)",
+            )

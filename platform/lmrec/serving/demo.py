@@ -40,12 +40,18 @@ def serve_demo(result: Any, port: int = 8000) -> None:
     for u in range(3):
         user = int(data.user_ids[u])
         status, body = _post(f"{url}/recommend", {"user_id": user, "k": 5})
-        print(f"POST /recommend user_id={user}: {status} items={body.get('items')} "
-              f"propensities={[round(p, 3) for p in body.get('propensities', [])]} policy={body.get('policy')}")
+        print(
+            f"POST /recommend user_id={user}: {status} items={body.get('items')} "
+            f"propensities={[round(p, 3) for p in body.get('propensities', [])]} policy={body.get('policy')}"
+        )
         if status == 200:
-            s2, fb = _post(f"{url}/feedback", {"request_id": body["request_id"], "item_id": body["items"][0], "reward": 1})
+            s2, fb = _post(
+                f"{url}/feedback", {"request_id": body["request_id"], "item_id": body["items"][0], "reward": 1}
+            )
             print(f"POST /feedback (click on item {body['items'][0]}): {s2} {fb.get('status', fb.get('error'))}")
     status, body = _post(f"{url}/recommend", {"user_id": -1, "k": 5})
     print(f"POST /recommend unknown user: {status} {body.get('error')}")
-    print(f"\nrecommender: {url}  (OpenAPI docs at {url}/docs; the app stops when this process ends — "
-          f"use `ray start --head` + `lmrec serve` for a lasting one)")
+    print(
+        f"\nrecommender: {url}  (OpenAPI docs at {url}/docs; the app stops when this process ends — "
+        f"use `ray start --head` + `lmrec serve` for a lasting one)"
+    )

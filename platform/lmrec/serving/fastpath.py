@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Awaitable, Optional, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -31,7 +32,9 @@ from lmrec.serving.schemas import RecommendRequest
 class RecommendHandler(Protocol):
     api_key_header: bytes  # lower-case, as ASGI gives header names
 
-    def recommend_handler(self, api_key: Optional[str], body: RecommendRequest, t0: float) -> Awaitable[tuple[int, dict[str, Any]]]:
+    def recommend_handler(
+        self, api_key: str | None, body: RecommendRequest, t0: float
+    ) -> Awaitable[tuple[int, dict[str, Any]]]:
         """(status, JSON body) of one validated request."""
 
     def observe(self, endpoint: str, status: int, t0: float) -> None:
@@ -41,7 +44,7 @@ class RecommendHandler(Protocol):
 _handler: dict[str, RecommendHandler] = {}
 
 
-def register(handler: Optional[RecommendHandler]) -> None:
+def register(handler: RecommendHandler | None) -> None:
     """Serve POST /recommend in this process through `handler` (None: through FastAPI)."""
     _handler.pop("recommend", None)
     if handler is not None:
@@ -50,8 +53,10 @@ def register(handler: Optional[RecommendHandler]) -> None:
 
 def invalid_body(errors: Any, prefix: tuple = ()) -> dict[str, Any]:
     """The 422 body of a request that failed validation: each error's location and message."""
-    return {"error": "invalid request",
-            "detail": [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", "")} for e in errors]}
+    return {
+        "error": "invalid request",
+        "detail": [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", "")} for e in errors],
+    }
 
 
 class RecommendFastPath:
@@ -87,18 +92,23 @@ class RecommendFastPath:
             key = header(scope, handler.api_key_header)
             status, content = await handler.recommend_handler(None if key is None else key.decode("latin-1"), body, t0)
         payload = json.dumps(content, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
 
 def route_path(scope: dict[str, Any]) -> str:
     """The request path below the app's route prefix, as Starlette's router matches it."""
     path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
-def header(scope: dict[str, Any], name: bytes) -> Optional[bytes]:
+def header(scope: dict[str, Any], name: bytes) -> bytes | None:
     """The first value of header `name` (lower-case bytes), or None."""
     for key, value in scope["headers"]:
         if key == name:

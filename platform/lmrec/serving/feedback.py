@@ -24,13 +24,12 @@ import threading
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from lmrec.exploration.logs import FeedbackLogWriter, FeedbackRecord, write_table_atomic
-import numpy as np
-
 from lmrec.exploration.policies import MICRO, PolicyConfig, PolicyState, build_policy
 from lmrec.serving.config import FeedbackConfig
 from lmrec.serving.runtime import RequestError
@@ -57,8 +56,13 @@ GREEDY_PARAMS = '{"type": "greedy"}'
 def _joinable(row: dict[str, Any]) -> dict[str, Any]:
     """What a feedback event needs from its impression: not the candidates and their scores,
     which are most of a row's memory (the join window holds `max_impressions` of these)."""
-    return {"slate": row["slate"], "propensities": row["propensities"], "policy": row["policy"],
-            "model_version": row.get("model_version"), "user_id": row.get("user_id")}
+    return {
+        "slate": row["slate"],
+        "propensities": row["propensities"],
+        "policy": row["policy"],
+        "model_version": row.get("model_version"),
+        "user_id": row.get("user_id"),
+    }
 
 
 class FeedbackStore:
@@ -67,7 +71,9 @@ class FeedbackStore:
     def __init__(self, cfg: FeedbackConfig, root: str | Path) -> None:
         self.cfg = cfg
         self.root = Path(root)
-        self.impression_writer = FeedbackLogWriter(self.root / "impressions", batch_size=cfg.batch_size, max_delay_s=cfg.max_delay_s)
+        self.impression_writer = FeedbackLogWriter(
+            self.root / "impressions", batch_size=cfg.batch_size, max_delay_s=cfg.max_delay_s
+        )
         self._impressions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._seen: set[tuple[str, int]] = set()  # (request_id, item_id) already rewarded
         self._lock = threading.Lock()
@@ -89,14 +95,23 @@ class FeedbackStore:
         """
         import pyarrow.parquet as pq
 
-        cols = ["request_id", "candidates", "scores", "slate", "propensities", "policy", "policy_params",
-                "user_id", "model_version"]
+        cols = [
+            "request_id",
+            "candidates",
+            "scores",
+            "slate",
+            "propensities",
+            "policy",
+            "policy_params",
+            "user_id",
+            "model_version",
+        ]
         files = sorted((self.root / "impressions").rglob("*.parquet"), key=lambda p: p.name, reverse=True)
         rows: list[dict[str, Any]] = []
         for f in files:  # newest first, until the window is full
             rows = pq.read_table(f, columns=cols).to_pylist() + rows
             if len(rows) >= self.cfg.max_impressions:
-                rows = rows[-self.cfg.max_impressions:]
+                rows = rows[-self.cfg.max_impressions :]
                 break
         with self._lock:
             for rec in rows:
@@ -213,7 +228,7 @@ class FeedbackStore:
             for r in rows:
                 self._seen.discard((r["request_id"], r["item_id"]))
 
-    def commit(self, rows: list[dict[str, Any]]) -> Optional[Path]:
+    def commit(self, rows: list[dict[str, Any]]) -> Path | None:
         """Write a batch of events durably (temp file, fsync, rename, fsync dir); then count them."""
         if not rows:
             return None

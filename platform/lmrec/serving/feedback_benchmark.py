@@ -37,9 +37,19 @@ def slates(n: int, candidates: int, k: int, num_items: int = 1349, seed: int = 0
         cand = rng.choice(num_items, candidates, replace=False)
         scores = np.sort(rng.normal(size=candidates))[::-1]
         shown = rng.choice(candidates, k, replace=False)
-        out.append({"request_id": uuid.uuid4().hex, "candidates": cand.tolist(), "scores": scores.tolist(),
-                    "slate": cand[shown].tolist(), "propensities": [0.5] * k, "policy": "epsilon_greedy",
-                    "policy_params": dict(POLICY), "user_id": None, "model_version": "lmrec-seqrec/1"})
+        out.append(
+            {
+                "request_id": uuid.uuid4().hex,
+                "candidates": cand.tolist(),
+                "scores": scores.tolist(),
+                "slate": cand[shown].tolist(),
+                "propensities": [0.5] * k,
+                "policy": "epsilon_greedy",
+                "policy_params": dict(POLICY),
+                "user_id": None,
+                "model_version": "lmrec-seqrec/1",
+            }
+        )
     return out
 
 
@@ -48,7 +58,7 @@ def ingest_us(records: list[dict[str, Any]], ship_batch: int, file_batch: int, r
     store = FeedbackStore(FeedbackConfig(batch_size=file_batch, max_delay_s=0.05), root)
     t0 = time.perf_counter()
     for i in range(0, len(records), ship_batch):
-        store.add_impressions(records[i:i + ship_batch])
+        store.add_impressions(records[i : i + ship_batch])
         store.flush_impressions()
     store.flush_impressions(force=True)
     return (time.perf_counter() - t0) / len(records) * 1e6
@@ -62,7 +72,7 @@ def window_bytes(n: int, candidates: int, k: int, root: Path) -> float:
         records = slates(n, candidates, k, seed=1)  # allocated while tracing, as unpickled in a replica
         store = FeedbackStore(FeedbackConfig(batch_size=512, max_impressions=max(n, 100)), root)
         for i in range(0, n, 20):
-            store.add_impressions(records[i:i + 20])
+            store.add_impressions(records[i : i + 20])
         store.flush_impressions(force=True)
         del records
         gc.collect()
@@ -73,8 +83,9 @@ def window_bytes(n: int, candidates: int, k: int, root: Path) -> float:
     return held / n
 
 
-def run(n: int = 4000, candidates: int = 100, k: int = 10, ship_batch: int = 20, file_batch: int = 512,
-        rounds: int = 5) -> dict[str, Any]:
+def run(
+    n: int = 4000, candidates: int = 100, k: int = 10, ship_batch: int = 20, file_batch: int = 512, rounds: int = 5
+) -> dict[str, Any]:
     records = slates(n, candidates, k)
     with tempfile.TemporaryDirectory() as d:
         ingest_us(records[:200], ship_batch, file_batch, Path(d) / "warmup")  # imports, first files
@@ -82,7 +93,11 @@ def run(n: int = 4000, candidates: int = 100, k: int = 10, ship_batch: int = 20,
         mem = window_bytes(n, candidates, k, Path(d) / "mem")
     best = min(per_round)
     return {
-        "impressions": n, "candidates": candidates, "k": k, "ship_batch": ship_batch, "file_batch": file_batch,
+        "impressions": n,
+        "candidates": candidates,
+        "k": k,
+        "ship_batch": ship_batch,
+        "file_batch": file_batch,
         "ingest_us_per_impression": {"best": best, "median": statistics.median(per_round), "rounds": per_round},
         "impressions_per_core_second": 1e6 / best,
         "join_window_bytes_per_impression": mem,
@@ -92,14 +107,16 @@ def run(n: int = 4000, candidates: int = 100, k: int = 10, ship_batch: int = 20,
 
 def markdown(r: dict[str, Any]) -> str:
     ing = r["ingest_us_per_impression"]
-    return "\n".join([
-        f"FeedbackLog, {r['impressions']} slates of {r['k']} from {r['candidates']} candidates, "
-        f"shipped {r['ship_batch']} at a time, files of {r['file_batch']}:",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| ingest, µs per impression (best / median of {len(ing['rounds'])}) | {ing['best']:.1f} / {ing['median']:.1f} |",
-        f"| impressions per second of one core (best) | {r['impressions_per_core_second']:,.0f} |",
-        f"| join window, bytes per impression held | {r['join_window_bytes_per_impression']:,.0f} |",
-        f"| join window at max_impressions {FeedbackConfig().max_impressions:,} | {r['join_window_mib_at_default_max']:,.0f} MiB |",
-    ])
+    return "\n".join(
+        [
+            f"FeedbackLog, {r['impressions']} slates of {r['k']} from {r['candidates']} candidates, "
+            f"shipped {r['ship_batch']} at a time, files of {r['file_batch']}:",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| ingest, µs per impression (best / median of {len(ing['rounds'])}) | {ing['best']:.1f} / {ing['median']:.1f} |",
+            f"| impressions per second of one core (best) | {r['impressions_per_core_second']:,.0f} |",
+            f"| join window, bytes per impression held | {r['join_window_bytes_per_impression']:,.0f} |",
+            f"| join window at max_impressions {FeedbackConfig().max_impressions:,} | {r['join_window_mib_at_default_max']:,.0f} MiB |",
+        ]
+    )

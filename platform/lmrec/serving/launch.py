@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 APP_NAME = "recommender"
 
@@ -37,7 +37,7 @@ def build_app(args: dict[str, Any]) -> Any:
     return module.build_app(args)
 
 
-def ensure_ray_for_serve(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+def ensure_ray_for_serve(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join (or start) Ray with serve_apps/ shipped to every worker."""
     import os
 
@@ -53,8 +53,9 @@ def ensure_ray_for_serve(address: Optional[str] = None, num_cpus: Optional[int] 
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env)
 
 
-def start(args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blocking: bool = False,
-          address: Optional[str] = None) -> str:
+def start(
+    args: dict[str, Any], host: str = "127.0.0.1", port: int = 8000, blocking: bool = False, address: str | None = None
+) -> str:
     """Deploy (or update) the app; returns its base URL."""
     from ray import serve
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,14 @@ class LoadResult:
         }
 
 
-async def _run(url: str, bodies: Sequence[dict[str, Any]], concurrency: int, total: int,
-               headers: Optional[dict[str, str]], warmup: int) -> LoadResult:
+async def _run(
+    url: str,
+    bodies: Sequence[dict[str, Any]],
+    concurrency: int,
+    total: int,
+    headers: dict[str, str] | None,
+    warmup: int,
+) -> LoadResult:
     import aiohttp
 
     counter = itertools.count()
@@ -75,8 +82,14 @@ async def _run(url: str, bodies: Sequence[dict[str, Any]], concurrency: int, tot
     return LoadResult(total, errors, seconds, np.asarray(lat), statuses)
 
 
-def run_load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int, total: int,
-             headers: Optional[dict[str, str]] = None, warmup: int = 20) -> LoadResult:
+def run_load(
+    url: str,
+    bodies: Sequence[dict[str, Any]],
+    concurrency: int,
+    total: int,
+    headers: dict[str, str] | None = None,
+    warmup: int = 20,
+) -> LoadResult:
     """POST `total` requests (cycling through `bodies`) with `concurrency` in flight."""
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise ValueError(f"load generation targets loopback only, got {url}")

@@ -8,11 +8,10 @@ cache or logging: a lower bound on work, which makes the comparison strict for S
     python -m lmrec.serving.peer --model-uri <folder> --port 8100 --max-batch-size 64
 """
 
-
 import argparse
 import asyncio
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +22,7 @@ class MicroBatcher:
     def __init__(self, fn: Any, max_batch_size: int, timeout_s: float) -> None:
         self.fn, self.max_batch_size, self.timeout_s = fn, max_batch_size, timeout_s
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.task: Optional[asyncio.Task] = None
+        self.task: asyncio.Task | None = None
 
     async def submit(self, item: Any) -> Any:
         if self.task is None:
@@ -49,14 +48,21 @@ class MicroBatcher:
                 results = await loop.run_in_executor(None, self.fn, [b[0] for b in batch])
                 for (_, fut), res in zip(batch, results):
                     fut.set_result(res)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 (the batch's requests get the error)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
 
 
-def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int, forward: str = "auto",
-             rows_per_forward: Optional[int] = None, device: str = "auto") -> Any:
+def make_app(
+    model_uri: str,
+    max_batch_size: int,
+    timeout_s: float,
+    threads: int,
+    forward: str = "auto",
+    rows_per_forward: int | None = None,
+    device: str = "auto",
+) -> Any:
     from fastapi import FastAPI
 
     from lmrec.config import from_dict
@@ -64,8 +70,16 @@ def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int
     from lmrec.serving.runtime import RequestError, load_model
     from lmrec.serving.schemas import RecommendRequest
 
-    cfg = from_dict(ServeConfig, {"model_uri": model_uri, "torch_threads": threads, "forward": forward, "device": device,
-                                  "batch": {"rows_per_forward": rows_per_forward}})
+    cfg = from_dict(
+        ServeConfig,
+        {
+            "model_uri": model_uri,
+            "torch_threads": threads,
+            "forward": forward,
+            "device": device,
+            "batch": {"rows_per_forward": rows_per_forward},
+        },
+    )
     loaded = load_model(model_uri, cfg)
     app = FastAPI(title="plain FastAPI peer")
     rows = cfg.batch.forward_rows(loaded.device.type)  # the same length-sorted forwards as the Serve app
@@ -86,8 +100,12 @@ def make_app(model_uri: str, max_batch_size: int, timeout_s: float, threads: int
 
             return JSONResponse(status_code=exc.status, content={"error": str(exc)})
         cand, scores = await batcher.submit((hist, body.k))
-        return {"request_id": uuid.uuid4().hex, "items": loaded.to_ids(cand).tolist(),
-                "scores": scores.astype(float).tolist(), "model_version": loaded.version}
+        return {
+            "request_id": uuid.uuid4().hex,
+            "items": loaded.to_ids(cand).tolist(),
+            "scores": scores.astype(float).tolist(),
+            "model_version": loaded.version,
+        }
 
     @app.get("/healthz")
     async def healthz() -> Any:
@@ -100,14 +118,18 @@ def app_from_env() -> Any:
     """uvicorn factory for `--workers N`: each worker process loads the model and batches on its own."""
     import os
 
-    return make_app(os.environ["LMREC_PEER_MODEL_URI"], int(os.environ["LMREC_PEER_MAX_BATCH_SIZE"]),
-                    float(os.environ["LMREC_PEER_BATCH_WAIT_S"]), int(os.environ["LMREC_PEER_THREADS"]),
-                    os.environ.get("LMREC_PEER_FORWARD", "auto"),
-                    int(os.environ["LMREC_PEER_ROWS"]) if os.environ.get("LMREC_PEER_ROWS") else None,
-                    os.environ.get("LMREC_PEER_DEVICE", "auto"))
+    return make_app(
+        os.environ["LMREC_PEER_MODEL_URI"],
+        int(os.environ["LMREC_PEER_MAX_BATCH_SIZE"]),
+        float(os.environ["LMREC_PEER_BATCH_WAIT_S"]),
+        int(os.environ["LMREC_PEER_THREADS"]),
+        os.environ.get("LMREC_PEER_FORWARD", "auto"),
+        int(os.environ["LMREC_PEER_ROWS"]) if os.environ.get("LMREC_PEER_ROWS") else None,
+        os.environ.get("LMREC_PEER_DEVICE", "auto"),
+    )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import os
 
     import uvicorn
@@ -121,15 +143,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--forward", default="auto", choices=["auto", "eager", "torchscript"], help="as ServeConfig.forward")
     p.add_argument("--rows-per-forward", type=int, default=None, help="as BatchConfig.rows_per_forward")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="as ServeConfig.device")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each with its own model and batcher)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (each with its own model and batcher)"
+    )
     args = p.parse_args(argv)
     # Every worker process (one by default) builds its app from these through the factory.
-    os.environ.update({"LMREC_PEER_MODEL_URI": args.model_uri, "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
-                       "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s), "LMREC_PEER_THREADS": str(args.threads),
-                       "LMREC_PEER_FORWARD": args.forward, "LMREC_PEER_DEVICE": args.device,
-                       "LMREC_PEER_ROWS": "" if args.rows_per_forward is None else str(args.rows_per_forward)})
-    uvicorn.run("lmrec.serving.peer:app_from_env", factory=True, workers=args.workers, host="127.0.0.1",
-                port=args.port, log_level="warning", access_log=False)
+    os.environ.update(
+        {
+            "LMREC_PEER_MODEL_URI": args.model_uri,
+            "LMREC_PEER_MAX_BATCH_SIZE": str(args.max_batch_size),
+            "LMREC_PEER_BATCH_WAIT_S": str(args.batch_wait_timeout_s),
+            "LMREC_PEER_THREADS": str(args.threads),
+            "LMREC_PEER_FORWARD": args.forward,
+            "LMREC_PEER_DEVICE": args.device,
+            "LMREC_PEER_ROWS": "" if args.rows_per_forward is None else str(args.rows_per_forward),
+        }
+    )
+    uvicorn.run(
+        "lmrec.serving.peer:app_from_env",
+        factory=True,
+        workers=args.workers,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class UserHistories:
     offsets: np.ndarray
     items: np.ndarray
 
-    def get(self, user_id: int) -> Optional[np.ndarray]:
+    def get(self, user_id: int) -> np.ndarray | None:
         i = int(np.searchsorted(self.user_ids, user_id))
         if i >= len(self.user_ids) or self.user_ids[i] != user_id:
             return None
@@ -63,7 +64,7 @@ class LoadedModel:
     max_seq_len: int
     device: torch.device
     dtype: str
-    histories: Optional[UserHistories] = None
+    histories: UserHistories | None = None
     # "eager": `model` is the SeqRecModel. "torchscript": `model` is trace_forward's compiled
     # (x, seen, n) -> (top-n indices, values) module.
     forward: str = "eager"
@@ -98,8 +99,9 @@ class LoadedModel:
         return self.item_ids[np.asarray(idx) - 1]
 
     @torch.inference_mode()
-    def rank(self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool],
-             rows_per_forward: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self, histories: Sequence[np.ndarray], n: int, exclude_seen: Sequence[bool], rows_per_forward: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-`n` (item_idx, score) per history, as (B, n) arrays; seen items masked on request.
 
         `rows_per_forward` > 0 sorts the batch by history length and runs it in slices of at
@@ -114,7 +116,9 @@ class LoadedModel:
             lengths = np.fromiter((min(len(h), self.max_seq_len) for h in histories), np.int64, len(histories))
             order = np.argsort(lengths, kind="stable")
             slices = np.array_split(order, -(-len(order) // rows_per_forward))
-        xs, seens = zip(*(self._inputs([histories[i] for i in rows], [exclude_seen[i] for i in rows]) for rows in slices))
+        xs, seens = zip(
+            *(self._inputs([histories[i] for i in rows], [exclude_seen[i] for i in rows]) for rows in slices)
+        )
         with attention_kernels(self.device):
             out = self._top_n(list(xs), list(seens), n)
         idx = np.empty((len(histories), n), np.int64)
@@ -123,7 +127,9 @@ class LoadedModel:
             idx[rows], val[rows] = _numpy(i), _numpy(v)
         return idx, val
 
-    def _inputs(self, histories: Sequence[np.ndarray], exclude_seen: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(
+        self, histories: Sequence[np.ndarray], exclude_seen: Sequence[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One slice's left-padded windows and its seen-item ids (PAD_ID where nothing is masked)."""
         x = left_pad([h[-self.max_seq_len :] for h in histories], self.max_seq_len)
         (x,) = trim_padding(x)
@@ -153,8 +159,10 @@ class _TopN(torch.nn.Module):
         super().__init__()
         self.scorer = scorer
 
-    def forward(self, xs: List[torch.Tensor], seens: List[torch.Tensor], n: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        out: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    def forward(
+        self, xs: list[torch.Tensor], seens: list[torch.Tensor], n: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i in range(len(xs)):
             scores = self.scorer(xs[i]).float()
             scores.scatter_(1, seens[i], float("-inf"))
@@ -184,8 +192,9 @@ def _cast(model: torch.nn.Module, precision: str, device: torch.device) -> tuple
     return model.to(device), "fp32"
 
 
-def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len: int,
-                  device: torch.device) -> tuple[torch.nn.Module, str]:
+def trace_forward(
+    model: torch.nn.Module, mode: str, num_items: int, max_seq_len: int, device: torch.device
+) -> tuple[torch.nn.Module, str]:
     """Scoring, seen-item mask and top-n compiled to TorchScript and checked against eager; or the eager model.
 
     Why: the compiled step runs as one C++ call that releases the GIL for its whole length.
@@ -216,9 +225,12 @@ def trace_forward(model: torch.nn.Module, mode: str, num_items: int, max_seq_len
             compiled = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(_TopN(traced)).eval()))
             for batch, length, pad in _check_shapes(max_seq_len):
                 x, seen = sample(batch, length, pad)
-                torch.testing.assert_close(compiled([x], [seen], n)[0][1], _TopN(model)([x], [seen], n)[0][1],
-                                           msg=lambda m: f"compiled top-{n} differs from eager at {tuple(x.shape)}: {m}")
-    except Exception as exc:  # noqa: BLE001 - any failure means: serve eagerly, or refuse when asked for the trace
+                torch.testing.assert_close(
+                    compiled([x], [seen], n)[0][1],
+                    _TopN(model)([x], [seen], n)[0][1],
+                    msg=lambda m, shape=tuple(x.shape): f"compiled top-{n} differs from eager at {shape}: {m}",
+                )
+    except Exception as exc:
         if mode == "torchscript":
             raise RuntimeError(f"forward='torchscript' was requested, but compiling the model failed: {exc}") from exc
         log.warning("serving the eager forward: compiling it failed (%s)", str(exc).splitlines()[0][:300])
@@ -244,8 +256,9 @@ def _sampler(num_items: int, device: torch.device) -> Callable[[int, int, int], 
     return sample
 
 
-def last_position_scoring(model: torch.nn.Module, dtype: str, num_items: int, max_seq_len: int,
-                          device: torch.device) -> tuple[torch.nn.Module, bool]:
+def last_position_scoring(
+    model: torch.nn.Module, dtype: str, num_items: int, max_seq_len: int, device: torch.device
+) -> tuple[torch.nn.Module, bool]:
     """The model with its last block computing only the scored position, if that gives its scores.
 
     Why: scoring reads one position; the last block's query, attention output and MLP at every
@@ -259,8 +272,11 @@ def last_position_scoring(model: torch.nn.Module, dtype: str, num_items: int, ma
     """
     from lmrec.models.seqrec import SeqRecModel, score_full_sequence, score_last_position_only
 
-    if not isinstance(model, SeqRecModel) or dtype == "int8" or any(
-            type(m).__name__ == "Int8Linear" for m in model.modules()):
+    if (
+        not isinstance(model, SeqRecModel)
+        or dtype == "int8"
+        or any(type(m).__name__ == "Int8Linear" for m in model.modules())
+    ):
         return model, False
     sample = _sampler(num_items, device)
     xs = [sample(batch, length, pad)[0] for batch, length, pad in _check_shapes(max_seq_len)]
@@ -273,13 +289,14 @@ def last_position_scoring(model: torch.nn.Module, dtype: str, num_items: int, ma
                 torch.testing.assert_close(model(x)[:, 1:].float(), ref, rtol=tol, atol=tol)
         except Exception as exc:  # noqa: BLE001 - any mismatch or failure: score the full sequence
             score_full_sequence(model)
-            log.warning("scoring with the full last block: the last-position block differs (%s)",
-                        str(exc).splitlines()[0][:300])
+            log.warning(
+                "scoring with the full last block: the last-position block differs (%s)", str(exc).splitlines()[0][:300]
+            )
             return model, False
     return model, True
 
 
-def load_histories(meta: dict[str, Any], data_dir: Optional[str]) -> Optional[UserHistories]:
+def load_histories(meta: dict[str, Any], data_dir: str | None) -> UserHistories | None:
     """Histories of the users the model was trained on, from its (cached) prepared dataset."""
     data_cfg = meta.get("data_config")
     if not data_cfg:
@@ -313,7 +330,11 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
     """Resolve, download and load `model_uri` (models:/name@alias, models:/name/3, runs:/.., path)."""
     from lmrec.tracking.mlflow_utils import download_model, resolve_model_version
 
-    info = resolve_model_version(model_uri, cfg.tracking_uri) if model_uri.startswith("models:/") else {"source": model_uri}
+    info = (
+        resolve_model_version(model_uri, cfg.tracking_uri)
+        if model_uri.startswith("models:/")
+        else {"source": model_uri}
+    )
     info["uri"] = model_uri
     local = download_model(info["source"] if info.get("version") else model_uri, uri=cfg.tracking_uri)
     model, vocab, meta = load_model_dir(local)
@@ -348,7 +369,7 @@ def _forward_mode(cfg: ServeConfig, device: torch.device) -> str:
     return cfg.forward
 
 
-def history_key(user_id: Optional[int], history: Optional[Sequence[int]]) -> str:
+def history_key(user_id: int | None, history: Sequence[int] | None) -> str:
     """Cache key part for a request's context (user id, or a hash of the explicit history)."""
     if history is None:
         return f"u:{user_id}"

@@ -7,7 +7,7 @@ by the app and answered with 422 as well.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
@@ -25,14 +25,14 @@ class RecommendRequest(BaseModel):
         },
     )
 
-    user_id: Optional[StrictInt] = Field(None, description="a user of the model's training data")
-    history: Optional[list[StrictInt]] = Field(None, description="item ids, oldest first (instead of user_id)")
+    user_id: StrictInt | None = Field(None, description="a user of the model's training data")
+    history: list[StrictInt] | None = Field(None, description="item ids, oldest first (instead of user_id)")
     k: StrictInt = Field(10, ge=1, description="slate size")
     exclude_seen: StrictBool = Field(True, description="never recommend items already in the history")
     explore: StrictBool = Field(True, description="let the exploration policy pick the slate (else greedy top-k)")
 
     @model_validator(mode="after")
-    def _one_context(self) -> "RecommendRequest":
+    def _one_context(self) -> RecommendRequest:
         if (self.user_id is None) == (self.history is None):
             raise ValueError("give exactly one of 'user_id' or 'history'")
         if self.history is not None and len(self.history) == 0:
@@ -71,7 +71,10 @@ class RecommendResponse(BaseModel):
 class FeedbackRequest(BaseModel):
     """Reward for one shown item of an earlier /recommend response."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"request_id": "3f1c2a9e0b6d4e7f", "item_id": 181, "reward": 1}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"request_id": "3f1c2a9e0b6d4e7f", "item_id": 181, "reward": 1}]},
+    )
 
     request_id: str = Field(min_length=1, max_length=128)
     item_id: StrictInt
@@ -93,17 +96,17 @@ class ErrorResponse(BaseModel):
 
 class VersionResponse(BaseModel):
     model_uri: str
-    model_version: Optional[str]
-    run_id: Optional[str]
-    dataset: Optional[str]
-    num_items: Optional[int]
+    model_version: str | None
+    run_id: str | None
+    dataset: str | None
+    num_items: int | None
     policy: dict
-    policy_uri: Optional[str] = None  # where the policy came from (exploration.policy_uri), if not inline
-    policy_version: Optional[str] = None  # registry version behind a models:/ policy_uri
-    policy_error: Optional[str] = None  # why policy_uri is not (yet) what serves
-    precision: Optional[str]
-    device: Optional[str]
-    forward: Optional[str] = None  # "torchscript" (traced, checked at load) or "eager"
-    last_position_only: Optional[bool] = None  # the last block computes only the scored position (checked at load)
-    loaded_at: Optional[float]
+    policy_uri: str | None = None  # where the policy came from (exploration.policy_uri), if not inline
+    policy_version: str | None = None  # registry version behind a models:/ policy_uri
+    policy_error: str | None = None  # why policy_uri is not (yet) what serves
+    precision: str | None
+    device: str | None
+    forward: str | None = None  # "torchscript" (traced, checked at load) or "eager"
+    last_position_only: bool | None = None  # the last block computes only the scored position (checked at load)
+    loaded_at: float | None
     lmrec_version: str

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from lmrec.config import check
 
@@ -15,11 +14,11 @@ class TrackingConfig:
     `tracking_uri` None means MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME.
     """
 
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     experiment: str = "lmrec"
-    run_name: Optional[str] = None
-    run_id: Optional[str] = None  # set by the driver; workers log into this run
-    parent_run_id: Optional[str] = None  # nests this run under another (pipelines, searches)
+    run_name: str | None = None
+    run_id: str | None = None  # set by the driver; workers log into this run
+    parent_run_id: str | None = None  # nests this run under another (pipelines, searches)
     register: bool = True
     model_name: str = "lmrec-seqrec"
     alias: str = "candidate"

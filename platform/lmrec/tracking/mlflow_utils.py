@@ -12,8 +12,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 from lmrec.paths import lmrec_home
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT_PATH = "model"
 
 
-def resolve_tracking_uri(uri: Optional[str] = None) -> str:
+def resolve_tracking_uri(uri: str | None = None) -> str:
     """Explicit URI, else MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME."""
     if uri:
         return uri
@@ -38,13 +39,13 @@ def default_artifact_root() -> str:
     return path.as_uri()
 
 
-def client(uri: Optional[str] = None) -> Any:
+def client(uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=resolve_tracking_uri(uri))
 
 
-def ensure_experiment(name: str, uri: Optional[str] = None) -> str:
+def ensure_experiment(name: str, uri: str | None = None) -> str:
     """Experiment id for `name`, creating it (with a local artifact root for file stores)."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
@@ -68,11 +69,11 @@ def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
 
 def start_run(
     experiment: str,
-    run_name: Optional[str] = None,
-    params: Optional[Mapping[str, Any]] = None,
-    tags: Optional[Mapping[str, str]] = None,
-    parent_run_id: Optional[str] = None,
-    uri: Optional[str] = None,
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    uri: str | None = None,
 ) -> str:
     """Create a run (nested under `parent_run_id` if given), log params and tags; return its id."""
     from mlflow.entities import Param, RunTag
@@ -96,12 +97,12 @@ def start_run(
 class RunLogger:
     """Log into one existing run from any process (rank 0 of a Ray Train worker group)."""
 
-    def __init__(self, run_id: str, uri: Optional[str] = None) -> None:
+    def __init__(self, run_id: str, uri: str | None = None) -> None:
         self.run_id = run_id
         self.uri = resolve_tracking_uri(uri)
         self.client = client(self.uri)
 
-    def metrics(self, values: Mapping[str, float], step: Optional[int] = None) -> None:
+    def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -114,7 +115,9 @@ class RunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        ms = [Metric(_metric_key(k), float(v), now, int(st)) for k, vals in series.items() for st, v in zip(steps, vals)]
+        ms = [
+            Metric(_metric_key(k), float(v), now, int(st)) for k, vals in series.items() for st, v in zip(steps, vals)
+        ]
         for chunk in _chunks(ms, 1000):
             self.client.log_batch(self.run_id, metrics=chunk)
 
@@ -129,10 +132,10 @@ class RunLogger:
         for k, v in values.items():
             self.client.set_tag(self.run_id, k, str(v))
 
-    def artifact(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def artifacts(self, directory: str | Path, artifact_path: Optional[str] = None) -> None:
+    def artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(directory), artifact_path)
 
     def json(self, data: Any, name: str) -> None:
@@ -164,11 +167,11 @@ def _is_number(v: Any) -> bool:
 def register_model(
     run_id: str,
     name: str,
-    alias: Optional[str] = None,
+    alias: str | None = None,
     artifact_path: str = MODEL_ARTIFACT_PATH,
-    tags: Optional[Mapping[str, str]] = None,
-    description: Optional[str] = None,
-    uri: Optional[str] = None,
+    tags: Mapping[str, str] | None = None,
+    description: str | None = None,
+    uri: str | None = None,
     model_description: str = "lmrec sequential recommender (safetensors + JSON)",
 ) -> str:
     """Register `runs:/<run_id>/<artifact_path>` as a new version of `name`; optionally alias it.
@@ -177,11 +180,11 @@ def register_model(
     c = client(uri)
     try:
         c.get_registered_model(name)
-    except Exception:
+    except Exception:  # noqa: BLE001 (any lookup failure: try to create it; a real error resurfaces there)
         try:
             c.create_registered_model(name, description=model_description)
-        except Exception:
-            c.get_registered_model(name)  # created concurrently
+        except Exception:  # noqa: BLE001 (created concurrently: the lookup below raises if not)
+            c.get_registered_model(name)
     mv = c.create_model_version(
         name,
         source=f"runs:/{run_id}/{artifact_path}",
@@ -194,22 +197,22 @@ def register_model(
     return str(mv.version)
 
 
-def set_alias(name: str, alias: str, version: str | int, uri: Optional[str] = None) -> None:
+def set_alias(name: str, alias: str, version: str | int, uri: str | None = None) -> None:
     client(uri).set_registered_model_alias(name, alias, str(version))
 
 
-def version_by_alias(name: str, alias: str, uri: Optional[str] = None) -> Any:
+def version_by_alias(name: str, alias: str, uri: str | None = None) -> Any:
     return client(uri).get_model_version_by_alias(name, alias)
 
 
-def promote(name: str, from_alias: str, to_alias: str, uri: Optional[str] = None) -> str:
+def promote(name: str, from_alias: str, to_alias: str, uri: str | None = None) -> str:
     """Point `to_alias` at the version `from_alias` points at (e.g. candidate -> champion)."""
     mv = version_by_alias(name, from_alias, uri)
     set_alias(name, to_alias, mv.version, uri)
     return str(mv.version)
 
 
-def resolve_model_version(model_uri: str, uri: Optional[str] = None) -> dict[str, Any]:
+def resolve_model_version(model_uri: str, uri: str | None = None) -> dict[str, Any]:
     """For `models:/name@alias` or `models:/name/3`: {name, version, run_id, source}."""
     c = client(uri)
     if not model_uri.startswith("models:/"):
@@ -224,7 +227,7 @@ def resolve_model_version(model_uri: str, uri: Optional[str] = None) -> dict[str
     return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source}
 
 
-def download_model(model_uri: str, dst: Optional[str | Path] = None, uri: Optional[str] = None) -> Path:
+def download_model(model_uri: str, dst: str | Path | None = None, uri: str | None = None) -> Path:
     """Local folder holding the artifact of `models:/...`, `runs:/...` or a path."""
     if os.path.isdir(model_uri):  # a folder needs no MLflow (a replica on a machine without it can serve one)
         return Path(model_uri)

@@ -30,10 +30,20 @@ from lmrec.training.sharding import state_bytes
 from lmrec.training.trainer import build_trainer, ensure_ray
 
 DEFAULTS = [
-    "data.dataset=ml-100k", "data.fallback_to_synthetic=true", "model.size=small", "model.max_seq_len=50",
-    "model.dropout=0.0", "train.batch_size=32", "train.epochs=2", "train.max_steps_per_epoch=30",
-    "train.sliding_window=true", "eval.every_epochs=0", "eval.protocols=[full]", "eval.max_users=64",
-    "tracking.register=false", "train.log_every_steps=1000",
+    "data.dataset=ml-100k",
+    "data.fallback_to_synthetic=true",
+    "model.size=small",
+    "model.max_seq_len=50",
+    "model.dropout=0.0",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.max_steps_per_epoch=30",
+    "train.sliding_window=true",
+    "eval.every_epochs=0",
+    "eval.protocols=[full]",
+    "eval.max_users=64",
+    "tracking.register=false",
+    "train.log_every_steps=1000",
 ]
 
 
@@ -61,10 +71,12 @@ def bare_loop(cfg: TrainJobConfig, data: SequenceData, threads: int) -> dict[str
     return {"samples_per_s": per_epoch[-1], "state_bytes": state_bytes(model, opt)}
 
 
-def ray_train(cfg: TrainJobConfig, workers: int, strategy: str, cpus: float, storage: str, name: str,
-              *extra: str) -> dict[str, Any]:
-    cfg = replace(cfg, [f"train.num_workers={workers}", f"train.strategy={strategy}", f"train.cpus_per_worker={cpus}",
-                        *extra])
+def ray_train(
+    cfg: TrainJobConfig, workers: int, strategy: str, cpus: float, storage: str, name: str, *extra: str
+) -> dict[str, Any]:
+    cfg = replace(
+        cfg, [f"train.num_workers={workers}", f"train.strategy={strategy}", f"train.cpus_per_worker={cpus}", *extra]
+    )
     result = build_trainer(cfg, name, storage).fit()
     state = read_state(result.checkpoint.path)
     assert state is not None
@@ -111,12 +123,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 one_state = one["state_bytes_rank0"]
                 if args.no_epoch_checkpoint_run:  # same, without the epoch-1 checkpoint before the timed epoch
                     row["ray_1_worker_no_epoch_ckpt"] = one_worker(
-                        f"bench-1w-nockpt-{stamp}-r{r}", "train.checkpoint_every_epochs=0")["samples_per_s"]
+                        f"bench-1w-nockpt-{stamp}-r{r}", "train.checkpoint_every_epochs=0"
+                    )["samples_per_s"]
         row["ratio"] = row["ray_1_worker"] / row["bare"]
         if "ray_1_worker_no_epoch_ckpt" in row:
             row["ratio_no_epoch_ckpt"] = row["ray_1_worker_no_epoch_ckpt"] / row["bare"]
         rounds.append(row)
-        print(f"[benchmark_train] round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+        print(
+            f"[benchmark_train] round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()),
+            flush=True,
+        )
     ensure_ray(num_cpus=max(4, args.cpus + 1))
     two = ray_train(cfg, 2, "fsdp", args.cpus / 2, storage, f"bench-2w-fsdp-{stamp}")
     unsharded = bare["state_bytes"]["total"]
@@ -135,13 +151,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": {  # samples/s: medians over rounds (the 2-worker run is measured once, after the rounds)
             "bare_pytorch": {"samples_per_s": bare_sps, "state_bytes_per_rank": unsharded},
             "ray_train_1_worker": {"samples_per_s": one_sps, "state_bytes_per_rank": one_state},
-            "ray_train_2_workers_fsdp": {"samples_per_s": two["samples_per_s"], "state_bytes_per_rank": two["state_bytes_rank0"]},
+            "ray_train_2_workers_fsdp": {
+                "samples_per_s": two["samples_per_s"],
+                "state_bytes_per_rank": two["state_bytes_rank0"],
+            },
         },
         "ratios": {
             "ray1_vs_bare_throughput": statistics.median(r["ratio"] for r in rounds),  # median of per-round ratios
             "ray1_vs_bare_throughput_per_round": [r["ratio"] for r in rounds],
-            **({"ray1_no_epoch_ckpt_vs_bare_throughput": statistics.median(r["ratio_no_epoch_ckpt"] for r in rounds)}
-               if args.no_epoch_checkpoint_run else {}),
+            **(
+                {"ray1_no_epoch_ckpt_vs_bare_throughput": statistics.median(r["ratio_no_epoch_ckpt"] for r in rounds)}
+                if args.no_epoch_checkpoint_run
+                else {}
+            ),
             "fsdp2_vs_bare_throughput": two["samples_per_s"] / bare_sps,
             "fsdp2_per_rank_state_vs_unsharded": two["state_bytes_rank0"] / unsharded,
         },
@@ -155,26 +177,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(out: dict[str, Any]) -> None:
     r = out["results"]
-    print(f"\ntraining benchmark: {out['model']['size']} model ({out['model']['parameters']:,} params), "
-          f"{out['dataset']}, batch {out['batch_size_per_worker']}/worker, {out['steps_per_epoch']} steps/epoch, "
-          f"{out['cpus']} CPUs")
+    print(
+        f"\ntraining benchmark: {out['model']['size']} model ({out['model']['parameters']:,} params), "
+        f"{out['dataset']}, batch {out['batch_size_per_worker']}/worker, {out['steps_per_epoch']} steps/epoch, "
+        f"{out['cpus']} CPUs"
+    )
     print(f"{'setup':<28}{'samples/s':>12}{'vs bare':>10}{'state/rank (MB)':>18}{'vs unsharded':>14}")
     base_sps = r["bare_pytorch"]["samples_per_s"]
     base_mem = r["bare_pytorch"]["state_bytes_per_rank"]
     for name, row in r.items():
-        print(f"{name:<28}{row['samples_per_s']:>12,.1f}{row['samples_per_s'] / base_sps:>10.2f}"
-              f"{row['state_bytes_per_rank'] / 2**20:>18.2f}{row['state_bytes_per_rank'] / base_mem:>14.2f}")
+        print(
+            f"{name:<28}{row['samples_per_s']:>12,.1f}{row['samples_per_s'] / base_sps:>10.2f}"
+            f"{row['state_bytes_per_rank'] / 2**20:>18.2f}{row['state_bytes_per_rank'] / base_mem:>14.2f}"
+        )
     print(json.dumps(out["ratios"], indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", help="TrainJobConfig YAML (defaults: ML-100k, small model)")
-    p.add_argument("--cpus", type=int, default=2, help="CPUs for the bare loop and the 1-worker run; split over 2 ranks")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="alternate the bare loop and Ray Train 1 worker this many times; the ratio is the median")
-    p.add_argument("--no-epoch-checkpoint-run", action="store_true",
-                   help="per round, also time Ray Train 1 worker with train.checkpoint_every_epochs=0")
+    p.add_argument(
+        "--cpus", type=int, default=2, help="CPUs for the bare loop and the 1-worker run; split over 2 ranks"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate the bare loop and Ray Train 1 worker this many times; the ratio is the median",
+    )
+    p.add_argument(
+        "--no-epoch-checkpoint-run",
+        action="store_true",
+        help="per round, also time Ray Train 1 worker with train.checkpoint_every_epochs=0",
+    )
     p.add_argument("--storage", default="out/bench_storage")
     p.add_argument("--out", default="out/benchmark_train.json")
     p.add_argument("overrides", nargs="*")
@@ -187,4 +222,3 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0
-

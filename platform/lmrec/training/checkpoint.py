@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,8 +39,8 @@ class TrainState:
     # (sum, count) of train losses over all ranks for the steps of `epoch` already done,
     # so an epoch interrupted mid-way still reports the mean over all of its steps
     epoch_loss: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    best_epoch: Optional[int] = None  # epoch whose weights are kept as "best" (validation metric)
-    best_metric: Optional[float] = None
+    best_epoch: int | None = None  # epoch whose weights are kept as "best" (validation metric)
+    best_metric: float | None = None
     evals_since_best: int = 0
     stopped_early: bool = False
 
@@ -48,7 +48,7 @@ class TrainState:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainState":
+    def from_json(cls, text: str) -> TrainState:
         return cls(**json.loads(text))
 
 
@@ -61,7 +61,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: TrainState,
     directory: str | Path,
-    best: Optional[dict[str, torch.Tensor]] = None,
+    best: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Collective: every rank must call it. Writes this rank's part into `directory`.
 
@@ -94,7 +94,7 @@ def _has_best(directory: Path) -> bool:
 
 def load_checkpoint(
     model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path
-) -> tuple[TrainState, Optional[dict[str, torch.Tensor]]]:
+) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
     """Collective: restore model, optimizer and this rank's RNG; return (state, best weights or None)."""
     directory = Path(directory)
     state = TrainState.from_json((directory / STATE_FILE).read_text())
@@ -113,6 +113,6 @@ def load_checkpoint(
     return state, sd.get("best_model")
 
 
-def read_state(directory: str | Path) -> Optional[TrainState]:
+def read_state(directory: str | Path) -> TrainState | None:
     path = Path(directory) / STATE_FILE
     return TrainState.from_json(path.read_text()) if path.exists() else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from lmrec.config import check
 from lmrec.data.config import DataConfig
@@ -26,7 +26,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 42
     sliding_window: bool = False  # also train on earlier windows of long sequences
-    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and benchmarks
+    max_steps_per_epoch: int | None = None  # cap for smoke tests and benchmarks
     # Ray Train worker group
     num_workers: int = 1
     use_gpu: bool = False
@@ -43,8 +43,8 @@ class TrainConfig:
     checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 2
     max_failures: int = 2
-    storage_path: Optional[str] = None  # local folder or URI (s3://, gs://); None = LMREC_HOME/ray_results
-    run_name: Optional[str] = None  # Ray Train run name; reusing it resumes that run
+    storage_path: str | None = None  # local folder or URI (s3://, gs://); None = LMREC_HOME/ray_results
+    run_name: str | None = None  # Ray Train run name; reusing it resumes that run
     log_every_steps: int = 50
     select_best: bool = True  # test/export the weights of the best validation epoch
     early_stopping_patience: int = 0  # stop after N validations without improvement (0 = never)
@@ -83,4 +83,4 @@ class TrainJobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    prepared_path: Optional[str] = None  # filled in by the driver after preparation
+    prepared_path: str | None = None  # filled in by the driver after preparation

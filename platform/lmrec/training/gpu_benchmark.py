@@ -28,13 +28,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from lmrec.config import from_dict, load_config, replace
+from lmrec.config import load_config, replace
 from lmrec.data.sequences import SequenceData, shard_batches, train_examples
 from lmrec.models.seqrec import SeqRecModel, init_weights_
 from lmrec.models.sizes import build_config
@@ -44,8 +44,13 @@ from lmrec.training.loop import LocalContext, default_loss, run_training, setup_
 from lmrec.training.sharding import resolve_precision, state_bytes
 
 BASE = [
-    "model.max_seq_len=50", "model.dropout=0.0", "train.batch_size=128", "train.sliding_window=true",
-    "train.log_every_steps=1000", "eval.protocols=[full]", "tracking.register=false",
+    "model.max_seq_len=50",
+    "model.dropout=0.0",
+    "train.batch_size=128",
+    "train.sliding_window=true",
+    "train.log_every_steps=1000",
+    "eval.protocols=[full]",
+    "tracking.register=false",
 ]
 
 
@@ -112,11 +117,24 @@ def grad_check(prepared: str, device: torch.device, size: str) -> dict[str, Any]
     return result
 
 
-def crash_and_resume(prepared: str, device: torch.device, size: str, epochs: int = 3, steps: int = 40) -> dict[str, Any]:
+def crash_and_resume(
+    prepared: str, device: torch.device, size: str, epochs: int = 3, steps: int = 40
+) -> dict[str, Any]:
     """Train with FSDP2 (precision auto), crash at a step mid-epoch, resume from the last checkpoint."""
-    cfg = job(prepared, [f"model.size={size}", "train.strategy=fsdp", "train.precision=auto", f"train.epochs={epochs}",
-                         f"train.max_steps_per_epoch={steps}", f"train.checkpoint_every_steps={max(1, steps // 4)}", "eval.every_epochs=1",
-                         "eval.max_users=2048", "train.select_best=false"])
+    cfg = job(
+        prepared,
+        [
+            f"model.size={size}",
+            "train.strategy=fsdp",
+            "train.precision=auto",
+            f"train.epochs={epochs}",
+            f"train.max_steps_per_epoch={steps}",
+            f"train.checkpoint_every_steps={max(1, steps // 4)}",
+            "eval.every_epochs=1",
+            "eval.max_users=2048",
+            "train.select_best=false",
+        ],
+    )
     crash_at = steps + steps // 2 + 3  # mid-way through epoch 1, a few steps after a mid-epoch checkpoint
     root = Path(tempfile.mkdtemp(prefix="lmrec-gpu-resume-"))
     calls = {"n": 0}
@@ -139,21 +157,35 @@ def crash_and_resume(prepared: str, device: torch.device, size: str, epochs: int
     last = sorted(root.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
     state = read_state(last)
     assert state is not None
-    ok = (bool(crashed) and state.global_step == epochs * steps and state.epochs_completed == list(range(epochs))
-          and state.restarts == 1)
+    ok = (
+        bool(crashed)
+        and state.global_step == epochs * steps
+        and state.epochs_completed == list(range(epochs))
+        and state.restarts == 1
+    )
     return {
-        "size": size, "epochs": epochs, "steps_per_epoch": steps, "crash": crashed, "resumed_restarts": state.restarts,
-        "global_step": state.global_step, "expected_steps": epochs * steps, "epochs_completed": state.epochs_completed,
+        "size": size,
+        "epochs": epochs,
+        "steps_per_epoch": steps,
+        "crash": crashed,
+        "resumed_restarts": state.restarts,
+        "global_step": state.global_step,
+        "expected_steps": epochs * steps,
+        "epochs_completed": state.epochs_completed,
         "dtype": str(resolve_precision("auto", device)).removeprefix("torch."),
         "train_loss_per_epoch": [round(h["train_loss"], 4) for h in state.history],
-        "test_ndcg@10": final.get("test/full/ndcg@10"), "seconds": round(seconds, 1), "ok": ok,
+        "test_ndcg@10": final.get("test/full/ndcg@10"),
+        "seconds": round(seconds, 1),
+        "ok": ok,
     }
 
 
 # ------------------------------------------------------------------ throughput
 
 
-def train_throughput(prepared: str, device: torch.device, sizes: list[str], batch: int, warmup: int, steps: int) -> list[dict[str, Any]]:
+def train_throughput(
+    prepared: str, device: torch.device, sizes: list[str], batch: int, warmup: int, steps: int
+) -> list[dict[str, Any]]:
     data = SequenceData.load(prepared, with_meta=False)
     rows = []
     for size in sizes:
@@ -177,14 +209,21 @@ def train_throughput(prepared: str, device: torch.device, sizes: list[str], batc
             t0 = time.perf_counter()
             losses = []
             for i in range(warmup, warmup + steps):
-                losses.append(train_step(setup, inputs[batches[i]], targets[batches[i]], device, tc.lr, tc.grad_clip, strategy))
+                losses.append(
+                    train_step(setup, inputs[batches[i]], targets[batches[i]], device, tc.lr, tc.grad_clip, strategy)
+                )
             sync(device)
             dt = time.perf_counter() - t0
             tokens = sum(int((targets[batches[i]] != 0).sum()) for i in range(warmup, warmup + steps))
             row = {
-                "size": size, "parameters": mcfg.num_parameters(), "variant": name, "batch": batch,
-                "samples_per_s": round(steps * batch / dt, 1), "tokens_per_s": round(tokens / dt, 0),
-                "step_ms": round(dt / steps * 1000, 2), "state_mb": round(state_bytes(setup.model, setup.optimizer)["total"] / 2**20, 1),
+                "size": size,
+                "parameters": mcfg.num_parameters(),
+                "variant": name,
+                "batch": batch,
+                "samples_per_s": round(steps * batch / dt, 1),
+                "tokens_per_s": round(tokens / dt, 0),
+                "step_ms": round(dt / steps * 1000, 2),
+                "state_mb": round(state_bytes(setup.model, setup.optimizer)["total"] / 2**20, 1),
                 "last_loss": round(losses[-1], 4),
             }
             if device.type == "cuda":
@@ -198,7 +237,9 @@ def train_throughput(prepared: str, device: torch.device, sizes: list[str], batc
 # ------------------------------------------------------------------ serving forward
 
 
-def forward_latency(prepared: str, device: torch.device, sizes: list[str], batches: list[int], repeats: int) -> list[dict[str, Any]]:
+def forward_latency(
+    prepared: str, device: torch.device, sizes: list[str], batches: list[int], repeats: int
+) -> list[dict[str, Any]]:
     from lmrec.serving.runtime import LoadedModel, _cast
 
     data = SequenceData.load(prepared, with_meta=False)
@@ -216,8 +257,16 @@ def forward_latency(prepared: str, device: torch.device, sizes: list[str], batch
             model = SeqRecModel(mcfg)
             init_weights_(model, 0)
             model, dtype = _cast(model.eval(), precision, device)
-            loaded = LoadedModel(model=model, item_ids=np.arange(1, data.num_items + 1, dtype=np.int64), version=size,
-                                 info={}, max_seq_len=50, device=device, dtype=dtype, histories=None)
+            loaded = LoadedModel(
+                model=model,
+                item_ids=np.arange(1, data.num_items + 1, dtype=np.int64),
+                version=size,
+                info={},
+                max_seq_len=50,
+                device=device,
+                dtype=dtype,
+                histories=None,
+            )
             base = None
             for bs in batches:
                 for _ in range(3):  # warm-up (CUDA kernels, allocator)
@@ -229,8 +278,15 @@ def forward_latency(prepared: str, device: torch.device, sizes: list[str], batch
                 dt = (time.perf_counter() - t0) / repeats
                 rps = bs / dt
                 base = base or rps
-                row = {"size": size, "parameters": mcfg.num_parameters(), "precision": dtype, "batch": bs,
-                       "forward_ms": round(dt * 1000, 3), "req_per_s": round(rps, 1), "vs_batch_1": round(rps / base, 2)}
+                row = {
+                    "size": size,
+                    "parameters": mcfg.num_parameters(),
+                    "precision": dtype,
+                    "batch": bs,
+                    "forward_ms": round(dt * 1000, 3),
+                    "req_per_s": round(rps, 1),
+                    "vs_batch_1": round(rps / base, 2),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             del loaded, model
@@ -242,7 +298,7 @@ def forward_latency(prepared: str, device: torch.device, sizes: list[str], batch
 # ------------------------------------------------------------------ quality
 
 
-def quality(prepared: str, device: torch.device, config: Optional[str], overrides: list[str]) -> dict[str, Any]:
+def quality(prepared: str, device: torch.device, config: str | None, overrides: list[str]) -> dict[str, Any]:
     cfg = load_config(TrainJobConfig, config, ["tracking.register=false"] + overrides)
     cfg = replace(cfg, ["train.strategy=none", "train.num_workers=1"])
     cfg.prepared_path = prepared
@@ -251,17 +307,22 @@ def quality(prepared: str, device: torch.device, config: Optional[str], override
     final = run_training(cfg, ctx)
     hist = [r for r in ctx.reports if "epoch" in r and "final" not in r and "mid_epoch" not in r]
     return {
-        "config": config, "overrides": overrides, "seconds": round(time.perf_counter() - t0, 1),
-        "epochs_run": len(hist), "best_epoch": final.get("best_epoch"),
+        "config": config,
+        "overrides": overrides,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "epochs_run": len(hist),
+        "best_epoch": final.get("best_epoch"),
         "valid_ndcg@10_curve": [round(r["valid/full/ndcg@10"], 4) for r in hist if "valid/full/ndcg@10" in r],
         "final": {k: round(v, 4) for k, v in final.items() if k.startswith(("test/", "valid/"))},
     }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prepared", required=True, help="a prepared dataset folder (lmrec prepare / prepare_dataset)")
-    p.add_argument("--parts", default="fsdp,throughput,forward", help="comma list of fsdp, throughput, forward, quality")
+    p.add_argument(
+        "--parts", default="fsdp,throughput,forward", help="comma list of fsdp, throughput, forward, quality"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="small,base,large,xl", help="model sizes for throughput")
     p.add_argument("--forward-sizes", default="small,base,large")
@@ -285,7 +346,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parts = [s for s in args.parts.split(",") if s]
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "dataset": json.loads((Path(args.prepared) / "manifest.json").read_text())["dataset"],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "dataset": json.loads((Path(args.prepared) / "manifest.json").read_text())["dataset"],
         "unix_time": int(time.time()),
     }
     print(json.dumps(out), flush=True)
@@ -304,11 +367,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(out["crash_resume"]), flush=True)
         save()
     if "throughput" in parts:
-        out["train_throughput"] = train_throughput(args.prepared, device, args.sizes.split(","), args.batch, args.warmup, args.steps)
+        out["train_throughput"] = train_throughput(
+            args.prepared, device, args.sizes.split(","), args.batch, args.warmup, args.steps
+        )
         save()
     if "forward" in parts:
-        out["forward"] = forward_latency(args.prepared, device, args.forward_sizes.split(","),
-                                         [int(b) for b in args.batches.split(",")], args.repeats)
+        out["forward"] = forward_latency(
+            args.prepared,
+            device,
+            args.forward_sizes.split(","),
+            [int(b) for b in args.batches.split(",")],
+            args.repeats,
+        )
     if "quality" in parts:
         out["quality"] = quality(args.prepared, device, args.config, list(args.overrides))
         print(json.dumps(out["quality"]), flush=True)
@@ -323,21 +393,29 @@ def print_table(out: dict[str, Any]) -> None:
     print(f"\nGPU benchmark on {out['device']} (torch {out['torch']}, CUDA {out['cuda']}), {out['dataset']}")
     if "grad_check" in out:
         g = out["grad_check"]
-        print(f"FSDP2 over {out.get('backend')}: grad rel. error vs one-process fp32: "
-              f"fp32 {g['fsdp_fp32']['grad_rel_error']:.2e}, bf16 {g['fsdp_bf16']['grad_rel_error']:.2e}")
+        print(
+            f"FSDP2 over {out.get('backend')}: grad rel. error vs one-process fp32: "
+            f"fp32 {g['fsdp_fp32']['grad_rel_error']:.2e}, bf16 {g['fsdp_bf16']['grad_rel_error']:.2e}"
+        )
     if "crash_resume" in out:
         c = out["crash_resume"]
-        print(f"crash/resume ({c['dtype']}): steps {c['global_step']}/{c['expected_steps']}, epochs {c['epochs_completed']}, "
-              f"restarts {c['resumed_restarts']}, ok={c['ok']}")
+        print(
+            f"crash/resume ({c['dtype']}): steps {c['global_step']}/{c['expected_steps']}, epochs {c['epochs_completed']}, "
+            f"restarts {c['resumed_restarts']}, ok={c['ok']}"
+        )
     if "train_throughput" in out:
         print(f"{'size':<7}{'params':>14}{'variant':>12}{'samples/s':>12}{'step ms':>10}{'peak GB':>9}")
         for r in out["train_throughput"]:
-            print(f"{r['size']:<7}{r['parameters']:>14,}{r['variant']:>12}{r['samples_per_s']:>12,.1f}{r['step_ms']:>10.1f}"
-                  f"{r.get('peak_mem_gb', float('nan')):>9.2f}")
+            print(
+                f"{r['size']:<7}{r['parameters']:>14,}{r['variant']:>12}{r['samples_per_s']:>12,.1f}{r['step_ms']:>10.1f}"
+                f"{r.get('peak_mem_gb', float('nan')):>9.2f}"
+            )
     if "forward" in out:
         print(f"{'size':<7}{'prec':>6}{'batch':>7}{'ms':>9}{'req/s':>11}{'vs b1':>7}")
         for r in out["forward"]:
-            print(f"{r['size']:<7}{r['precision']:>6}{r['batch']:>7}{r['forward_ms']:>9.2f}{r['req_per_s']:>11,.1f}{r['vs_batch_1']:>7.2f}")
+            print(
+                f"{r['size']:<7}{r['precision']:>6}{r['batch']:>7}{r['forward_ms']:>9.2f}{r['req_per_s']:>11,.1f}{r['vs_batch_1']:>7.2f}"
+            )
     if "quality" in out:
         print(json.dumps(out["quality"]["final"]))
 

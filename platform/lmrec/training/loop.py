@@ -16,9 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -53,10 +54,10 @@ class RunContext(Protocol):
     world_size: int
     device: torch.device
 
-    def latest_checkpoint(self) -> Optional[Any]:
+    def latest_checkpoint(self) -> Any | None:
         """A context manager yielding a local folder, or None."""
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Publish metrics (and a checkpoint folder this rank wrote)."""
 
     def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
@@ -70,7 +71,7 @@ class LocalContext:
     files land in the same folder, as Ray Train merges them.
     """
 
-    def __init__(self, root: Optional[str | Path] = None, device: str = "cpu") -> None:
+    def __init__(self, root: str | Path | None = None, device: str = "cpu") -> None:
         distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if distributed else 0
         self.world_size = dist.get_world_size() if distributed else 1
@@ -79,7 +80,7 @@ class LocalContext:
         self.reports: list[dict[str, Any]] = []
         self.checkpoints: list[Path] = []
 
-    def latest_checkpoint(self) -> Optional[Any]:
+    def latest_checkpoint(self) -> Any | None:
         if self.root is None:
             return None
         found = sorted(self.root.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -89,7 +90,7 @@ class LocalContext:
 
         return nullcontext(str(found[-1]))
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir and self.root is not None:
             dst = self.root / f"checkpoint_{metrics.get('global_step', len(self.reports)):08d}"
@@ -116,13 +117,13 @@ class RayTrainContext:
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
 
-    def latest_checkpoint(self) -> Optional[Any]:
+    def latest_checkpoint(self) -> Any | None:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         return ckpt.as_directory() if ckpt is not None else None
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
         from ray.train import Checkpoint
 
@@ -157,7 +158,9 @@ class Setup:
     dtype: torch.dtype
 
 
-def setup_model(model_cfg: SeqRecConfig, train: TrainConfig, device: torch.device, model: Optional[SeqRecModel] = None) -> Setup:
+def setup_model(
+    model_cfg: SeqRecConfig, train: TrainConfig, device: torch.device, model: SeqRecModel | None = None
+) -> Setup:
     """Build (or take) the model, initialise it identically on every rank, shard it, make AdamW."""
     if model is None:
         model = SeqRecModel(model_cfg)
@@ -236,7 +239,7 @@ def evaluate(
     world_size: int = 1,
     num_negatives: int = 100,
     seed: int = 0,
-    max_users: Optional[int] = None,
+    max_users: int | None = None,
     dtype: torch.dtype = torch.float32,
     strategy: str = "none",
 ) -> dict[str, float]:
@@ -263,7 +266,15 @@ def evaluate(
             users = mine[b * batch_size : (b + 1) * batch_size]
             dummy = len(users) == 0
             ranks = rank_batch(
-                scorer, data, users if not dummy else np.array([0]), split, max_len, device, protocol, num_negatives, rng
+                scorer,
+                data,
+                users if not dummy else np.array([0]),
+                split,
+                max_len,
+                device,
+                protocol,
+                num_negatives,
+                rng,
             )
             if not dummy:
                 sums[:-1] += metric_sums(ranks, ks)
@@ -275,7 +286,9 @@ def evaluate(
     return out
 
 
-def export_model(setup: Setup, directory: str | Path, item_ids: list[int], metadata: dict[str, Any], rank: int) -> Optional[Path]:
+def export_model(
+    setup: Setup, directory: str | Path, item_ids: list[int], metadata: dict[str, Any], rank: int
+) -> Path | None:
     """Collective: gather full weights; rank 0 writes the safetensors artifact folder."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -325,7 +338,7 @@ def _fmt_secs(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _logger(cfg: TrainJobConfig, rank: int) -> Optional[Any]:
+def _logger(cfg: TrainJobConfig, rank: int) -> Any | None:
     if rank != 0 or not cfg.tracking.run_id:
         return None
     from lmrec.tracking.mlflow_utils import RunLogger
@@ -333,7 +346,7 @@ def _logger(cfg: TrainJobConfig, rank: int) -> Optional[Any]:
     return RunLogger(cfg.tracking.run_id, cfg.tracking.tracking_uri)
 
 
-def _curve_png(history: list[dict[str, float]], path: Path) -> Optional[Path]:
+def _curve_png(history: list[dict[str, float]], path: Path) -> Path | None:
     if not history:
         return None
     import matplotlib
@@ -359,7 +372,9 @@ def _curve_png(history: list[dict[str, float]], path: Path) -> Optional[Path]:
     return path
 
 
-def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default_loss, model: Optional[SeqRecModel] = None) -> dict[str, Any]:
+def run_training(
+    cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default_loss, model: SeqRecModel | None = None
+) -> dict[str, Any]:
     """Train, validate each epoch, checkpoint, test, export. Returns the final metrics."""
     tc, ec = cfg.train, cfg.eval
     if not cfg.prepared_path:
@@ -369,15 +384,17 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
     model_cfg = cfg.model.build(data.num_items) if model is None else model.config
     setup = setup_model(model_cfg, tc, ctx.device, model)
     state = TrainState()
-    best_sd: Optional[dict[str, torch.Tensor]] = None  # weights of the best validation epoch
+    best_sd: dict[str, torch.Tensor] | None = None  # weights of the best validation epoch
     ckpt = ctx.latest_checkpoint()
     if ckpt is not None:
         with ckpt as directory:
             state, best_sd = load_checkpoint(setup.model, setup.optimizer, directory)
         state.restarts += 1
         if ctx.rank == 0:
-            say(f"[lmrec.train] resumed from checkpoint at epoch {state.epoch} step {state.step_in_epoch} "
-                  f"(global step {state.global_step})")
+            say(
+                f"[lmrec.train] resumed from checkpoint at epoch {state.epoch} step {state.step_in_epoch} "
+                f"(global step {state.global_step})"
+            )
 
     inputs, targets = train_examples(data, model_cfg.max_seq_len, tc.sliding_window)
     steps_per_epoch = len(shard_batches(len(inputs), tc.batch_size, 0, ctx.world_size, 0, tc.seed))
@@ -388,12 +405,22 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
     if logger and state.restarts:
         logger.tags({"lmrec.restarts": state.restarts})
     if ctx.rank == 0:
-        say(f"[lmrec.train] {model_cfg.name} model, {model_cfg.num_parameters():,} parameters, "
-              f"{len(inputs):,} training sequences, {ctx.world_size} worker(s), strategy {tc.strategy}, "
-              f"{steps_per_epoch} steps/epoch, dtype {str(setup.dtype).removeprefix('torch.')}")
-    if ctx.rank == 0 and ctx.world_size == 1 and tc.strategy == "fsdp" and dist.is_available() and dist.is_initialized():
-        say("[lmrec.train] note: FSDP2 over one worker shards nothing and only adds work (1.2-1.6x slower steps "
-            "measured on an H200); train.strategy=none trains the same model faster on one worker")
+        say(
+            f"[lmrec.train] {model_cfg.name} model, {model_cfg.num_parameters():,} parameters, "
+            f"{len(inputs):,} training sequences, {ctx.world_size} worker(s), strategy {tc.strategy}, "
+            f"{steps_per_epoch} steps/epoch, dtype {str(setup.dtype).removeprefix('torch.')}"
+        )
+    if (
+        ctx.rank == 0
+        and ctx.world_size == 1
+        and tc.strategy == "fsdp"
+        and dist.is_available()
+        and dist.is_initialized()
+    ):
+        say(
+            "[lmrec.train] note: FSDP2 over one worker shards nothing and only adds work (1.2-1.6x slower steps "
+            "measured on an H200); train.strategy=none trains the same model faster on one worker"
+        )
     samples_per_step = tc.batch_size * ctx.world_size
     progress = _Progress(total_steps, state.global_step, samples_per_step)
     gauge_tags = {"run": cfg.tracking.run_id or cfg.train.run_name or "local", "dataset": data.manifest["dataset"]}
@@ -410,9 +437,18 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         ctx.report(metrics, write_checkpoint())
 
     eval_kwargs = dict(
-        max_len=model_cfg.max_seq_len, ks=list(ec.ks), protocols=list(ec.protocols), batch_size=ec.batch_size,
-        device=ctx.device, rank=ctx.rank, world_size=ctx.world_size, num_negatives=ec.num_negatives,
-        seed=ec.seed, max_users=ec.max_users, dtype=setup.dtype, strategy=tc.strategy,
+        max_len=model_cfg.max_seq_len,
+        ks=list(ec.ks),
+        protocols=list(ec.protocols),
+        batch_size=ec.batch_size,
+        device=ctx.device,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        num_negatives=ec.num_negatives,
+        seed=ec.seed,
+        max_users=ec.max_users,
+        dtype=setup.dtype,
+        strategy=tc.strategy,
     )
     for epoch in range(state.epoch, tc.epochs if not state.stopped_early else state.epoch):
         batches = shard_batches(len(inputs), tc.batch_size, ctx.rank, ctx.world_size, epoch, tc.seed)[:steps_per_epoch]
@@ -420,17 +456,35 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         carried = np.array(state.epoch_loss if state.step_in_epoch else [0.0, 0.0], dtype=np.float64)
         for step in range(state.step_in_epoch, steps_per_epoch):
             idx = batches[step]
-            loss = train_step(setup, inputs[idx], targets[idx], ctx.device, lr_at(state.global_step, tc, total_steps),
-                              tc.grad_clip, tc.strategy, loss_fn)
+            loss = train_step(
+                setup,
+                inputs[idx],
+                targets[idx],
+                ctx.device,
+                lr_at(state.global_step, tc, total_steps),
+                tc.grad_clip,
+                tc.strategy,
+                loss_fn,
+            )
             loss_sum += loss
             loss_n += 1
             state.global_step += 1
             state.step_in_epoch = step + 1
             if ctx.rank == 0 and (state.global_step % tc.log_every_steps == 0 or step + 1 == steps_per_epoch):
                 say(progress.line(epoch, tc.epochs, step + 1, steps_per_epoch, state.global_step, loss))
-                ctx.publish({"loss": loss, "global_step": state.global_step,
-                             "samples_per_s": progress.samples_per_s(state.global_step)}, gauge_tags)
-            if tc.checkpoint_every_steps and state.global_step % tc.checkpoint_every_steps == 0 and step + 1 < steps_per_epoch:
+                ctx.publish(
+                    {
+                        "loss": loss,
+                        "global_step": state.global_step,
+                        "samples_per_s": progress.samples_per_s(state.global_step),
+                    },
+                    gauge_tags,
+                )
+            if (
+                tc.checkpoint_every_steps
+                and state.global_step % tc.checkpoint_every_steps == 0
+                and step + 1 < steps_per_epoch
+            ):
                 part = _all_reduce(np.array([loss_sum, loss_n], dtype=np.float64), ctx.device)
                 state.epoch_loss = (carried + part).tolist()
                 checkpoint({"epoch": epoch, "global_step": state.global_step, "train_loss": loss, "mid_epoch": 1})
@@ -460,24 +514,30 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
             logger.metrics(row, step=epoch)
         if ctx.rank == 0:
             shown = {k: round(v, 4) for k, v in row.items() if k.endswith(("ndcg@10", "hr@10"))}
-            say(f"[lmrec.train] epoch {epoch + 1}/{tc.epochs} done: loss {row['train_loss']:.4f}, "
-                f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}")
+            say(
+                f"[lmrec.train] epoch {epoch + 1}/{tc.epochs} done: loss {row['train_loss']:.4f}, "
+                f"{row['samples_per_s']:,.0f} samples/s, {seconds:.1f}s {shown}"
+            )
         if ctx.rank == 0:
             ctx.publish({k: v for k, v in row.items() if isinstance(v, (int, float))}, gauge_tags)
         save = bool(tc.checkpoint_every_epochs) and (epoch + 1) % tc.checkpoint_every_epochs == 0
         ctx.report({**row, "epochs_completed": len(state.epochs_completed)}, write_checkpoint() if save else None)
         if tc.early_stopping_patience and state.evals_since_best >= tc.early_stopping_patience:
             if ctx.rank == 0:
-                say(f"[lmrec.train] early stop after epoch {epoch + 1}: no {ec.select_metric} gain in "
-                    f"{state.evals_since_best} validations (best {state.best_metric:.4f} at epoch {state.best_epoch + 1})")
+                say(
+                    f"[lmrec.train] early stop after epoch {epoch + 1}: no {ec.select_metric} gain in "
+                    f"{state.evals_since_best} validations (best {state.best_metric:.4f} at epoch {state.best_epoch + 1})"
+                )
             state.stopped_early = True
             break
 
     if tc.select_best and best_sd is not None and state.best_epoch != state.epochs_completed[-1]:
         set_model_state_dict(setup.model, best_sd)  # test and export the best validation epoch
         if ctx.rank == 0:
-            say(f"[lmrec.train] restored the best validation epoch {state.best_epoch + 1} "
-                f"({ec.select_metric} {state.best_metric:.4f})")
+            say(
+                f"[lmrec.train] restored the best validation epoch {state.best_epoch + 1} "
+                f"({ec.select_metric} {state.best_metric:.4f})"
+            )
 
     # Final evaluation on valid and test, then export the model from rank 0.
     final: dict[str, Any] = {}
@@ -498,9 +558,14 @@ def run_training(cfg: TrainJobConfig, ctx: RunContext, loss_fn: LossFn = default
         setup,
         export_dir,
         data.manifest["item_ids"],
-        {"dataset": data.manifest["dataset"], "dataset_hash": data.manifest["config_hash"], "data_config": to_dict(cfg.data),
-         "metrics": {k: v for k, v in final.items() if "/" in k}, "train_run_id": cfg.tracking.run_id,
-         "global_step": state.global_step},
+        {
+            "dataset": data.manifest["dataset"],
+            "dataset_hash": data.manifest["config_hash"],
+            "data_config": to_dict(cfg.data),
+            "metrics": {k: v for k, v in final.items() if "/" in k},
+            "train_run_id": cfg.tracking.run_id,
+            "global_step": state.global_step,
+        },
         ctx.rank,
     )
     if ctx.rank == 0:
@@ -533,5 +598,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def job_config_dict(cfg: TrainJobConfig) -> dict[str, Any]:
     return to_dict(cfg)
-
-

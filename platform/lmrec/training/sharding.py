@@ -8,7 +8,7 @@ precision (fp32 gradient reduction) is used on GPUs; CPUs train in fp32.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,11 @@ def wrap_model(model: SeqRecModel, strategy: str, device: torch.device, dtype: t
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if strategy == "fsdp":
-        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+            if dtype != torch.float32
+            else MixedPrecisionPolicy()
+        )
         for block in model.blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -72,7 +76,9 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
     """Bytes this rank holds for parameters, gradients and optimizer state."""
     params = sum(local_tensor(p).numel() * local_tensor(p).element_size() for p in model.parameters())
     grads = sum(
-        local_tensor(p.grad).numel() * local_tensor(p.grad).element_size() for p in model.parameters() if p.grad is not None
+        local_tensor(p.grad).numel() * local_tensor(p.grad).element_size()
+        for p in model.parameters()
+        if p.grad is not None
     )
     optim = 0
     if optimizer is not None:

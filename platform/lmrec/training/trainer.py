@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lmrec.config import flatten, to_dict
 from lmrec.data.prepare import PreparedDataset, prepare_dataset
@@ -27,16 +27,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]
-    run_id: Optional[str]
-    model_version: Optional[str]
-    checkpoint_path: Optional[str]
+    run_id: str | None
+    model_version: str | None
+    checkpoint_path: str | None
     prepared: PreparedDataset
     seconds: float
-    model_uri: Optional[str] = None
+    model_uri: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def ensure_ray(num_cpus: Optional[int] = None) -> None:
+def ensure_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS (set by `ray job submit`) or start a local one."""
     import ray
 
@@ -48,7 +48,7 @@ def ensure_ray(num_cpus: Optional[int] = None) -> None:
         ray.init(num_cpus=num_cpus)
 
 
-def build_trainer(cfg: TrainJobConfig, run_name: str, storage_path: str, callbacks: Optional[list[Any]] = None) -> Any:
+def build_trainer(cfg: TrainJobConfig, run_name: str, storage_path: str, callbacks: list[Any] | None = None) -> Any:
     """A TorchTrainer (Train V2) running `train_loop_per_worker` on `cfg.train.num_workers` workers."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -63,8 +63,12 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, storage_path: str, callbac
         train_loop_per_worker,
         train_loop_config=to_dict(cfg),
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
-                                     placement_strategy=tc.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers,
+            use_gpu=tc.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=tc.placement_strategy,
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
@@ -76,10 +80,15 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, storage_path: str, callbac
 
 
 def default_run_name(cfg: TrainJobConfig) -> str:
-    return cfg.train.run_name or f"seqrec-{cfg.data.dataset.replace(':', '-')}-{cfg.model.size}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return (
+        cfg.train.run_name
+        or f"seqrec-{cfg.data.dataset.replace(':', '-')}-{cfg.model.size}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
 
 
-def run_train_job(cfg: TrainJobConfig, num_cpus: Optional[int] = None, extra_tags: Optional[dict[str, str]] = None) -> TrainResult:
+def run_train_job(
+    cfg: TrainJobConfig, num_cpus: int | None = None, extra_tags: dict[str, str] | None = None
+) -> TrainResult:
     """The whole training job: what `jobs/train.py`, `lmrec train` and `lmrec demo` run."""
     from lmrec.tracking import mlflow_utils as mt
 
@@ -95,14 +104,30 @@ def run_train_job(cfg: TrainJobConfig, num_cpus: Optional[int] = None, extra_tag
     if run_id is None:
         params = flatten(to_dict(cfg))
         params.pop("prepared_path", None)
-        params.update({"model.num_parameters": model_cfg.num_parameters(), "data.num_items": prepared.num_items,
-                       "data.num_users": prepared.num_users})
-        tags = {"lmrec.kind": "train", "lmrec.dataset": prepared.manifest["dataset"], "lmrec.model_size": model_cfg.name,
-                "lmrec.ray_run_name": run_name, **(extra_tags or {})}
+        params.update(
+            {
+                "model.num_parameters": model_cfg.num_parameters(),
+                "data.num_items": prepared.num_items,
+                "data.num_users": prepared.num_users,
+            }
+        )
+        tags = {
+            "lmrec.kind": "train",
+            "lmrec.dataset": prepared.manifest["dataset"],
+            "lmrec.model_size": model_cfg.name,
+            "lmrec.ray_run_name": run_name,
+            **(extra_tags or {}),
+        }
         if prepared.manifest.get("notice"):
             tags["lmrec.data_notice"] = prepared.manifest["notice"]
-        run_id = mt.start_run(cfg.tracking.experiment, cfg.tracking.run_name or run_name, params, tags,
-                              parent_run_id=cfg.tracking.parent_run_id, uri=cfg.tracking.tracking_uri)
+        run_id = mt.start_run(
+            cfg.tracking.experiment,
+            cfg.tracking.run_name or run_name,
+            params,
+            tags,
+            parent_run_id=cfg.tracking.parent_run_id,
+            uri=cfg.tracking.tracking_uri,
+        )
         cfg.tracking.run_id = run_id
         logger = mt.RunLogger(run_id, cfg.tracking.tracking_uri)
         manifest = {k: v for k, v in prepared.manifest.items() if k != "item_ids"}
@@ -124,8 +149,12 @@ def run_train_job(cfg: TrainJobConfig, num_cpus: Optional[int] = None, extra_tag
             run_id,
             cfg.tracking.model_name,
             alias=cfg.tracking.alias,
-            tags={"dataset": prepared.manifest["dataset"], "model_size": model_cfg.name,
-                  "ndcg_at_10": f"{metrics.get('test/full/ndcg@10', float('nan')):.4f}", "kind": "trained"},
+            tags={
+                "dataset": prepared.manifest["dataset"],
+                "model_size": model_cfg.name,
+                "ndcg_at_10": f"{metrics.get('test/full/ndcg@10', float('nan')):.4f}",
+                "kind": "trained",
+            },
             uri=cfg.tracking.tracking_uri,
         )
         model_uri = f"models:/{cfg.tracking.model_name}/{version}"
@@ -135,7 +164,7 @@ def run_train_job(cfg: TrainJobConfig, num_cpus: Optional[int] = None, extra_tag
     return TrainResult(metrics, run_id, version, ckpt_path, prepared, time.time() - t0, model_uri)
 
 
-def write_metrics_json(metrics: dict[str, Any], path: Optional[str]) -> Optional[Path]:
+def write_metrics_json(metrics: dict[str, Any], path: str | None) -> Path | None:
     if not path:
         return None
     p = Path(path)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lmrec.compression.latency import LatencyConfig
 from lmrec.compression.spec import CompressionSpec
@@ -59,7 +59,9 @@ def latency_key(batch_size: int) -> str:
 
 
 def _range(values: list[float], key: str, low: float, high: float) -> None:
-    check(len(values) == 2 and low <= values[0] <= values[1] <= high, key, f"must be [low, high] within [{low}, {high}]")
+    check(
+        len(values) == 2 and low <= values[0] <= values[1] <= high, key, f"must be [low, high] within [{low}, {high}]"
+    )
 
 
 @dataclass
@@ -77,7 +79,15 @@ class CompressionSpace:
     quantize: list[str] = field(default_factory=lambda: ["none", "int8"])
 
     def validate(self) -> None:
-        for key in ("student", "student_layers", "student_hidden", "prune", "prune_amount", "finetune_steps", "quantize"):
+        for key in (
+            "student",
+            "student_layers",
+            "student_hidden",
+            "prune",
+            "prune_amount",
+            "finetune_steps",
+            "quantize",
+        ):
             check(len(getattr(self, key)) >= 1, key, "needs at least one choice")
         check(all(v >= 1 for v in self.student_layers), "student_layers", "must be >= 1")
         check(all(v >= 8 for v in self.student_hidden), "student_hidden", "must be >= 8")
@@ -129,8 +139,8 @@ class CompressionSearchConfig:
     reduction_factor: int = 2
     cpus_per_trial: float = 1.0  # the trial process (evaluation, latency); Train workers ask for train.cpus_per_worker
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # first trials, e.g. known baselines
-    name: Optional[str] = None
-    storage_path: Optional[str] = None  # None: LMREC_HOME/ray_results
+    name: str | None = None
+    storage_path: str | None = None  # None: LMREC_HOME/ray_results
 
     def validate(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
@@ -152,9 +162,13 @@ def _latency_default() -> LatencyConfig:
 class TuneCompressionConfig:
     """Everything `jobs/tune_compression.py` needs."""
 
-    teacher: str = "models:/lmrec-seqrec@champion"  # registry URI (models:/name/3, models:/name@alias), runs:/ or a folder
+    teacher: str = (
+        "models:/lmrec-seqrec@champion"  # registry URI (models:/name/3, models:/name@alias), runs:/ or a folder
+    )
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(strategy="none", batch_size=64, lr=2e-3, max_failures=0))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(strategy="none", batch_size=64, lr=2e-3, max_failures=0)
+    )
     distill_steps: int = 200  # a student's training budget
     teacher_topk: int = 0  # > 0: KL over the teacher's top-k items (memory); 0 = full catalog
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(protocols=["full"], ks=[10], every_epochs=1))
@@ -163,17 +177,24 @@ class TuneCompressionConfig:
     search: CompressionSearchConfig = field(default_factory=CompressionSearchConfig)
     tracking: TrackingConfig = field(default_factory=_tracking_default)
     calibration_rows: int = 256  # rows scoring heads/channels for structured pruning (0 = weight magnitude)
-    out: Optional[str] = None  # summary JSON
+    out: str | None = None  # summary JSON
 
     def validate(self) -> None:
         check(bool(self.teacher), "teacher", "must name a model version, run artifact or folder")
         check(self.distill_steps >= 1, "distill_steps", "must be >= 1")
         check(self.teacher_topk >= 0, "teacher_topk", "must be >= 0")
-        check("full" in self.eval.protocols and 10 in self.eval.ks, "eval", "needs protocol 'full' and k 10 (the objective)")
+        check(
+            "full" in self.eval.protocols and 10 in self.eval.ks,
+            "eval",
+            "needs protocol 'full' and k 10 (the objective)",
+        )
         check(self.eval.every_epochs >= 1, "eval.every_epochs", "must be >= 1: ASHA stops trials on validation NDCG")
         check(self.calibration_rows >= 0, "calibration_rows", "must be >= 0")
-        check(not (self.train.strategy == "fsdp" and "magnitude" in self.space.prune), "train.strategy",
-              "magnitude-pruned fine-tunes re-mask full weights: use strategy 'ddp' or 'none' with prune 'magnitude'")
+        check(
+            not (self.train.strategy == "fsdp" and "magnitude" in self.space.prune),
+            "train.strategy",
+            "magnitude-pruned fine-tunes re-mask full weights: use strategy 'ddp' or 'none' with prune 'magnitude'",
+        )
 
     def objectives(self) -> tuple[list[str], list[str]]:
         """(metric keys, modes) of the multi-objective search."""
@@ -213,7 +234,7 @@ class Inputs:
     num_items: int
 
 
-def resolve_teacher(uri: str, tracking_uri: Optional[str]) -> tuple[Path, dict[str, Any]]:
+def resolve_teacher(uri: str, tracking_uri: str | None) -> tuple[Path, dict[str, Any]]:
     """Local folder of the teacher artifact; a clear ValueError when the version does not exist."""
     from lmrec.tracking import mlflow_utils as mt
 
@@ -221,8 +242,10 @@ def resolve_teacher(uri: str, tracking_uri: Optional[str]) -> tuple[Path, dict[s
         try:
             info = mt.resolve_model_version(uri, tracking_uri)
         except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
-            raise ValueError(f"teacher {uri}: no such registered model version ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]})") from exc
+            raise ValueError(
+                f"teacher {uri}: no such registered model version ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]})"
+            ) from exc
         return mt.download_model(info["source"], uri=tracking_uri), info
     if uri.startswith("runs:/"):
         return mt.download_model(uri, uri=tracking_uri), {"source": uri}
@@ -262,10 +285,10 @@ class ExtraMetricsContext:
         self.inner, self.extra = inner, dict(extra)
         self.rank, self.world_size, self.device = inner.rank, inner.world_size, inner.device
 
-    def latest_checkpoint(self) -> Optional[Any]:
+    def latest_checkpoint(self) -> Any | None:
         return self.inner.latest_checkpoint()
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.inner.report({**{safe_key(k): v for k, v in metrics.items()}, **self.extra}, checkpoint_dir)
 
     def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
@@ -376,16 +399,24 @@ def _compression_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
         data = SequenceData.load(job["prepared_path"], with_meta=False)
         n = len(train_examples(data, model.config.max_seq_len, cfg.train.sliding_window)[0])
         tc = steps_to_schedule(steps, n, cfg.train)
-        tj = TrainJobConfig(data=cfg.data, train=tc, eval=cfg.eval, prepared_path=job["prepared_path"],
-                            tracking=dataclasses.replace(cfg.tracking, register=False, run_id=None))
+        tj = TrainJobConfig(
+            data=cfg.data,
+            train=tc,
+            eval=cfg.eval,
+            prepared_path=job["prepared_path"],
+            tracking=dataclasses.replace(cfg.tracking, register=False, run_id=None),
+        )
         resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
         trainer = TorchTrainer(
             compress_loop_per_worker,
             train_loop_config={**job, "job": to_dict(tj), "spec": spec.to_dict(), "extra": extra},
             torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(name=f"train-{trial_id}", storage_path=str(workdir / "train"),
-                                 callbacks=[TuneReportCallback()]),
+            scaling_config=ScalingConfig(
+                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=f"train-{trial_id}", storage_path=str(workdir / "train"), callbacks=[TuneReportCallback()]
+            ),
         )
         result = trainer.fit()
         if result.checkpoint is None:
@@ -399,14 +430,33 @@ def _compression_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
     data = SequenceData.load(job["prepared_path"], with_meta=False)
     quality: dict[str, float] = {}
     for split in ("valid", "test"):
-        m = evaluate_scorer(model_scorer(final), data, split, final.config.max_seq_len, cfg.eval.ks, cfg.eval.batch_size,
-                            "cpu", ["full"], max_users=cfg.eval.max_users)
+        m = evaluate_scorer(
+            model_scorer(final),
+            data,
+            split,
+            final.config.max_seq_len,
+            cfg.eval.ks,
+            cfg.eval.batch_size,
+            "cpu",
+            ["full"],
+            max_users=cfg.eval.max_users,
+        )
         quality.update({safe_key(f"{split}/{k}"): v for k, v in m.items() if k.startswith("full/")})
-    folder = save_variant(workdir / VARIANT_DIR, final, data.manifest["item_ids"],
-                          metadata={"dataset": data.manifest["dataset"], "teacher": job["teacher_source"],
-                                    "metrics": quality, "data_config": to_dict(cfg.data)},
-                          compression={**spec.describe(), **info})
-    tune.report({**extra, **quality, "final_variant": 1.0, "variant_dir": str(folder), "spec": json.dumps(spec.to_dict())})
+    folder = save_variant(
+        workdir / VARIANT_DIR,
+        final,
+        data.manifest["item_ids"],
+        metadata={
+            "dataset": data.manifest["dataset"],
+            "teacher": job["teacher_source"],
+            "metrics": quality,
+            "data_config": to_dict(cfg.data),
+        },
+        compression={**spec.describe(), **info},
+    )
+    tune.report(
+        {**extra, **quality, "final_variant": 1.0, "variant_dir": str(folder), "spec": json.dumps(spec.to_dict())}
+    )
 
 
 # ---------------------------------------------------------------- after the search
@@ -447,11 +497,23 @@ def front_png(rows: list[dict[str, Any]], front: list[int], latency_metric: str,
     fig, ax = plt.subplots(figsize=(7, 4.5))
     biggest = max(r[SIZE_KEY] for r in rows) or 1.0
     size = [30 + 600 * r[SIZE_KEY] / biggest for r in rows]
-    ax.scatter([r[latency_metric] for r in rows], [r[NDCG_KEY] for r in rows], s=size, alpha=0.35, color="tab:gray",
-               label="trials (area ~ bytes)")
+    ax.scatter(
+        [r[latency_metric] for r in rows],
+        [r[NDCG_KEY] for r in rows],
+        s=size,
+        alpha=0.35,
+        color="tab:gray",
+        label="trials (area ~ bytes)",
+    )
     pts = sorted((rows[i][latency_metric], rows[i][NDCG_KEY], i) for i in front)
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[size[p[2]] for p in pts], alpha=0.8, color="tab:orange",
-               label="Pareto front")
+    ax.scatter(
+        [p[0] for p in pts],
+        [p[1] for p in pts],
+        s=[size[p[2]] for p in pts],
+        alpha=0.8,
+        color="tab:orange",
+        label="Pareto front",
+    )
     for x, y, i in pts:
         ax.annotate(rows[i]["label"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"{latency_metric} (CPU)")
@@ -469,7 +531,10 @@ def _label(spec: dict[str, Any]) -> str:
     if spec.get("student_hidden"):
         parts.append(f"student {spec['student_layers']}x{spec['student_hidden']}")
     if spec.get("prune", "none") != "none":
-        parts.append(f"{spec['prune']} {spec['prune_amount']:.2f}" + (f" +ft{spec['finetune_steps']}" if spec.get("finetune_steps") else ""))
+        parts.append(
+            f"{spec['prune']} {spec['prune_amount']:.2f}"
+            + (f" +ft{spec['finetune_steps']}" if spec.get("finetune_steps") else "")
+        )
     if spec.get("quantize", "none") != "none":
         parts.append(spec["quantize"])
     return ", ".join(parts) or "teacher"
@@ -480,8 +545,13 @@ def front_table(rows: list[dict[str, Any]], front: list[int], keys: list[str]) -
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i in front:
         r = rows[i]
-        cells = [r["trial_id"], r["label"], *[f"{r[k]:.4g}" for k in keys], f"{r.get('test/full/ndcg_at_10', float('nan')):.4f}",
-                 f"{int(r.get('num_parameters', 0)):,}"]
+        cells = [
+            r["trial_id"],
+            r["label"],
+            *[f"{r[k]:.4g}" for k in keys],
+            f"{r.get('test/full/ndcg_at_10', float('nan')):.4f}",
+            f"{int(r.get('num_parameters', 0)):,}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -535,7 +605,7 @@ def _trial_run_ids(parent: str, experiment: str, uri: str) -> dict[str, str]:
     return {r.data.tags["trial_name"]: r.info.run_id for r in runs if r.data.tags.get("trial_name")}
 
 
-def _run_for_trial(trial_id: str, runs: dict[str, str]) -> Optional[str]:
+def _run_for_trial(trial_id: str, runs: dict[str, str]) -> str | None:
     for name, run_id in runs.items():
         if name.endswith(trial_id):
             return run_id
@@ -561,9 +631,14 @@ def run_compression_search(cfg: TuneCompressionConfig) -> CompressionSearchResul
     uri = mt.resolve_tracking_uri(tr.tracking_uri)
     mt.ensure_experiment(tr.experiment, uri)
     name = sc.name or f"compress-{cfg.data.dataset.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent = mt.start_run(tr.experiment, tr.run_name or name, flatten(to_dict(cfg)),
-                          {"lmrec.kind": "compression_search", "lmrec.teacher": cfg.teacher, "lmrec.tune_name": name},
-                          parent_run_id=tr.parent_run_id, uri=uri)
+    parent = mt.start_run(
+        tr.experiment,
+        tr.run_name or name,
+        flatten(to_dict(cfg)),
+        {"lmrec.kind": "compression_search", "lmrec.teacher": cfg.teacher, "lmrec.tune_name": name},
+        parent_run_id=tr.parent_run_id,
+        uri=uri,
+    )
     logger = mt.RunLogger(parent, uri)
     logger.json(inputs.teacher_info, "teacher.json")
     print(f"[lmrec.compress] teacher {cfg.teacher}: {json.dumps(inputs.teacher_info, default=str)[:300]}", flush=True)
@@ -572,24 +647,47 @@ def run_compression_search(cfg: TuneCompressionConfig) -> CompressionSearchResul
     keys, modes = cfg.objectives()
     # ASHA's horizon: a trial reports once per epoch (>= 1 step each) plus two final reports.
     max_reports = max(cfg.distill_steps, max(cfg.space.finetune_steps)) + 2
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=NDCG_KEY, mode="max", max_t=max_reports,
-                              grace_period=min(sc.grace_period, max_reports), reduction_factor=sc.reduction_factor)
-    searcher = OptunaSearch(space=DefineCompressionSpace(cfg.space), metric=keys, mode=modes,
-                            points_to_evaluate=list(sc.points_to_evaluate) or None, sampler=_sampler(sc.seed))
-    job = {"cfg": to_dict(cfg), "teacher_dir": inputs.teacher_dir, "teacher_source": inputs.teacher_info["source"],
-           "tracking_uri": uri, "prepared_path": inputs.prepared_path, "calibration_rows": cfg.calibration_rows}
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        metric=NDCG_KEY,
+        mode="max",
+        max_t=max_reports,
+        grace_period=min(sc.grace_period, max_reports),
+        reduction_factor=sc.reduction_factor,
+    )
+    searcher = OptunaSearch(
+        space=DefineCompressionSpace(cfg.space),
+        metric=keys,
+        mode=modes,
+        points_to_evaluate=list(sc.points_to_evaluate) or None,
+        sampler=_sampler(sc.seed),
+    )
+    job = {
+        "cfg": to_dict(cfg),
+        "teacher_dir": inputs.teacher_dir,
+        "teacher_source": inputs.teacher_info["source"],
+        "tracking_uri": uri,
+        "prepared_path": inputs.prepared_path,
+        "calibration_rows": cfg.calibration_rows,
+    }
     trainable = tune.with_resources(tune.with_parameters(compression_trial, job=job), {"cpu": sc.cpus_per_trial})
     callback = MLflowLoggerCallback(
-        tracking_uri=uri, experiment_name=tr.experiment,
+        tracking_uri=uri,
+        experiment_name=tr.experiment,
         tags={"mlflow.parentRunId": parent, "lmrec.kind": "compression_trial", "lmrec.search_run_id": parent},
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent), scheduler=scheduler,
-                                    num_samples=sc.num_samples),
-        run_config=tune.RunConfig(name=name, storage_path=sc.storage_path or str(default_storage_path()),
-                                  callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                  verbose=1),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent), scheduler=scheduler, num_samples=sc.num_samples
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=sc.storage_path or str(default_storage_path()),
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=1,
+        ),
     )
     try:
         grid = tuner.fit()
@@ -609,12 +707,20 @@ def run_compression_search(cfg: TuneCompressionConfig) -> CompressionSearchResul
         mt.RunLogger(run_id, uri).artifacts(row["variant_dir"], mt.MODEL_ARTIFACT_PATH)
         if tr.register:
             tags = {k: str(v) for k, v in CompressionSpec(**row["spec"]).describe().items()}
-            tags.update({"kind": "compressed", "teacher": cfg.teacher, "dataset": cfg.data.dataset,
-                         "ndcg_at_10": f"{row[NDCG_KEY]:.4f}", "size_bytes": str(int(row[SIZE_KEY])),
-                         **{f"p50_ms_b{b}": f"{row[latency_key(b)]:.3f}" for b in cfg.latency.batch_sizes},
-                         "search_run_id": parent})
-            row["model_version"] = mt.register_model(run_id, tr.model_name, tags=tags, uri=uri,
-                                                     description=f"compressed variant: {row['label']}")
+            tags.update(
+                {
+                    "kind": "compressed",
+                    "teacher": cfg.teacher,
+                    "dataset": cfg.data.dataset,
+                    "ndcg_at_10": f"{row[NDCG_KEY]:.4f}",
+                    "size_bytes": str(int(row[SIZE_KEY])),
+                    **{f"p50_ms_b{b}": f"{row[latency_key(b)]:.3f}" for b in cfg.latency.batch_sizes},
+                    "search_run_id": parent,
+                }
+            )
+            row["model_version"] = mt.register_model(
+                run_id, tr.model_name, tags=tags, uri=uri, description=f"compressed variant: {row['label']}"
+            )
     files: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="lmrec-compress-") as tmp:
         table = front_table(finished, front_idx, keys)
@@ -622,16 +728,28 @@ def run_compression_search(cfg: TuneCompressionConfig) -> CompressionSearchResul
         logger.artifact(Path(tmp) / "pareto_front.md")
         files["table"] = "pareto_front.md"
         if finished:
-            png = front_png(finished, front_idx, latency_key(cfg.latency.batch_sizes[0]), Path(tmp) / "pareto_front.png")
+            png = front_png(
+                finished, front_idx, latency_key(cfg.latency.batch_sizes[0]), Path(tmp) / "pareto_front.png"
+            )
             logger.artifact(png)
             files["png"] = "pareto_front.png"
     logger.json({"front": front, "trials": trials, "failed": failed}, "search.json")
-    logger.metrics({"trials_finished": len(finished), "trials_failed": len(failed), "front_size": len(front),
-                    "trials_stopped": len([t for t in trials if t["status"] == "stopped"])})
-    logger.tags({"lmrec.front_versions": ",".join(str(r.get("model_version")) for r in front if r.get("model_version"))})
+    logger.metrics(
+        {
+            "trials_finished": len(finished),
+            "trials_failed": len(failed),
+            "front_size": len(front),
+            "trials_stopped": len([t for t in trials if t["status"] == "stopped"]),
+        }
+    )
+    logger.tags(
+        {"lmrec.front_versions": ",".join(str(r.get("model_version")) for r in front if r.get("model_version"))}
+    )
     logger.end("FINISHED")
     result = CompressionSearchResult(parent, trials, front, failed, time.time() - t0, files)
-    print(f"[lmrec.compress] {len(finished)} finished, {len(failed)} failed, front of {len(front)}:\n{table}", flush=True)
+    print(
+        f"[lmrec.compress] {len(finished)} finished, {len(failed)} failed, front of {len(front)}:\n{table}", flush=True
+    )
     if cfg.out:
         out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)

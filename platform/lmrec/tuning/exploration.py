@@ -28,13 +28,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 
 from lmrec.config import check, config_hash, flatten, to_dict
 from lmrec.exploration.objectives import (
-    LoggedScenario, ReplayScenario, Scenario, evaluate, obd_logged, policy_config, replay_metrics,
+    LoggedScenario,
+    ReplayScenario,
+    Scenario,
+    evaluate,
+    obd_logged,
+    policy_config,
+    replay_metrics,
 )
 from lmrec.exploration.policies import POLICY_TYPES, PolicyConfig
 from lmrec.models.config import ModelSpec
@@ -48,8 +54,10 @@ POLICY_REGISTRY_NAME = "lmrec-exploration-policy"
 # ------------------------------------------------------------------ config
 
 
-def _check_range(values: list[float], key: str, upper: Optional[float] = None) -> None:
-    check(len(values) == 2 and 0 < values[0] <= values[1], key, f"must be [low, high] with 0 < low <= high, got {values}")
+def _check_range(values: list[float], key: str, upper: float | None = None) -> None:
+    check(
+        len(values) == 2 and 0 < values[0] <= values[1], key, f"must be [low, high] with 0 < low <= high, got {values}"
+    )
     if upper is not None:
         check(values[1] <= upper, key, f"high must be <= {upper}, got {values[1]}")
 
@@ -97,8 +105,8 @@ class SearchConfig:
     finalists: int = 5  # replay with a validation period: top distinct configs re-run there
     valid_repeats: int = 5  # seeds per stochastic finalist on the validation period
     seed: int = 0
-    name: Optional[str] = None  # Ray Tune experiment name
-    storage_path: Optional[str] = None  # None: LMREC_HOME/ray_results
+    name: str | None = None  # Ray Tune experiment name
+    storage_path: str | None = None  # None: LMREC_HOME/ray_results
     # An interrupted search with this `name` is continued (finished trials are not re-run, the
     # searcher's state and the MLflow search run are reused); false starts it over.
     resume: bool = True
@@ -119,13 +127,13 @@ class SearchConfig:
 class ObdScenarioConfig:
     """Open Bandit logs: score policies by an off-policy estimate on one behaviour policy's log."""
 
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     behavior: Literal["random", "bts"] = "random"
     campaign: Literal["all", "men", "women"] = "all"
-    max_rows: Optional[int] = None  # first rows only (quick runs)
+    max_rows: int | None = None  # first rows only (quick runs)
     estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
     n_folds: int = 3
-    l2: Optional[float] = None  # None: chosen by out-of-fold log-loss (lmrec) or 1.0 (obp_quickstart)
+    l2: float | None = None  # None: chosen by out-of-fold log-loss (lmrec) or 1.0 (obp_quickstart)
     reward_model: Literal["lmrec", "obp_quickstart"] = "lmrec"  # see lmrec.exploration.open_bandit.fit_obd_rewards
     n_bootstrap: int = 200
     n_sim: int = 300  # Monte Carlo draws for sampling policies' marginals per trial
@@ -157,7 +165,7 @@ class LogsScenarioConfig:
     attribution_window_s: float = 600.0
     estimator: Literal["dr", "ips", "snips", "dm"] = "dr"
     n_folds: int = 3
-    l2: Optional[float] = None
+    l2: float | None = None
     n_bootstrap: int = 200
     n_sim: int = 300
     seed: int = 0
@@ -191,9 +199,9 @@ class ReplayScenarioConfig:
     """
 
     dataset: str = "ml-100k"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     scorer: Literal["seqrec", "popularity"] = "seqrec"
-    model_uri: Optional[str] = None  # models:/, runs:/ or a folder; None: train on the train period
+    model_uri: str | None = None  # models:/, runs:/ or a folder; None: train on the train period
     train_frac: float = 0.5  # interactions before this time quantile train the model
     tune_frac: float = 0.25  # the next quantile range is searched on; the rest is held out
     valid_frac: float = 0.0  # then a validation range that picks among the search's finalists (0: none)
@@ -203,7 +211,7 @@ class ReplayScenarioConfig:
     horizon: int = 10
     click_threshold: float = 4.0
     min_history: int = 5
-    max_events: Optional[int] = None  # per split (random subset, kept in time order)
+    max_events: int | None = None  # per split (random subset, kept in time order)
     calibration_events: int = 3000
     report_every: int = 250
     min_user_interactions: int = 5  # k-core of the model's training data
@@ -215,8 +223,11 @@ class ReplayScenarioConfig:
     def validate(self) -> None:
         check(0 < self.train_frac < 1, "train_frac", "must be in (0, 1)")
         check(0 < self.tune_frac < 1 - self.train_frac, "tune_frac", "must be in (0, 1 - train_frac)")
-        check(0 <= self.valid_frac < 1 - self.train_frac - self.tune_frac, "valid_frac",
-              "must be in [0, 1 - train_frac - tune_frac): something must be left to hold out")
+        check(
+            0 <= self.valid_frac < 1 - self.train_frac - self.tune_frac,
+            "valid_frac",
+            "must be in [0, 1 - train_frac - tune_frac): something must be left to hold out",
+        )
         check(self.num_candidates >= 2, "num_candidates", "must be >= 2")
         check(1 <= self.slate_size <= self.num_candidates, "slate_size", "must be in [1, num_candidates]")
         check(self.stride >= 1 and self.horizon >= 1, "stride", "stride and horizon must be >= 1")
@@ -235,10 +246,10 @@ class ExplorationTracking:
     `tracking.alias=x` keeps these defaults instead of the SeqRec model's.
     """
 
-    tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME
     experiment: str = "lmrec-exploration"
-    run_name: Optional[str] = None
-    parent_run_id: Optional[str] = None  # nest the search under another run (a pipeline)
+    run_name: str | None = None
+    parent_run_id: str | None = None  # nest the search under another run (a pipeline)
     register: bool = True
     model_name: str = POLICY_REGISTRY_NAME
     alias: str = "candidate"
@@ -260,7 +271,7 @@ class TuneExplorationConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: ExplorationTracking = field(default_factory=ExplorationTracking)
-    out: Optional[str] = None  # also write the summary JSON (and best policy JSON next to it) here
+    out: str | None = None  # also write the summary JSON (and best policy JSON next to it) here
 
     def validate(self) -> None:
         if self.scenario == "logs":
@@ -285,13 +296,24 @@ def prepare_obd(oc: ObdScenarioConfig) -> LoggedScenario:
     log = load_obd(oc.data_dir, oc.behavior, oc.campaign)
     if oc.max_rows is not None and oc.max_rows < log.n:
         log = _head(log, oc.max_rows)
-    rewards = fit_obd_rewards(log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed, reward_model=oc.reward_model)
+    rewards = fit_obd_rewards(
+        log, oc.n_folds, "auto" if oc.l2 is None else oc.l2, oc.seed, reward_model=oc.reward_model
+    )
     scenario = LoggedScenario(
-        obd_logged(log, rewards), rewards.fit, log.len_list, oc.estimator, oc.n_bootstrap,
+        obd_logged(log, rewards),
+        rewards.fit,
+        log.len_list,
+        oc.estimator,
+        oc.n_bootstrap,
         base_policy={"slate_size": log.len_list, "n_sim": oc.n_sim, "seed": oc.seed},
-        info={"source": str(log.path), "samples": log.n, "behavior_value": log.on_policy_value,
-              "reward_model": oc.reward_model, "reward_model_l2": rewards.fit.l2,
-              "reward_model_oof_log_loss": rewards.fit.oof_log_loss},
+        info={
+            "source": str(log.path),
+            "samples": log.n,
+            "behavior_value": log.on_policy_value,
+            "reward_model": oc.reward_model,
+            "reward_model_l2": rewards.fit.l2,
+            "reward_model_oof_log_loss": rewards.fit.oof_log_loss,
+        },
     )
     return with_warm_start(scenario, oc.warm_start_frac)
 
@@ -306,10 +328,17 @@ def with_warm_start(scenario: LoggedScenario, frac: float) -> LoggedScenario:
     from lmrec.exploration.log_ope import subset_rewards
 
     warm, rest, samples = scenario.logged.split(frac)
-    info = {**scenario.info, "warm_start_requests": int(len(warm.slate_len)), "warm_start_samples": warm.n,
-            "scored_requests": int(len(rest.slate_len)), "scored_samples": rest.n,
-            "scored_behavior_value": float(rest.reward.mean())}
-    return dataclasses.replace(scenario, logged=rest, rewards=subset_rewards(scenario.rewards, samples), warm=warm, info=info)
+    info = {
+        **scenario.info,
+        "warm_start_requests": int(len(warm.slate_len)),
+        "warm_start_samples": warm.n,
+        "scored_requests": int(len(rest.slate_len)),
+        "scored_samples": rest.n,
+        "scored_behavior_value": float(rest.reward.mean()),
+    }
+    return dataclasses.replace(
+        scenario, logged=rest, rewards=subset_rewards(scenario.rewards, samples), warm=warm, info=info
+    )
 
 
 def _head(log: Any, n: int) -> Any:
@@ -317,8 +346,14 @@ def _head(log: Any, n: int) -> Any:
 
     sl = slice(0, n)
     return dataclasses.replace(
-        log, actions=log.actions[sl], positions=log.positions[sl], rewards=log.rewards[sl], pscore=log.pscore[sl],
-        timestamps=log.timestamps[sl], user_codes=log.user_codes[sl], affinity=log.affinity[sl],
+        log,
+        actions=log.actions[sl],
+        positions=log.positions[sl],
+        rewards=log.rewards[sl],
+        pscore=log.pscore[sl],
+        timestamps=log.timestamps[sl],
+        user_codes=log.user_codes[sl],
+        affinity=log.affinity[sl],
     )
 
 
@@ -333,14 +368,27 @@ def prepare_logs(lc: LogsScenarioConfig) -> LoggedScenario:
         table, join_info = read_served_logs(lc.path, lc.attribution_window_s)
     else:
         table = read_feedback_table(lc.path)  # Ray Data, validated per file
-        table = table.sort_by([("timestamp", "ascending"), ("request_id", "ascending")])  # time order for warm_start_frac
+        table = table.sort_by(
+            [("timestamp", "ascending"), ("request_id", "ascending")]
+        )  # time order for warm_start_frac
     logged = LoggedSlates.from_table(table, lc.path, lc.drop_unrewarded)
     rewards = fit_log_rewards(logged, lc.n_folds, "auto" if lc.l2 is None else lc.l2, lc.seed)
     k = int(np.bincount(logged.slate_len).argmax())
     scenario = LoggedScenario(
-        logged, rewards, k, lc.estimator, lc.n_bootstrap, base_policy={"slate_size": k, "n_sim": lc.n_sim, "seed": lc.seed},
-        info={"source": lc.path, "requests": int(len(logged.slate_len)), "samples": logged.n,
-              "behavior_value": float(logged.reward.mean()), "reward_model_l2": rewards.l2, **join_info},
+        logged,
+        rewards,
+        k,
+        lc.estimator,
+        lc.n_bootstrap,
+        base_policy={"slate_size": k, "n_sim": lc.n_sim, "seed": lc.seed},
+        info={
+            "source": lc.path,
+            "requests": int(len(logged.slate_len)),
+            "samples": logged.n,
+            "behavior_value": float(logged.reward.mean()),
+            "reward_model_l2": rewards.l2,
+            **join_info,
+        },
         cluster_by_request=lc.cluster_by_request,
     )
     return with_warm_start(scenario, lc.warm_start_frac)
@@ -361,7 +409,7 @@ def _replay_cache_dir(rc: ReplayScenarioConfig, source_fingerprint: str) -> Path
     return lmrec_home() / "exploration" / "replay" / f"{rc.dataset}-{key}"
 
 
-def load_interactions(dataset: str, data_dir: Optional[str]) -> tuple[Any, str]:
+def load_interactions(dataset: str, data_dir: str | None) -> tuple[Any, str]:
     """The raw interaction table of a MovieLens/SASRec dataset and its file fingerprint.
 
     `synthetic` (for machines without MovieLens, e.g. tests) generates 600 users over 300
@@ -405,13 +453,21 @@ def train_replay_model(interactions: Any, before_ts: int, rc: ReplayScenarioConf
     (data_root / "sasrec").mkdir(parents=True, exist_ok=True)
     lines = [f"{u} {i}" for u, i in zip(pre["user"].to_pylist(), pre["item"].to_pylist())]
     (data_root / "sasrec" / "replay_train.txt").write_text("\n".join(lines) + "\n")  # line order = time order
-    dcfg = DataConfig(dataset="sasrec:replay_train", data_dir=str(data_root), download=False,
-                      min_user_interactions=rc.min_user_interactions, min_item_interactions=rc.min_item_interactions)
+    dcfg = DataConfig(
+        dataset="sasrec:replay_train",
+        data_dir=str(data_root),
+        download=False,
+        min_user_interactions=rc.min_user_interactions,
+        min_item_interactions=rc.min_item_interactions,
+    )
     prepared = prepare_dataset(dcfg, cache_root=out_dir / "prepared")
     job = TrainJobConfig(
-        data=dcfg, model=rc.model, train=rc.train,
+        data=dcfg,
+        model=rc.model,
+        train=rc.train,
         eval=EvalConfig(ks=[10], protocols=["full"], every_epochs=0, max_users=500),
-        tracking=TrackingConfig(register=False), prepared_path=str(prepared.path),
+        tracking=TrackingConfig(register=False),
+        prepared_path=str(prepared.path),
     )
     ctx = LocalContext(root=out_dir / "train")
     metrics = run_training(job, ctx)
@@ -420,13 +476,21 @@ def train_replay_model(interactions: Any, before_ts: int, rc: ReplayScenarioConf
         shutil.rmtree(model_dir)
     shutil.copytree(ctx.checkpoints[-1] / EXPORT_DIR, model_dir)
     shutil.rmtree(out_dir / "train", ignore_errors=True)  # checkpoints are not needed once exported
-    (out_dir / "model_metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
+    (out_dir / "model_metrics.json").write_text(
+        json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1)
+    )
     return model_dir
 
 
 def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
     """Events for the tune, validation (if any) and held-out periods (cached under LMREC_HOME/exploration/replay)."""
-    from lmrec.exploration.replay import PopularityScorer, ReplayEvents, SeqRecScorer, build_replay_events, fit_calibration
+    from lmrec.exploration.replay import (
+        PopularityScorer,
+        ReplayEvents,
+        SeqRecScorer,
+        build_replay_events,
+        fit_calibration,
+    )
 
     interactions, fingerprint = load_interactions(rc.dataset, rc.data_dir)
     cache = _replay_cache_dir(rc, fingerprint)
@@ -434,8 +498,15 @@ def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         valid = ReplayEvents.load(cache / "valid.npz") if rc.valid_frac > 0 else None
-        return ReplayScenario(ReplayEvents.load(cache / "tune.npz"), ReplayEvents.load(cache / "heldout.npz"), rc.slate_size,
-                              rc.report_every, meta["base_policy"], meta["info"], valid=valid)
+        return ReplayScenario(
+            ReplayEvents.load(cache / "tune.npz"),
+            ReplayEvents.load(cache / "heldout.npz"),
+            rc.slate_size,
+            rc.report_every,
+            meta["base_policy"],
+            meta["info"],
+            valid=valid,
+        )
     t0 = time.time()
     cache.mkdir(parents=True, exist_ok=True)
     ts = interactions["ts"].to_numpy()
@@ -461,23 +532,41 @@ def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
                 model_info["metrics"] = json.loads((cache / "model_metrics.json").read_text())
         model, vocab, _ = load_model_dir(model_dir)
         scorer = SeqRecScorer(model, vocab, model.config.max_seq_len)
-    common = dict(num_candidates=rc.num_candidates, stride=rc.stride, horizon=rc.horizon,
-                  click_threshold=rc.click_threshold, min_history=rc.min_history, seed=rc.seed)
+    common = dict(
+        num_candidates=rc.num_candidates,
+        stride=rc.stride,
+        horizon=rc.horizon,
+        click_threshold=rc.click_threshold,
+        min_history=rc.min_history,
+        seed=rc.seed,
+    )
     calib = build_replay_events(interactions, scorer, int(ts.min()), t1, max_events=rc.calibration_events, **common)
     scale, shift = fit_calibration(calib)
     tune_ev = build_replay_events(interactions, scorer, t1, t2, max_events=rc.max_events, **common)
-    valid_ev = build_replay_events(interactions, scorer, t2, t3, max_events=rc.max_events, **common) if rc.valid_frac > 0 else None
+    valid_ev = (
+        build_replay_events(interactions, scorer, t2, t3, max_events=rc.max_events, **common)
+        if rc.valid_frac > 0
+        else None
+    )
     held_ev = build_replay_events(interactions, scorer, t3, int(ts.max()) + 1, max_events=rc.max_events, **common)
     if len(tune_ev) == 0 or len(held_ev) == 0 or (valid_ev is not None and len(valid_ev) == 0):
-        raise ValueError(f"replay: no decision points in the tune ({len(tune_ev)}), validation "
-                         f"({None if valid_ev is None else len(valid_ev)}) or held-out ({len(held_ev)}) period")
+        raise ValueError(
+            f"replay: no decision points in the tune ({len(tune_ev)}), validation "
+            f"({None if valid_ev is None else len(valid_ev)}) or held-out ({len(held_ev)}) period"
+        )
     base = {"slate_size": rc.slate_size, "score_scale": scale, "score_shift": shift, "seed": rc.seed}
-    info = {"dataset": rc.dataset, "scorer": rc.scorer, "split_ts": [t1, t2, t3] if valid_ev is not None else [t1, t2],
-            "tune_events": len(tune_ev), "heldout_events": len(held_ev),
-            "calibration": {"scale": scale, "shift": shift, "events": len(calib)},
-            "tune_oracle_per_event": float(tune_ev.oracle(rc.slate_size).mean()),
-            "heldout_oracle_per_event": float(held_ev.oracle(rc.slate_size).mean()),
-            "build_seconds": round(time.time() - t0, 1), **model_info}
+    info = {
+        "dataset": rc.dataset,
+        "scorer": rc.scorer,
+        "split_ts": [t1, t2, t3] if valid_ev is not None else [t1, t2],
+        "tune_events": len(tune_ev),
+        "heldout_events": len(held_ev),
+        "calibration": {"scale": scale, "shift": shift, "events": len(calib)},
+        "tune_oracle_per_event": float(tune_ev.oracle(rc.slate_size).mean()),
+        "heldout_oracle_per_event": float(held_ev.oracle(rc.slate_size).mean()),
+        "build_seconds": round(time.time() - t0, 1),
+        **model_info,
+    }
     if valid_ev is not None:
         info.update(valid_events=len(valid_ev), valid_oracle_per_event=float(valid_ev.oracle(rc.slate_size).mean()))
         valid_ev.save(cache / "valid.npz")
@@ -543,19 +632,26 @@ def preflight(cfg: TuneExplorationConfig) -> None:
     if cfg.scenario == "logs":
         p = cfg.logs.path
         if is_local_path(p) and not Path(p.removeprefix("file://")).exists():
-            raise ConfigError("logs.path", f"{p} does not exist (a serving log folder or a folder of feedback-log files)")
+            raise ConfigError(
+                "logs.path", f"{p} does not exist (a serving log folder or a folder of feedback-log files)"
+            )
     elif cfg.scenario == "obd":
         from lmrec.exploration.open_bandit import obd_dir
 
         base = obd_dir(cfg.obd.data_dir) / cfg.obd.behavior / cfg.obd.campaign
         for f in (base / "all.csv", base / "item_context.csv"):
             if not f.is_file():
-                raise ConfigError("obd.data_dir", f"Open Bandit file {f} not found (set obd.data_dir or LMREC_DATA_DIR "
-                                                   "to the folder holding open_bandit/)")
+                raise ConfigError(
+                    "obd.data_dir",
+                    f"Open Bandit file {f} not found (set obd.data_dir or LMREC_DATA_DIR "
+                    "to the folder holding open_bandit/)",
+                )
     else:
         rc = cfg.replay
         if rc.model_uri and not rc.model_uri.startswith(("models:/", "runs:/")) and not Path(rc.model_uri).exists():
-            raise ConfigError("replay.model_uri", f"{rc.model_uri} is neither a models:/ or runs:/ URI nor an existing folder")
+            raise ConfigError(
+                "replay.model_uri", f"{rc.model_uri} is neither a models:/ or runs:/ URI nor an existing folder"
+            )
         if rc.dataset != "synthetic":
             from lmrec.data.download import locate_dataset
             from lmrec.data.readers import dataset_spec
@@ -567,7 +663,7 @@ def preflight(cfg: TuneExplorationConfig) -> None:
                 raise ConfigError("replay.dataset", str(exc)) from exc
             try:
                 locate_dataset(spec, resolve(rc.data_dir), download=False)
-            except Exception as exc:  # noqa: BLE001 (DatasetNotFound and friends: say which key)
+            except Exception as exc:
                 raise ConfigError("replay.data_dir", str(exc)) from exc
 
 
@@ -599,7 +695,7 @@ class SearchResult:
     trials: list[dict[str, Any]]
     comparison: dict[str, dict[str, float]]
     scenario_info: dict[str, Any]
-    model_version: Optional[str]
+    model_version: str | None
     policy_uri: str
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
@@ -607,17 +703,26 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "parent_run_id": self.parent_run_id, "best": self.best.to_dict(), "best_metrics": self.best_metrics,
-            "trials": self.trials, "comparison": self.comparison, "scenario": self.scenario_info,
-            "model_version": self.model_version, "policy_uri": self.policy_uri, "seconds": round(self.seconds, 1),
-            "files": self.files, "selection": self.selection,
+            "parent_run_id": self.parent_run_id,
+            "best": self.best.to_dict(),
+            "best_metrics": self.best_metrics,
+            "trials": self.trials,
+            "comparison": self.comparison,
+            "scenario": self.scenario_info,
+            "model_version": self.model_version,
+            "policy_uri": self.policy_uri,
+            "seconds": round(self.seconds, 1),
+            "files": self.files,
+            "selection": self.selection,
         }
 
     def table(self) -> str:
         """Comparison of the tuned policy with the baselines, as plain text."""
         lines = [f"{'policy':<36} {'estimate':>10} {'std_err':>9} {'objective':>10}"]
         for name, m in self.comparison.items():
-            lines.append(f"{name:<36} {m.get('estimate', float('nan')):>10.5f} {m.get('std_err', m.get('reward_se', float('nan'))):>9.5f} {m.get('objective', float('nan')):>10.5f}")
+            lines.append(
+                f"{name:<36} {m.get('estimate', float('nan')):>10.5f} {m.get('std_err', m.get('reward_se', float('nan'))):>9.5f} {m.get('objective', float('nan')):>10.5f}"
+            )
         return "\n".join(lines)
 
 
@@ -647,7 +752,12 @@ DETERMINISTIC_POLICIES = ("greedy", "ucb")  # one replay run suffices: no seed c
 
 
 def replay_runs(
-    scenario: ReplayScenario, pc: PolicyConfig, period: str, penalty: float, repeats: int = 5, seed: int = 0,
+    scenario: ReplayScenario,
+    pc: PolicyConfig,
+    period: str,
+    penalty: float,
+    repeats: int = 5,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Replay `pc` on `period` with seeds seed, seed+1, ... (once if deterministic), each from empty state.
 
@@ -663,16 +773,22 @@ def replay_runs(
     vals = np.array([r.rewards.mean() for r in runs])
     first = replay_metrics(runs[0].summary(), penalty)
     out: dict[str, Any] = {
-        **first, "estimate": float(vals.mean()), "seed_std": float(vals.std(ddof=1)) if n > 1 else 0.0, "repeats": float(n),
+        **first,
+        "estimate": float(vals.mean()),
+        "seed_std": float(vals.std(ddof=1)) if n > 1 else 0.0,
+        "repeats": float(n),
         "cum_reward": float(np.mean([r.rewards.sum() for r in runs])),
-        "cum_regret": float(np.mean([(r.oracle - r.rewards).sum() for r in runs])), "per_seed": vals.tolist(),
+        "cum_regret": float(np.mean([(r.oracle - r.rewards).sum() for r in runs])),
+        "per_seed": vals.tolist(),
         "seeds": [seed + r for r in range(n)],
     }
     out["objective"] = out["estimate"] - penalty * out["reward_se"]
     return out, np.mean([r.rewards for r in runs], axis=0)
 
 
-def compare_policies(scenario: Scenario, best: PolicyConfig, penalty: float, repeats: int = 5, seed: int = 0) -> dict[str, dict[str, Any]]:
+def compare_policies(
+    scenario: Scenario, best: PolicyConfig, penalty: float, repeats: int = 5, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Tuned vs greedy vs epsilon=0.1: on held-out events (replay) or on the logged data.
 
     On replay every policy also gets its paired difference to greedy on the same events:
@@ -703,7 +819,12 @@ def compare_policies(scenario: Scenario, best: PolicyConfig, penalty: float, rep
 
 
 def select_on_validation(
-    trials: list[dict[str, Any]], scenario: ReplayScenario, penalty: float, finalists: int = 5, repeats: int = 5, seed: int = 0,
+    trials: list[dict[str, Any]],
+    scenario: ReplayScenario,
+    penalty: float,
+    finalists: int = 5,
+    repeats: int = 5,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The search's top `finalists` distinct configurations, re-run on the validation period.
 
@@ -726,8 +847,16 @@ def select_on_validation(
             continue
         seen.add(key)
         valid, _ = replay_runs(scenario, pc, "valid", penalty, repeats, seed)
-        rows.append({"params": t["params"], "policy": _label(pc), "search_objective": t["metrics"][METRIC],
-                     "search_estimate": t["metrics"].get("estimate"), "valid": valid, "trial": t})
+        rows.append(
+            {
+                "params": t["params"],
+                "policy": _label(pc),
+                "search_objective": t["metrics"][METRIC],
+                "search_estimate": t["metrics"].get("estimate"),
+                "valid": valid,
+                "trial": t,
+            }
+        )
         if len(rows) == finalists:
             break
     chosen = max(rows, key=lambda r: r["valid"]["objective"])  # first maximum: the better search rank wins a tie
@@ -737,9 +866,12 @@ def select_on_validation(
 
 
 def _label(pc: PolicyConfig) -> str:
-    extra = {"epsilon_greedy": f"epsilon={pc.epsilon:.3g}", "softmax": f"temperature={pc.temperature:.3g}",
-             "ucb": f"c={pc.ucb_c:.3g}, w={pc.prior_strength:.3g}, {pc.feedback}",
-             "thompson": f"w={pc.prior_strength:.3g}, {pc.feedback}"}.get(pc.type, "")
+    extra = {
+        "epsilon_greedy": f"epsilon={pc.epsilon:.3g}",
+        "softmax": f"temperature={pc.temperature:.3g}",
+        "ucb": f"c={pc.ucb_c:.3g}, w={pc.prior_strength:.3g}, {pc.feedback}",
+        "thompson": f"w={pc.prior_strength:.3g}, {pc.feedback}",
+    }.get(pc.type, "")
     return f"{pc.type}{', ' + extra if extra else ''}"
 
 
@@ -748,18 +880,24 @@ def selection_table(selection: list[dict[str, Any]]) -> str:
     lines = [f"{'finalist':<44} {'search obj':>10} {'valid':>8} {'seed std':>8} {'valid obj':>9}"]
     for r in selection:
         v = r["valid"]
-        lines.append(f"{('* ' if r['chosen'] else '  ') + r['policy']:<44} {r['search_objective']:>10.4f} "
-                     f"{v['estimate']:>8.4f} {v['seed_std']:>8.4f} {v['objective']:>9.4f}")
+        lines.append(
+            f"{('* ' if r['chosen'] else '  ') + r['policy']:<44} {r['search_objective']:>10.4f} "
+            f"{v['estimate']:>8.4f} {v['seed_std']:>8.4f} {v['objective']:>9.4f}"
+        )
     return "\n".join(lines)
 
 
-def replay_curves_png(scenario: ReplayScenario, configs: dict[str, PolicyConfig], path: Path, logger: Any = None) -> Path:
+def replay_curves_png(
+    scenario: ReplayScenario, configs: dict[str, PolicyConfig], path: Path, logger: Any = None
+) -> Path:
     """Held-out cumulative clicks and regret of each policy as a PNG; with `logger` (a RunLogger)
     also as metric histories `heldout/<name>/cum_reward|cum_regret`, a point every `report_every` events."""
     from lmrec.exploration.policies import build_policy
     from lmrec.exploration.replay import plot_curves, run_replay
 
-    results = {name: run_replay(scenario.heldout, build_policy(pc), scenario.slate_size) for name, pc in configs.items()}
+    results = {
+        name: run_replay(scenario.heldout, build_policy(pc), scenario.slate_size) for name, pc in configs.items()
+    }
     if logger is not None and results:
         n = len(next(iter(results.values())).rewards)
         steps = sorted({*range(scenario.report_every, n + 1, scenario.report_every), n})
@@ -798,9 +936,14 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
         parent = json.loads(marker.read_text())["search_run_id"]
         print(f"[lmrec.explore] resuming Tune experiment {exp_path} (MLflow search run {parent})", flush=True)
     else:
-        parent = mt.start_run(tr.experiment, tr.run_name or name, params,
-                              {"lmrec.kind": "exploration_search", "lmrec.scenario": cfg.scenario, "lmrec.tune_name": name},
-                              parent_run_id=tr.parent_run_id, uri=uri)
+        parent = mt.start_run(
+            tr.experiment,
+            tr.run_name or name,
+            params,
+            {"lmrec.kind": "exploration_search", "lmrec.scenario": cfg.scenario, "lmrec.tune_name": name},
+            parent_run_id=tr.parent_run_id,
+            uri=uri,
+        )
         exp_path.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"search_run_id": parent, "tracking_uri": uri}))
     logger = mt.RunLogger(parent, uri)
@@ -812,8 +955,17 @@ def run_exploration_search(cfg: TuneExplorationConfig) -> SearchResult:
     return result
 
 
-def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: str, logger: Any, name: str, exp_path: Path,
-                       resuming: bool, uri: str, t0: float) -> SearchResult:
+def _search_and_record(
+    cfg: TuneExplorationConfig,
+    scenario: Scenario,
+    parent: str,
+    logger: Any,
+    name: str,
+    exp_path: Path,
+    resuming: bool,
+    uri: str,
+    t0: float,
+) -> SearchResult:
     """The search proper, once its MLflow run exists: Tune, selection, comparison, artifacts, registry."""
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -828,8 +980,10 @@ def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: s
     stateful = not isinstance(scenario, LoggedScenario) or scenario.stateful
     space = define_space(cfg.space, stateful)
     if not stateful and "ucb" in cfg.space.policies and "ucb" not in space.policies():
-        scenario.info["search_space_note"] = ("UCB left out: with no item statistics (warm_start_frac = 0) it ranks as "
-                                              "greedy does; Thompson's feedback setting has no effect either")
+        scenario.info["search_space_note"] = (
+            "UCB left out: with no item statistics (warm_start_frac = 0) it ranks as "
+            "greedy does; Thompson's feedback setting has no effect either"
+        )
         print(f"[lmrec.explore] {scenario.info['search_space_note']}", flush=True)
     logger.json(scenario.info, "scenario.json")
     print(f"[lmrec.explore] scenario {cfg.scenario}: {json.dumps(scenario.info, default=str)[:400]}", flush=True)
@@ -837,21 +991,34 @@ def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: s
 
     use_asha = scenario.has_steps and sc.scheduler in ("auto", "asha")
     if sc.scheduler == "asha" and not scenario.has_steps:
-        print("[lmrec.explore] scenario reports one value per trial: ASHA has nothing to stop early, using FIFO", flush=True)
+        print(
+            "[lmrec.explore] scenario reports one value per trial: ASHA has nothing to stop early, using FIFO",
+            flush=True,
+        )
     scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=scenario.num_reports, grace_period=min(sc.grace_period, scenario.num_reports),  # type: ignore[union-attr]
-                      reduction_factor=sc.reduction_factor)
-        if use_asha else FIFOScheduler()
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=scenario.num_reports,
+            grace_period=min(sc.grace_period, scenario.num_reports),  # type: ignore[union-attr]
+            reduction_factor=sc.reduction_factor,
+        )
+        if use_asha
+        else FIFOScheduler()
     )
-    searcher = OptunaSearch(space=space, metric=METRIC, mode="max",
-                            points_to_evaluate=baseline_points(cfg.space) if sc.include_baselines else None,
-                            sampler=_tpe_sampler(sc.seed))
+    searcher = OptunaSearch(
+        space=space,
+        metric=METRIC,
+        mode="max",
+        points_to_evaluate=baseline_points(cfg.space) if sc.include_baselines else None,
+        sampler=_tpe_sampler(sc.seed),
+    )
     trainable = tune.with_resources(
         tune.with_parameters(exploration_trial, scenario=scenario, penalty=sc.variance_penalty, seed=sc.seed),
         {"cpu": sc.cpus_per_trial},
     )
     callback = MLflowLoggerCallback(
-        tracking_uri=uri, experiment_name=tr.experiment,
+        tracking_uri=uri,
+        experiment_name=tr.experiment,
         tags={"mlflow.parentRunId": parent, "lmrec.kind": "exploration_trial", "lmrec.search_run_id": parent},
     )
     if resuming:  # searcher, scheduler and callbacks come back from the experiment's own state
@@ -859,8 +1026,14 @@ def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: s
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent),
-                                        scheduler=scheduler, num_samples=sc.num_samples, reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                search_alg=ConcurrencyLimiter(searcher, sc.max_concurrent),
+                scheduler=scheduler,
+                num_samples=sc.num_samples,
+                reuse_actors=True,
+            ),
             run_config=tune.RunConfig(name=name, storage_path=str(exp_path.parent), callbacks=[callback], verbose=1),
         )
     selection: list[dict[str, Any]] = []
@@ -868,12 +1041,21 @@ def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: s
     trials = _trial_rows(grid)
     best_row = pick_best(trials, scenario)
     if isinstance(scenario, ReplayScenario) and scenario.valid is not None:
-        best_row, selection = select_on_validation(trials, scenario, sc.variance_penalty, sc.finalists, sc.valid_repeats, sc.seed)
+        best_row, selection = select_on_validation(
+            trials, scenario, sc.variance_penalty, sc.finalists, sc.valid_repeats, sc.seed
+        )
         print("[lmrec.explore] validation (finalists of the search):\n" + selection_table(selection), flush=True)
     best = policy_config(best_row["params"], scenario.base_policy)
     comparison = compare_policies(scenario, best, sc.variance_penalty, sc.eval_repeats, sc.seed)
-    metadata = {"scenario": cfg.scenario, "objective": best_row["metrics"][METRIC], "search_run_id": parent,
-                "tune_name": name, "metrics": best_row["metrics"], "comparison": comparison, "scenario_info": scenario.info}
+    metadata = {
+        "scenario": cfg.scenario,
+        "objective": best_row["metrics"][METRIC],
+        "search_run_id": parent,
+        "tune_name": name,
+        "metrics": best_row["metrics"],
+        "comparison": comparison,
+        "scenario_info": scenario.info,
+    }
     if selection:
         metadata["selection"] = "best validation objective among the search's finalists"
         metadata["valid_metrics"] = next(r["valid"] for r in selection if r["chosen"])
@@ -884,40 +1066,69 @@ def _search_and_record(cfg: TuneExplorationConfig, scenario: Scenario, parent: s
     files: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="lmrec-explore-") as tmp:
         if isinstance(scenario, ReplayScenario):
-            png = replay_curves_png(scenario, {
-                "tuned": best, "greedy": policy_config({"policy": "greedy"}, scenario.base_policy),
-                "epsilon=0.1": policy_config({"policy": "epsilon_greedy", "epsilon": 0.1}, scenario.base_policy),
-            }, Path(tmp) / "replay_heldout.png", logger)
+            png = replay_curves_png(
+                scenario,
+                {
+                    "tuned": best,
+                    "greedy": policy_config({"policy": "greedy"}, scenario.base_policy),
+                    "epsilon=0.1": policy_config({"policy": "epsilon_greedy", "epsilon": 0.1}, scenario.base_policy),
+                },
+                Path(tmp) / "replay_heldout.png",
+                logger,
+            )
             logger.artifact(png)
             files["curves_png"] = "replay_heldout.png"
     metrics = {f"best/{k}": v for k, v in best_row["metrics"].items()}
     if selection:
         metrics.update({f"valid/{k}": v for k, v in metadata["valid_metrics"].items() if isinstance(v, float)})
-    for i, (nm, m) in enumerate(comparison.items()):
+    for i, (_nm, m) in enumerate(comparison.items()):
         key = ["tuned", "greedy", "epsilon_0.1"][i]
         metrics.update({f"compare/{key}/{k}": v for k, v in m.items() if isinstance(v, float)})
     logger.metrics(metrics)
-    tags = {"lmrec.best_policy": best.type, "lmrec.best_policy_json": json.dumps(best.to_dict(), sort_keys=True)[:4900],
-            "lmrec.policy_artifact": artifact, "lmrec.trials": len(trials)}
+    tags = {
+        "lmrec.best_policy": best.type,
+        "lmrec.best_policy_json": json.dumps(best.to_dict(), sort_keys=True)[:4900],
+        "lmrec.policy_artifact": artifact,
+        "lmrec.trials": len(trials),
+    }
     version = None
     if tr.register:
-        version = mt.register_model(parent, tr.model_name, alias=tr.alias, artifact_path=POLICY_ARTIFACT_DIR,
-                                    tags={"kind": "exploration_policy", "policy": best.type, "scenario": cfg.scenario}, uri=uri,
-                                    model_description="lmrec exploration policy (policy.json: config + item statistics)")
+        version = mt.register_model(
+            parent,
+            tr.model_name,
+            alias=tr.alias,
+            artifact_path=POLICY_ARTIFACT_DIR,
+            tags={"kind": "exploration_policy", "policy": best.type, "scenario": cfg.scenario},
+            uri=uri,
+            model_description="lmrec exploration policy (policy.json: config + item statistics)",
+        )
         tags["lmrec.policy_version"] = version
         tags["lmrec.policy_alias"] = tr.alias  # only when the alias exists
     logger.tags(tags)
     logger.end("FINISHED")
     policy_uri = f"models:/{tr.model_name}@{tr.alias}" if version else f"runs:/{parent}/{POLICY_ARTIFACT_DIR}"
-    result = SearchResult(parent, best, best_row["metrics"], trials, comparison, scenario.info, version, policy_uri,
-                          time.time() - t0, files, selection)
+    result = SearchResult(
+        parent,
+        best,
+        best_row["metrics"],
+        trials,
+        comparison,
+        scenario.info,
+        version,
+        policy_uri,
+        time.time() - t0,
+        files,
+        selection,
+    )
     if cfg.out:
         out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=1, default=str))
         from lmrec.exploration.artifacts import policy_document
 
-        (out.with_name(out.stem + "_policy.json")).write_text(json.dumps(policy_document(best, metadata), indent=1, default=str))
+        (out.with_name(out.stem + "_policy.json")).write_text(
+            json.dumps(policy_document(best, metadata), indent=1, default=str)
+        )
         result.files["summary"] = str(out)
     return result
 

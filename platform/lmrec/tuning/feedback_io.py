@@ -11,7 +11,7 @@ file listing, as by `list_log_files`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmrec.exploration.logs import (
-    COLUMNS, FEEDBACK_SCHEMA, FeedbackLogError, check_columns, join_rewards, list_log_files, validate_schema, validate_table,
+    COLUMNS,
+    FEEDBACK_SCHEMA,
+    FeedbackLogError,
+    check_columns,
+    join_rewards,
+    list_log_files,
+    validate_schema,
+    validate_table,
 )
 
 PATH_COLUMN = "path"
@@ -91,7 +98,7 @@ def dataset_to_table(ds: Any) -> pa.Table:
     return _collect(ds, FEEDBACK_SCHEMA)
 
 
-def read_feedback_table(path: str | Path, validate: bool = True, limit: Optional[int] = None) -> pa.Table:
+def read_feedback_table(path: str | Path, validate: bool = True, limit: int | None = None) -> pa.Table:
     """Read through Ray Data and collect: what the Tune driver does with logged data."""
     ds = read_feedback_logs(path, validate)
     if limit is not None:
@@ -118,11 +125,15 @@ def read_feedback_events(path: str | Path) -> pa.Table:
     bad = pc.invert(pc.is_finite(table["reward"]))
     n_bad = int(pc.sum(pc.fill_null(bad, True)).as_py() or 0)
     if n_bad:
-        raise FeedbackLogError(str(path), "reward", f"{n_bad} of {table.num_rows} feedback event(s) have a null or non-finite reward")
+        raise FeedbackLogError(
+            str(path), "reward", f"{n_bad} of {table.num_rows} feedback event(s) have a null or non-finite reward"
+        )
     return table
 
 
-def read_served_logs(path: str | Path, attribution_window_s: float = 600.0, now: Optional[float] = None) -> tuple[pa.Table, dict[str, Any]]:
+def read_served_logs(
+    path: str | Path, attribution_window_s: float = 600.0, now: float | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
     """The serving app's logs as one FEEDBACK_SCHEMA table with rewards joined, in time order.
 
     Slates come from `impressions/` and clicks from `feedback/` (both read with Ray Data and
@@ -141,15 +152,23 @@ def read_served_logs(path: str | Path, attribution_window_s: float = 600.0, now:
     mature = mature.sort_by([("timestamp", "ascending"), ("request_id", "ascending")])
     joined = join_rewards(mature, events)
     k = pc.list_value_length(mature["slate"]).to_numpy(zero_copy_only=False)
-    shown = pa.table({"request_id": pa.array(np.repeat(mature["request_id"].to_numpy(zero_copy_only=False), k), pa.string()),
-                      "item_id": pc.list_flatten(mature["slate"])})
+    shown = pa.table(
+        {
+            "request_id": pa.array(np.repeat(mature["request_id"].to_numpy(zero_copy_only=False), k), pa.string()),
+            "item_id": pc.list_flatten(mature["slate"]),
+        }
+    )
     ev = events.select(["request_id", "item_id"]).group_by(["request_id", "item_id"]).aggregate([])
     matched = ev.join(shown, ["request_id", "item_id"], join_type="inner").num_rows
     rewards = pc.list_flatten(joined["rewards"])
     info = {
-        "log_dir": str(root), "impressions": impressions.num_rows, "too_recent": impressions.num_rows - mature.num_rows,
-        "attribution_window_s": attribution_window_s, "feedback_events": events.num_rows,
-        "events_joined": matched, "events_without_slate": ev.num_rows - matched,
+        "log_dir": str(root),
+        "impressions": impressions.num_rows,
+        "too_recent": impressions.num_rows - mature.num_rows,
+        "attribution_window_s": attribution_window_s,
+        "feedback_events": events.num_rows,
+        "events_joined": matched,
+        "events_without_slate": ev.num_rows - matched,
         "clicks_joined": int(pc.sum(pc.greater(rewards, 0)).as_py() or 0),
     }
     return joined, info

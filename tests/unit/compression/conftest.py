@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
+from compress_helpers import NUM_ITEMS
 
 from lmrec.models import SeqRecModel, build_config, init_weights_
-
-from compress_helpers import NUM_ITEMS
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _row(name: str, params: int, ndcg: float, b1: float, b64: float) -> dict:
-    return {"variant": name, "params": params, "params_ratio": params / 1000, "test/full/ndcg@10": ndcg,
-            "b1/p50_ms": b1, "b64/p50_ms": b64}
+    return {
+        "variant": name,
+        "params": params,
+        "params_ratio": params / 1000,
+        "test/full/ndcg@10": ndcg,
+        "b1/p50_ms": b1,
+        "b64/p50_ms": b64,
+    }
 
 
 def test_target_verdicts() -> None:
@@ -28,8 +34,15 @@ def test_target_verdicts() -> None:
         "p": CompressionSpec(name="p", prune="structured", prune_amount=0.5),
         "p-q": CompressionSpec(name="p-q", prune="structured", prune_amount=0.5, quantize="int8"),  # mixed: no verdict
     }
-    rows = [_row("teacher", 1000, 0.20, 10.0, 100.0), _row("s", 200, 0.195, 3.0, 20.0), _row("s-big", 400, 0.2, 5.0, 50.0), _row("s-plain", 200, 0.2, 3.0, 20.0),
-            _row("q", 1000, 0.197, 6.0, 45.0), _row("p", 550, 0.15, 7.0, 60.0), _row("p-q", 550, 0.15, 4.0, 30.0)]
+    rows = [
+        _row("teacher", 1000, 0.20, 10.0, 100.0),
+        _row("s", 200, 0.195, 3.0, 20.0),
+        _row("s-big", 400, 0.2, 5.0, 50.0),
+        _row("s-plain", 200, 0.2, 3.0, 20.0),
+        _row("q", 1000, 0.197, 6.0, 45.0),
+        _row("p", 550, 0.15, 7.0, 60.0),
+        _row("p-q", 550, 0.15, 4.0, 30.0),
+    ]
     verdicts = {v["variant"]: v for v in check_targets(rows, specs, [1, 64])}
     assert set(verdicts) == {"s", "s-big", "q", "p"}
     assert verdicts["s"]["met"] and not verdicts["s-big"]["met"]  # 40% of the params is over the 25% budget
@@ -50,12 +63,22 @@ def test_benchmark_config_validation() -> None:
 
 
 def test_benchmark_runs_end_to_end_on_synthetic_data(tmp_path: Path) -> None:
-    cfg = load_config(BenchmarkConfig, ROOT / "jobs/configs/benchmark_compression/synthetic.yaml", [
-        "data.synthetic.num_users=150", "data.synthetic.num_items=60", "teacher.train.epochs=1",
-        "latency.iters=3", "latency.rounds=1", "latency.warmup=1", "calibration_rows=16", f"out_dir={tmp_path}",
-        "variants=[{name: st, student_hidden: 16, student_layers: 1, distill_steps: 2}, {name: q, quantize: int8}, "
-        "{name: p, prune: structured, prune_amount: 0.5}]",
-    ])
+    cfg = load_config(
+        BenchmarkConfig,
+        ROOT / "jobs/configs/benchmark_compression/synthetic.yaml",
+        [
+            "data.synthetic.num_users=150",
+            "data.synthetic.num_items=60",
+            "teacher.train.epochs=1",
+            "latency.iters=3",
+            "latency.rounds=1",
+            "latency.warmup=1",
+            "calibration_rows=16",
+            f"out_dir={tmp_path}",
+            "variants=[{name: st, student_hidden: 16, student_layers: 1, distill_steps: 2}, {name: q, quantize: int8}, "
+            "{name: p, prune: structured, prune_amount: 0.5}]",
+        ],
+    )
     result = run_benchmark(cfg, tmp_path / "out.json")
     rows = {r["variant"]: r for r in result["rows"]}
     assert list(rows) == ["teacher", "st", "q", "p"]

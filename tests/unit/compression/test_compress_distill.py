@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from compress_helpers import NUM_ITEMS, batch
+
 from lmrec.compression.distill import TeacherTopK, check_teacher_catalog, distillation_loss, soft_kl
 from lmrec.data.sequences import trim_padding
 from lmrec.training.loop import default_loss

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
-
 from compress_helpers import NUM_ITEMS
+
 from lmrec.compression.artifacts import load_variant, parameter_count, save_variant
 from lmrec.compression.distill import distillation_loss
 from lmrec.compression.latency import LatencyConfig, measure_latencies
@@ -93,8 +92,18 @@ def test_alpha_zero_training_run_reproduces_plain_training(prepared: Path, deter
 
 def test_build_variant_student_prune_finetune_int8(prepared: Path, tmp_path: Path) -> None:
     teacher = _tiny(5).eval()
-    spec = CompressionSpec(name="s", student_hidden=32, student_layers=1, distill_steps=4, alpha=0.7, teacher_topk=8,
-                           prune="structured", prune_amount=0.5, finetune_steps=2, quantize="int8")
+    spec = CompressionSpec(
+        name="s",
+        student_hidden=32,
+        student_layers=1,
+        distill_steps=4,
+        alpha=0.7,
+        teacher_topk=8,
+        prune="structured",
+        prune_amount=0.5,
+        finetune_steps=2,
+        quantize="int8",
+    )
     calib = calibration_batch(prepared, teacher.config.max_seq_len, n=16)
     res = build_variant(spec, teacher, prepared, TRAIN, EVAL, calib_inputs=calib)
     m = res.model

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from compress_helpers import NUM_ITEMS, batch
+
 from lmrec.compression.artifacts import load_variant, save_variant
 from lmrec.compression.prune import (
     magnitude_prune,
@@ -74,7 +74,12 @@ def test_structured_pruning_at_half_shrinks_matrices_and_parameters(make_model) 
     cfg = model.config
     pruned, plan = prune_structured(model, 0.5)
     pc = pruned.config
-    assert (pc.num_heads, pc.attn_head_dim, pc.intermediate_size, pc.hidden_size) == (2, cfg.attn_head_dim, cfg.ffn_size // 2, cfg.hidden_size)
+    assert (pc.num_heads, pc.attn_head_dim, pc.intermediate_size, pc.hidden_size) == (
+        2,
+        cfg.attn_head_dim,
+        cfg.ffn_size // 2,
+        cfg.hidden_size,
+    )
     for block in pruned.blocks:
         att, mlp = block.self_attn, block.mlp
         assert att.q_proj.weight.shape == (2 * cfg.attn_head_dim, cfg.hidden_size)
@@ -83,7 +88,7 @@ def test_structured_pruning_at_half_shrinks_matrices_and_parameters(make_model) 
         assert mlp.gate_proj.weight.shape == mlp.up_proj.weight.shape == (cfg.ffn_size // 2, cfg.hidden_size)
         assert mlp.down_proj.weight.shape == (cfg.hidden_size, cfg.ffn_size // 2)
     assert pruned.num_parameters() == pc.num_parameters()  # the analytic count knows head_dim
-    backbone = lambda m: m.num_parameters() - m.item_embeddings.numel()  # noqa: E731
+    backbone = lambda m: m.num_parameters() - m.item_embeddings.numel()  # noqa: E731 (a one-line local helper)
     assert backbone(pruned) == pytest.approx(0.5 * backbone(model), rel=0.01)  # norms are not pruned
     assert all(len(h) == 2 for h in plan.q_heads) and all(len(c) == cfg.ffn_size // 2 for c in plan.channels)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from compress_helpers import NUM_ITEMS, batch
 from safetensors import safe_open
 
-from compress_helpers import NUM_ITEMS, batch
 from lmrec.compression.artifacts import load_variant, parameter_count, save_variant, weight_bytes
 from lmrec.compression.quantize import Int8Linear, cast_weights, linear_module_names, quantize, quantize_int8
 from lmrec.models.artifacts import PICKLE_SUFFIXES, artifact_size_bytes, load_model_dir, save_model_dir
@@ -22,7 +22,9 @@ def test_int8_linear_per_channel_scales_and_error() -> None:
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(48, 32, bias=True)
     with torch.no_grad():
-        lin.weight.copy_(torch.randn(32, 48, generator=g) * torch.linspace(0.01, 1.0, 32)[:, None])  # rows of very different range
+        lin.weight.copy_(
+            torch.randn(32, 48, generator=g) * torch.linspace(0.01, 1.0, 32)[:, None]
+        )  # rows of very different range
     q = Int8Linear.from_linear(lin)
     assert q.weight_int8.dtype == torch.int8 and q.weight_int8.abs().max() <= 127
     assert torch.allclose(q.weight_scale, lin.weight.abs().amax(1) / 127)
@@ -93,7 +95,9 @@ def test_int8_artifact_is_safetensors_and_reloads_identically(make_model, tmp_pa
 
 
 @pytest.mark.parametrize("mode,dtype,tol", [("fp16", torch.float16, 0.01), ("bf16", torch.bfloat16, 0.05)])
-def test_half_precision_casts_run_and_round_trip(make_model, tmp_path: Path, mode: str, dtype: torch.dtype, tol: float) -> None:
+def test_half_precision_casts_run_and_round_trip(
+    make_model, tmp_path: Path, mode: str, dtype: torch.dtype, tol: float
+) -> None:
     model = make_model()
     half = quantize(model, mode)
     assert {p.dtype for p in half.parameters()} == {dtype}

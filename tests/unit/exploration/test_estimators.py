@@ -75,7 +75,9 @@ def test_estimators_are_unbiased_on_a_known_bandit() -> None:
     q_perfect = np.broadcast_to(ctr, (n, 10))
     est_dr = dr(r, p, pi, dist, q_perfect, ctr[a], n_bootstrap=200)
     assert abs(est_dr.value - truth) < 4 * est_dr.std_err
-    assert est_dr.std_err < 0.9 * est_ips.std_err  # a perfect model removes the variance of w * E[r], not the click noise
+    assert (
+        est_dr.std_err < 0.9 * est_ips.std_err
+    )  # a perfect model removes the variance of w * E[r], not the click noise
     q_biased = q_perfect + 0.1  # DR stays unbiased when the model is wrong, DM does not
     est_dr_b = dr(r, p, pi, dist, q_biased, ctr[a] + 0.1, n_bootstrap=200)
     assert abs(est_dr_b.value - truth) < 4 * est_dr_b.std_err
@@ -144,9 +146,12 @@ def test_per_sample_bootstrap_is_unchanged_without_groups() -> None:
         for name, want in expected.items():
             e = out[name]
             assert (e.value, e.ci_low, e.ci_high, e.std_err) == pytest.approx(want, rel=1e-12, abs=0), name
-    assert bootstrap(r * 2.0, 300, 0.9, seed=11) == pytest.approx((0.5996666666666667, 0.7733333333333333, 0.05407201202864531), rel=1e-12)
+    assert bootstrap(r * 2.0, 300, 0.9, seed=11) == pytest.approx(
+        (0.5996666666666667, 0.7733333333333333, 0.05407201202864531), rel=1e-12
+    )
     assert bootstrap(r * w, 300, 0.9, seed=11, denominator=w) == pytest.approx(
-        (0.2847353838768577, 0.4034697868453966, 0.038589618464495996), rel=1e-12)
+        (0.2847353838768577, 0.4034697868453966, 0.038589618464495996), rel=1e-12
+    )
 
 
 def test_cluster_bootstrap_widens_the_interval_for_correlated_samples() -> None:
@@ -182,7 +187,9 @@ def test_snips_interval_is_finite_when_most_weights_are_zero() -> None:
     p = np.full(n, 0.5)
     with np.errstate(all="raise"):  # no 0/0 either
         est = snips(r, p, pi, n_bootstrap=500, seed=0)
-        grouped = snips(r, p, pi, n_bootstrap=500, seed=0, groups=np.arange(n) % 15)  # pairs; samples 0 and 1 in different groups
+        grouped = snips(
+            r, p, pi, n_bootstrap=500, seed=0, groups=np.arange(n) % 15
+        )  # pairs; samples 0 and 1 in different groups
     for e in (est, grouped):
         assert e.value == pytest.approx(2.0 / 3.0)
         assert np.isfinite([e.ci_low, e.ci_high, e.std_err]).all()

@@ -42,8 +42,14 @@ def test_logging_policy_evaluates_to_its_own_click_rate(world) -> None:  # type:
     assert est.value == pytest.approx(logged.reward.mean(), rel=1e-9)  # weights are exactly 1
 
 
-@pytest.mark.parametrize("target", [{"type": "greedy"}, {"type": "softmax", "temperature": 0.5, "n_sim": 600},
-                                    {"type": "thompson", "prior_strength": 3.0, "n_sim": 600}])
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"type": "greedy"},
+        {"type": "softmax", "temperature": 0.5, "n_sim": 600},
+        {"type": "thompson", "prior_strength": 3.0, "n_sim": 600},
+    ],
+)
 def test_estimates_cover_the_true_value(world, target) -> None:  # type: ignore[no-untyped-def]
     env, _, logged, cands, scores = world
     pol = build_policy({**target, "slate_size": 3})
@@ -82,8 +88,14 @@ def test_unjoined_rewards_are_an_error(tmp_path: Path) -> None:
 
 def test_objective_is_estimate_minus_penalty(world) -> None:  # type: ignore[no-untyped-def]
     _, _, logged, _, _ = world
-    scenario = LoggedScenario(logged, fit_log_rewards(logged, seed=0), slate_size=3, estimator="dr", n_bootstrap=200,
-                              base_policy={"slate_size": 3, "n_sim": 200})
+    scenario = LoggedScenario(
+        logged,
+        fit_log_rewards(logged, seed=0),
+        slate_size=3,
+        estimator="dr",
+        n_bootstrap=200,
+        base_policy={"slate_size": 3, "n_sim": 200},
+    )
     cfg = policy_config({"policy": "epsilon_greedy", "epsilon": 0.2}, scenario.base_policy)
     assert cfg.type == "epsilon_greedy" and cfg.epsilon == 0.2 and cfg.n_sim == 200
     m0 = evaluate(scenario, cfg, penalty=0.0)
@@ -119,7 +131,9 @@ def test_split_takes_the_earliest_requests_and_their_samples(world) -> None:  # 
     np.testing.assert_array_equal(rest.candidates, logged.candidates[1500:])
     np.testing.assert_array_equal(rest.reward, logged.reward[samples])
     np.testing.assert_array_equal(rest.action, logged.action[samples])
-    np.testing.assert_array_equal(rest.candidates[rest.row, rest.action], logged.candidates[logged.row[samples], logged.action[samples]])
+    np.testing.assert_array_equal(
+        rest.candidates[rest.row, rest.action], logged.candidates[logged.row[samples], logged.action[samples]]
+    )
     assert warm.row.max() == 1499 and rest.row.min() == 0
     with pytest.raises(ValueError):
         logged.split(1.0)
@@ -131,8 +145,15 @@ def test_warm_start_gives_ucb_its_statistics_and_is_estimated_honestly(world) ->
     from lmrec.tuning.exploration import with_warm_start
 
     env, _, logged, cands, scores = world
-    base = LoggedScenario(logged, fit_log_rewards(logged, seed=0), slate_size=3, estimator="dr", n_bootstrap=300,
-                          base_policy={"slate_size": 3, "n_sim": 200}, cluster_by_request=True)
+    base = LoggedScenario(
+        logged,
+        fit_log_rewards(logged, seed=0),
+        slate_size=3,
+        estimator="dr",
+        n_bootstrap=300,
+        base_policy={"slate_size": 3, "n_sim": 200},
+        cluster_by_request=True,
+    )
     ucb = policy_config({"policy": "ucb", "ucb_c": 0.3, "prior_strength": 2.0, "feedback": "counts"}, base.base_policy)
     greedy = policy_config({"policy": "greedy"}, base.base_policy)
     assert not base.stateful

@@ -36,9 +36,16 @@ def record(i: int, ts: dt.datetime = DAY1, **over: object) -> FeedbackRecord:
     cands = [10 + i, 20 + i, 30 + i, 40 + i]
     slate = pol.choose(cands, [0.4, 0.3, 0.2, 0.1], key=i)
     fields = dict(
-        request_id=f"req-{i}", candidates=cands, scores=[0.4, 0.3, 0.2, 0.1], slate=slate.items.tolist(),
-        propensities=slate.propensities.tolist(), policy=pol.type, policy_params=pol.config.to_dict(), timestamp=ts,
-        user_id=f"u{i}", model_version="models:/lmrec-seqrec/1",
+        request_id=f"req-{i}",
+        candidates=cands,
+        scores=[0.4, 0.3, 0.2, 0.1],
+        slate=slate.items.tolist(),
+        propensities=slate.propensities.tolist(),
+        policy=pol.type,
+        policy_params=pol.config.to_dict(),
+        timestamp=ts,
+        user_id=f"u{i}",
+        model_version="models:/lmrec-seqrec/1",
     )
     fields.update(over)
     return FeedbackRecord(**fields)  # type: ignore[arg-type]
@@ -122,8 +129,11 @@ def test_bad_propensities_are_rejected_with_a_count(tmp_path: Path) -> None:
     rows = [record(i).to_row() for i in range(6)]
     table = records_to_table(rows)
     props = [[0.5, 0.5], [0.0, 0.5], [0.5, 1.5], [float("nan"), 0.2], [0.5, 0.5], [-0.1, 0.3]]
-    bad = table.set_column(table.schema.get_field_index("propensities"), FEEDBACK_SCHEMA.field("propensities"),
-                           pa.array(props, pa.list_(pa.float64())))
+    bad = table.set_column(
+        table.schema.get_field_index("propensities"),
+        FEEDBACK_SCHEMA.field("propensities"),
+        pa.array(props, pa.list_(pa.float64())),
+    )
     path = tmp_path / "bad.parquet"
     pq.write_table(bad, path)
     with pytest.raises(PropensityError) as err:
@@ -136,14 +146,22 @@ def test_bad_propensities_are_rejected_with_a_count(tmp_path: Path) -> None:
 
 def test_schema_mismatch_names_file_and_column(tmp_path: Path) -> None:
     table = records_to_table([record(0).to_row()])
-    wrong_type = table.set_column(table.schema.get_field_index("scores"), "scores",
-                                  pa.array([["0.4", "0.3", "0.2", "0.1"]], pa.list_(pa.string())))
+    wrong_type = table.set_column(
+        table.schema.get_field_index("scores"),
+        "scores",
+        pa.array([["0.4", "0.3", "0.2", "0.1"]], pa.list_(pa.string())),
+    )
     wrong_type = wrong_type.replace_schema_metadata(FEEDBACK_SCHEMA.metadata)
     p1 = tmp_path / "wrong_type.parquet"
     pq.write_table(wrong_type, p1)
     with pytest.raises(FeedbackLogError) as err:
         read_log_file(p1)
-    assert err.value.column == "scores" and str(p1) in str(err.value) and "string" in str(err.value) and "expected list" in str(err.value)
+    assert (
+        err.value.column == "scores"
+        and str(p1) in str(err.value)
+        and "string" in str(err.value)
+        and "expected list" in str(err.value)
+    )
 
     p2 = tmp_path / "missing.parquet"
     pq.write_table(table.drop_columns(["propensities"]), p2)
@@ -179,18 +197,24 @@ def test_row_level_errors(tmp_path: Path) -> None:
 def test_join_rewards() -> None:
     table = records_to_table([record(i).to_row() for i in range(3)])
     slates = table["slate"].to_pylist()
-    feedback = pa.table({
-        "request_id": ["req-0", "req-2", "req-2", "req-9"],
-        "item_id": [slates[0][1], slates[2][0], slates[2][0], 5],
-        "reward": [1.0, 0.0, 1.0, 1.0],  # duplicate feedback keeps the click; unknown request ignored
-    })
+    feedback = pa.table(
+        {
+            "request_id": ["req-0", "req-2", "req-2", "req-9"],
+            "item_id": [slates[0][1], slates[2][0], slates[2][0], 5],
+            "reward": [1.0, 0.0, 1.0, 1.0],  # duplicate feedback keeps the click; unknown request ignored
+        }
+    )
     joined = join_rewards(table, feedback)
     assert joined["rewards"].to_pylist() == [[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
     validate_table(joined)
-    assert np.array_equal(joined["request_id"].to_numpy(zero_copy_only=False), table["request_id"].to_numpy(zero_copy_only=False))
+    assert np.array_equal(
+        joined["request_id"].to_numpy(zero_copy_only=False), table["request_id"].to_numpy(zero_copy_only=False)
+    )
 
 
-def test_failed_second_date_is_retried_without_duplicating_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_second_date_is_retried_without_duplicating_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = FeedbackLogWriter(tmp_path, batch_size=1000)
     w.append(record(0, DAY1))
     w.append(record(1, DAY2))
@@ -255,7 +279,9 @@ def test_non_finite_and_null_rewards_are_rejected_with_a_count() -> None:
 def test_null_propensity_elements_are_counted_as_bad() -> None:
     table = records_to_table([record(i).to_row() for i in range(4)])
     with pytest.raises(PropensityError) as err:
-        validate_table(_with_column(table, "propensities", [[0.5, None], [0.5, 0.5], [None, None], [0.5, 0.5]]), "p.parquet")
+        validate_table(
+            _with_column(table, "propensities", [[0.5, None], [0.5, 0.5], [None, None], [0.5, 0.5]]), "p.parquet"
+        )
     assert err.value.bad_rows == 2 and "2 of 4" in str(err.value) and "first at row 0" in str(err.value)
     with pytest.raises(PropensityError):
         record(0, propensities=[0.5, None]).to_row()

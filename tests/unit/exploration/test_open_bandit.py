@@ -26,7 +26,9 @@ PUBLISHED_IPW = 0.004553  # REFERENCE_NUMBERS.md 5c (i): obp quickstart, IPW est
 PUBLISHED_IPW_REL_ERROR = 0.084019
 BTS_ON_POLICY = 0.0042  # REFERENCE_NUMBERS.md 5a: 42 clicks in the 10,000-row BTS sample
 
-pytestmark = pytest.mark.skipif(not (obd_dir() / "random" / "all" / "all.csv").exists(), reason="Open Bandit sample not found")
+pytestmark = pytest.mark.skipif(
+    not (obd_dir() / "random" / "all" / "all.csv").exists(), reason="Open Bandit sample not found"
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,10 @@ def test_reader_names_file_and_column(tmp_path: Path) -> None:
     base = tmp_path / "open_bandit" / "random" / "all"
     base.mkdir(parents=True)
     (base / "item_context.csv").write_text(",item_id,item_feature_0\n0,0,0.1\n1,1,0.2\n")
-    (base / "all.csv").write_text(",timestamp,item_id,position,propensity_score,user_feature_0,user_feature_1,"
-                                  "user_feature_2,user_feature_3\n0,2019-11-24 00:00:00+00:00,1,1,0.5,a,b,c,d\n")
+    (base / "all.csv").write_text(
+        ",timestamp,item_id,position,propensity_score,user_feature_0,user_feature_1,"
+        "user_feature_2,user_feature_3\n0,2019-11-24 00:00:00+00:00,1,1,0.5,a,b,c,d\n"
+    )
     with pytest.raises(OBDFormatError) as err:
         load_obd(tmp_path, "random", "all")
     assert "all.csv" in str(err.value) and "'click'" in str(err.value)
@@ -79,7 +83,9 @@ def test_bts_simulation_equals_obps_bernoulli_ts_for_other_seeds_and_sizes() -> 
     """obp (a dev dependency, a reference only) run live: the same stream for any seed, n_sim and len_list."""
     contextfree = pytest.importorskip("obp.policy.contextfree")
     for seed, n_sim, len_list in [(7, 3_000, 3), (12345, 2_500, 2)]:
-        policy = contextfree.BernoulliTS(n_actions=80, len_list=len_list, is_zozotown_prior=True, campaign="all", random_state=seed)
+        policy = contextfree.BernoulliTS(
+            n_actions=80, len_list=len_list, is_zozotown_prior=True, campaign="all", random_state=seed
+        )
         theirs = policy.compute_batch_action_dist(n_rounds=1, n_sim=n_sim)[0]
         assert np.array_equal(bts_action_dist("all", len_list, n_sim=n_sim, seed=seed), theirs)
     with pytest.raises(ValueError, match="method"):
@@ -143,7 +149,9 @@ def test_kfold_shuffled_is_scikit_learns_assignment() -> None:
     model_selection = pytest.importorskip("sklearn.model_selection")
     for n, k, seed in [(10_000, 3, 12345), (17, 4, 0)]:
         folds = kfold_shuffled(n, k, seed)
-        for f, (_, test) in enumerate(model_selection.KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n))):
+        for f, (_, test) in enumerate(
+            model_selection.KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n))
+        ):
             assert set(np.flatnonzero(folds == f)) == set(test)
 
 
@@ -198,11 +206,15 @@ def test_our_estimators_equal_obps_on_the_same_inputs(random_log) -> None:  # ty
     action_dist = np.broadcast_to(dist[None], (log.n, 80, 3))
     q = np.zeros((log.n, 80, 3))  # obp's layout (n, action, position); one model per position fills the logged one
     q[np.arange(log.n), :, log.positions] = rewards.fit.q_hat
-    kw = dict(reward=log.rewards, action=log.actions, position=log.positions, pscore=log.pscore, action_dist=action_dist)
+    kw = dict(
+        reward=log.rewards, action=log.actions, position=log.positions, pscore=log.pscore, action_dist=action_dist
+    )
     theirs = {
         "ips": ope.InverseProbabilityWeighting().estimate_policy_value(**kw),
         "snips": ope.SelfNormalizedInverseProbabilityWeighting().estimate_policy_value(**kw),
-        "dm": ope.DirectMethod().estimate_policy_value(position=log.positions, action_dist=action_dist, estimated_rewards_by_reg_model=q),
+        "dm": ope.DirectMethod().estimate_policy_value(
+            position=log.positions, action_dist=action_dist, estimated_rewards_by_reg_model=q
+        ),
         "dr": ope.DoublyRobust().estimate_policy_value(**kw, estimated_rewards_by_reg_model=q),
     }
     for name, value in theirs.items():
@@ -215,8 +227,14 @@ def test_solver_sensitivity_moves_only_with_the_stopping_rule() -> None:
     from lmrec.exploration.benchmark import solver_sensitivity
 
     runs = {r["solver"]: r for r in solver_sensitivity(tols=(1e-4, 1e-10))["runs"]}
-    newton, loose, tight = runs["lmrec Newton (optimum)"], runs["scikit-learn lbfgs, tol 0.0001"], runs["scikit-learn lbfgs, tol 1e-10"]
-    assert newton["dr_value"] == pytest.approx(PUBLISHED_DR, abs=1e-6) and newton["dm_value"] == pytest.approx(PUBLISHED_DM, abs=1e-6)
+    newton, loose, tight = (
+        runs["lmrec Newton (optimum)"],
+        runs["scikit-learn lbfgs, tol 0.0001"],
+        runs["scikit-learn lbfgs, tol 1e-10"],
+    )
+    assert newton["dr_value"] == pytest.approx(PUBLISHED_DR, abs=1e-6) and newton["dm_value"] == pytest.approx(
+        PUBLISHED_DM, abs=1e-6
+    )
     assert abs(tight["dr_value"] - newton["dr_value"]) < 1e-8 < abs(loose["dr_value"] - newton["dr_value"])
 
 
@@ -231,8 +249,12 @@ def test_published_pipeline_reruns_refit_the_same_problems_in_another_interprete
     (_, inproc) = solver_sensitivity(tols=(1e-4,))["runs"]  # same objective, same default tol, same problems
     import sklearn
 
-    assert rerun["versions"]["scikit-learn"] == sklearn.__version__ and len(rerun["n_iter"]) == 9  # 3 folds x 3 positions
-    assert max(rerun["n_iter"]) < 1000  # converged under obp's max_iter, so in-process (max_iter 100,000) is the same fit
+    assert (
+        rerun["versions"]["scikit-learn"] == sklearn.__version__ and len(rerun["n_iter"]) == 9
+    )  # 3 folds x 3 positions
+    assert (
+        max(rerun["n_iter"]) < 1000
+    )  # converged under obp's max_iter, so in-process (max_iter 100,000) is the same fit
     for key in ("dm_value", "dr_value", "dr_relative_error"):
         assert rerun[key] == pytest.approx(inproc[key], rel=1e-12), key
     with pytest.raises(RuntimeError, match="/bin/false"):

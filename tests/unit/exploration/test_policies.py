@@ -59,7 +59,9 @@ def test_padding_is_never_shown() -> None:
     mask[:, 5:] = False
     scores[:, 5:] = 100.0  # would win if padding were not masked
     for ptype in POLICY_TYPES:
-        dist = build_policy({"type": ptype, "slate_size": 3, "n_sim": 500}).action_dist(scores, candidates=cands, mask=mask)
+        dist = build_policy({"type": ptype, "slate_size": 3, "n_sim": 500}).action_dist(
+            scores, candidates=cands, mask=mask
+        )
         assert dist[:, :, 5:].sum() == 0.0, ptype
 
 
@@ -118,7 +120,9 @@ def test_ucb_explores_items_it_has_never_seen() -> None:
 
 def test_ucb_learns_from_clicks() -> None:
     cands, scores = np.arange(5), np.zeros(5)
-    pol = build_policy({"type": "ucb", "ucb_c": 0.05, "prior_strength": 1.0, "slate_size": 1, "prior": "identity", "score_shift": 0.1})
+    pol = build_policy(
+        {"type": "ucb", "ucb_c": 0.05, "prior_strength": 1.0, "slate_size": 1, "prior": "identity", "score_shift": 0.1}
+    )
     rng = np.random.default_rng(0)
     ctr = np.array([0.05, 0.1, 0.5, 0.1, 0.05])
     for _ in range(600):
@@ -144,7 +148,9 @@ def test_thompson_posterior_concentrates() -> None:
     cands, scores = np.array([0, 1]), np.zeros(2)
     p_best = []
     for n in (5, 50, 2000):
-        state = feedback_state(np.repeat([0, 1], n), np.concatenate([np.full(n, 1.0) * (np.arange(n) < 0.6 * n), np.arange(n) < 0.4 * n]))
+        state = feedback_state(
+            np.repeat([0, 1], n), np.concatenate([np.full(n, 1.0) * (np.arange(n) < 0.6 * n), np.arange(n) < 0.4 * n])
+        )
         p_best.append(build_policy(pol.config, state).action_dist(scores, candidates=cands)[0, 0])
     assert p_best[0] < p_best[1] < p_best[2] and p_best[2] > 0.99
 
@@ -204,7 +210,9 @@ def test_json_round_trip(label: str) -> None:
     back = policy_from_json(text)
     assert type(back) is type(pol) and back.config == pol.config and back.state == pol.state
     cands, scores = np.arange(10), np.linspace(1, 0, 10)
-    np.testing.assert_array_equal(back.choose(cands, scores, key="req-1").items, pol.choose(cands, scores, key="req-1").items)
+    np.testing.assert_array_equal(
+        back.choose(cands, scores, key="req-1").items, pol.choose(cands, scores, key="req-1").items
+    )
     assert PolicyState.from_json(pol.state.to_json()) == pol.state
 
 

@@ -31,7 +31,9 @@ def test_events_follow_time_and_label_only_future_positives() -> None:
     rows += [(3, it, 1000 + it, 3.0) for it in range(11, 31)]  # a later user who widens the catalog
     table = interactions(rows)
     scorer = PopularityScorer(table)  # scores every item the same for everyone
-    ev = build_replay_events(table, scorer, start_ts=0, end_ts=1000, num_candidates=6, stride=3, horizon=3, min_history=2)
+    ev = build_replay_events(
+        table, scorer, start_ts=0, end_ts=1000, num_candidates=6, stride=3, horizon=3, min_history=2
+    )
     assert list(ev.ts) == sorted(ev.ts)  # replayed in time order
     assert len(ev) == 3  # user 1 (8 interactions) at j = 2 and 5; user 2 (5 interactions) at j = 2
     for e in range(len(ev)):
@@ -43,7 +45,9 @@ def test_events_follow_time_and_label_only_future_positives() -> None:
         clicked = {int(c) for c, k in zip(ev.candidates[e], ev.clicks[e]) if k}
         assert clicked == window & set(ev.candidates[e].tolist())
     assert ev.oracle(2).max() <= 2
-    few = build_replay_events(table, scorer, start_ts=0, end_ts=1000, num_candidates=26, stride=3, horizon=3, min_history=2)
+    few = build_replay_events(
+        table, scorer, start_ts=0, end_ts=1000, num_candidates=26, stride=3, horizon=3, min_history=2
+    )
     # 30 items: at j = 2 a user has 28 unseen (kept); user 1 at j = 5 has 25 < 26 (skipped)
     assert sorted(few.ts.tolist()) == [25, 30]
 
@@ -51,7 +55,9 @@ def test_events_follow_time_and_label_only_future_positives() -> None:
 def test_time_window_selects_decision_points() -> None:
     rows = [(1, it, 100 * it, 5.0) for it in range(1, 30)]
     table = interactions(rows)
-    ev = build_replay_events(table, PopularityScorer(table), start_ts=1000, end_ts=2000, num_candidates=5, stride=1, min_history=1)
+    ev = build_replay_events(
+        table, PopularityScorer(table), start_ts=1000, end_ts=2000, num_candidates=5, stride=1, min_history=1
+    )
     assert np.all((ev.ts >= 1000) & (ev.ts < 2000)) and len(ev) == 10
 
 
@@ -87,19 +93,29 @@ def test_learning_from_feedback_beats_a_misleading_model() -> None:
     }.items():
         learned[name] = run_replay(ev, build_policy({**cfg, "slate_size": 3, "seed": 1}), 3).summary()["cum_reward"]
     assert all(v > 1.5 * greedy for v in learned.values()), (greedy, learned)
-    frozen = run_replay(ev, build_policy({"type": "thompson", "prior_strength": 2.0, "slate_size": 3, "seed": 1}), 3, learn=False)
+    frozen = run_replay(
+        ev, build_policy({"type": "thompson", "prior_strength": 2.0, "slate_size": 3, "seed": 1}), 3, learn=False
+    )
     assert frozen.summary()["cum_reward"] < learned["thompson"]  # the gain comes from the updates
 
 
 def test_intermediate_reports_and_calibration(tmp_path: Path) -> None:
     ev = _misleading_world(400)
     seen: list[tuple[int, float]] = []
-    run_replay(ev, build_policy({"type": "softmax", "slate_size": 2}), 2, report_every=100,
-               callback=lambda step, s: seen.append((step, s["events"])))
+    run_replay(
+        ev,
+        build_policy({"type": "softmax", "slate_size": 2}),
+        2,
+        report_every=100,
+        callback=lambda step, s: seen.append((step, s["events"])),
+    )
     assert seen == [(100, 100.0), (200, 200.0), (300, 300.0), (400, 400.0)]
     scale, shift = fit_calibration(ev)
     assert scale > 0  # ranking kept even though the scores are anti-correlated with clicks here
-    assert plot_curves({"greedy": run_replay(ev, build_policy({"type": "greedy"}), 2)}, tmp_path / "c.png").stat().st_size > 1000
+    assert (
+        plot_curves({"greedy": run_replay(ev, build_policy({"type": "greedy"}), 2)}, tmp_path / "c.png").stat().st_size
+        > 1000
+    )
     ev.save(tmp_path / "ev.npz")
     back = ReplayEvents.load(tmp_path / "ev.npz")
     np.testing.assert_array_equal(back.clicks, ev.clicks)
@@ -125,12 +141,20 @@ def test_seqrec_scorer_ranks_candidates_by_the_models_own_scores() -> None:
     with torch.no_grad():
         want = model(torch.from_numpy(left_pad([np.array([3, 7, 1])], 16))).float().numpy()[:, 1:]  # untrimmed padding
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert got.shape == (1, len(vocab)) and not np.allclose(got, scorer([np.array([400, 390])]))  # personal, not popularity
+    assert got.shape == (1, len(vocab)) and not np.allclose(
+        got, scorer([np.array([400, 390])])
+    )  # personal, not popularity
 
     rng = np.random.default_rng(0)
-    rows = [(u, int(it), 100 * u + k, float(rng.integers(1, 6))) for u in range(1, 6) for k, it in enumerate(rng.permutation(vocab)[:12])]
+    rows = [
+        (u, int(it), 100 * u + k, float(rng.integers(1, 6)))
+        for u in range(1, 6)
+        for k, it in enumerate(rng.permutation(vocab)[:12])
+    ]
     table = interactions(rows)
-    ev = build_replay_events(table, scorer, start_ts=0, end_ts=10**6, num_candidates=8, stride=4, horizon=4, min_history=3)
+    ev = build_replay_events(
+        table, scorer, start_ts=0, end_ts=10**6, num_candidates=8, stride=4, horizon=4, min_history=3
+    )
     assert len(ev) > 0
     for e in range(len(ev)):
         u, t = int(ev.users[e]), int(ev.ts[e])

@@ -21,8 +21,15 @@ def _events(n: int, seed: int, reverse: bool) -> ReplayEvents:
 
 
 def _scenario(valid_reverse: bool) -> ReplayScenario:
-    return ReplayScenario(_events(400, 0, True), _events(400, 2, True), 3, 100, {"slate_size": 3}, {},
-                          valid=_events(400, 1, valid_reverse))
+    return ReplayScenario(
+        _events(400, 0, True),
+        _events(400, 2, True),
+        3,
+        100,
+        {"slate_size": 3},
+        {},
+        valid=_events(400, 1, valid_reverse),
+    )
 
 
 def _trial(params: dict, objective: float, events: int = 400) -> dict:
@@ -40,7 +47,11 @@ TRIALS = [
 
 def test_validation_picks_among_distinct_finished_finalists() -> None:
     chosen, rows = select_on_validation(TRIALS, _scenario(valid_reverse=True), penalty=1.0, finalists=5, repeats=2)
-    assert [r["params"]["policy"] for r in rows] == ["greedy", "ucb", "epsilon_greedy"]  # search order, no stopped trial
+    assert [r["params"]["policy"] for r in rows] == [
+        "greedy",
+        "ucb",
+        "epsilon_greedy",
+    ]  # search order, no stopped trial
     assert sum(r["chosen"] for r in rows) == 1
     best = max(rows, key=lambda r: r["valid"]["objective"])
     assert best["chosen"] and chosen["params"] == best["params"]

@@ -26,8 +26,9 @@ def test_yaml_loads_and_starts_with_its_command(path: Path) -> None:
     assert cfg.scenario in ("obd", "logs", "replay")
     first = path.read_text().splitlines()[0]
     rel = path.relative_to(REPO).as_posix()
-    assert first == f"# ray job submit --working-dir . -- python jobs/tune_exploration.py --config {rel}" or first.startswith(
-        f"# ray job submit --working-dir . -- python jobs/tune_exploration.py --config {rel} "
+    assert (
+        first == f"# ray job submit --working-dir . -- python jobs/tune_exploration.py --config {rel}"
+        or first.startswith(f"# ray job submit --working-dir . -- python jobs/tune_exploration.py --config {rel} ")
     )
 
 
@@ -95,8 +96,13 @@ class _FakeTrial:
 def test_search_space_is_conditional_on_the_policy() -> None:
     cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "obd_random.yaml")
     space = define_space(cfg.space)
-    expected = {"greedy": set(), "epsilon_greedy": {"epsilon"}, "softmax": {"temperature"},
-                "ucb": {"ucb_c", "prior_strength", "feedback"}, "thompson": {"prior_strength", "feedback"}}
+    expected = {
+        "greedy": set(),
+        "epsilon_greedy": {"epsilon"},
+        "softmax": {"temperature"},
+        "ucb": {"ucb_c", "prior_strength", "feedback"},
+        "thompson": {"prior_strength", "feedback"},
+    }
     for policy, params in expected.items():
         trial = _FakeTrial(policy)
         space(trial)

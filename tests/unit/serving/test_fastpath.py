@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -25,7 +25,9 @@ class Handler:
     def __init__(self) -> None:
         self.observed: list[tuple[str, int]] = []
 
-    async def recommend_handler(self, api_key: Optional[str], body: RecommendRequest, t0: float) -> tuple[int, dict[str, Any]]:
+    async def recommend_handler(
+        self, api_key: str | None, body: RecommendRequest, t0: float
+    ) -> tuple[int, dict[str, Any]]:
         assert t0 <= time.perf_counter()
         if api_key != "k":
             return 401, {"error": "missing or invalid X-API-Key header", "detail": None}
@@ -41,14 +43,29 @@ async def _downstream(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"fastapi"})
 
 
-def _call(body: bytes, method: str = "POST", path: str = "/recommend", headers: Optional[list] = None,
-          root_path: str = "", chunks: int = 1, disconnect: bool = False) -> tuple[Optional[int], bytes, dict]:
-    scope = {"type": "http", "method": method, "path": path, "root_path": root_path,
-             "headers": headers if headers is not None else [(b"content-type", b"application/json"), (b"x-api-key", b"k")]}
+def _call(
+    body: bytes,
+    method: str = "POST",
+    path: str = "/recommend",
+    headers: list | None = None,
+    root_path: str = "",
+    chunks: int = 1,
+    disconnect: bool = False,
+) -> tuple[int | None, bytes, dict]:
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": root_path,
+        "headers": headers if headers is not None else [(b"content-type", b"application/json"), (b"x-api-key", b"k")],
+    }
     step = max(1, len(body) // chunks)
-    parts = [body[i:i + step] for i in range(0, len(body), step)] or [b""]
-    messages = ([{"type": "http.disconnect"}] if disconnect else
-                [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)])
+    parts = [body[i : i + step] for i in range(0, len(body), step)] or [b""]
+    messages = (
+        [{"type": "http.disconnect"}]
+        if disconnect
+        else [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    )
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -78,22 +95,32 @@ def test_recommend_is_answered_by_the_handler(handler: Handler) -> None:
     assert json.loads(out) == {"items": [0, 1, 2, 3], "history": [3, 1, 2], "explore": False}
     assert headers[b"content-type"] == b"application/json" and int(headers[b"content-length"]) == len(out)
     # below a route prefix, and with a JSON content type that carries parameters
-    assert _call(body, path="/api/recommend", root_path="/api",
-                 headers=[(b"content-type", b"application/json; charset=utf-8"), (b"x-api-key", b"k")])[0] == 200
+    assert (
+        _call(
+            body,
+            path="/api/recommend",
+            root_path="/api",
+            headers=[(b"content-type", b"application/json; charset=utf-8"), (b"x-api-key", b"k")],
+        )[0]
+        == 200
+    )
     # no content type at all is read as JSON, as FastAPI does
     assert _call(body, headers=[(b"x-api-key", b"k")])[0] == 200
     assert _call(body, headers=[(b"content-type", b"application/json")])[0] == 401  # the key header is passed on
 
 
-@pytest.mark.parametrize("raw, loc", [
-    (b"{not json", ["body"]),
-    (b"[]", ["body"]),
-    (json.dumps({"k": 5}).encode(), ["body"]),  # neither user_id nor history
-    (json.dumps({"history": [1], "k": "ten"}).encode(), ["body", "k"]),
-    (json.dumps({"history": [1], "k": 0}).encode(), ["body", "k"]),
-    (json.dumps({"user_id": 1.5, "k": 5}).encode(), ["body", "user_id"]),
-    (json.dumps({"history": [1], "k": 5, "bogus": 1}).encode(), ["body", "bogus"]),
-])
+@pytest.mark.parametrize(
+    "raw, loc",
+    [
+        (b"{not json", ["body"]),
+        (b"[]", ["body"]),
+        (json.dumps({"k": 5}).encode(), ["body"]),  # neither user_id nor history
+        (json.dumps({"history": [1], "k": "ten"}).encode(), ["body", "k"]),
+        (json.dumps({"history": [1], "k": 0}).encode(), ["body", "k"]),
+        (json.dumps({"user_id": 1.5, "k": 5}).encode(), ["body", "user_id"]),
+        (json.dumps({"history": [1], "k": 5, "bogus": 1}).encode(), ["body", "bogus"]),
+    ],
+)
 def test_invalid_bodies_get_422_with_locations(handler: Handler, raw: bytes, loc: list) -> None:
     status, out, _ = _call(raw)
     assert status == 422

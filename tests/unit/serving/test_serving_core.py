@@ -23,9 +23,17 @@ from lmrec.serving.schemas import FeedbackRequest, RecommendRequest
 
 def _impression(rid: str, slate: list[int], props: list[float] | None = None) -> dict:
     cand = slate + [900, 901]
-    return {"request_id": rid, "candidates": cand, "scores": [float(10 - i) for i in range(len(cand))],
-            "slate": slate, "propensities": props or [0.9] * len(slate), "policy": "epsilon_greedy",
-            "policy_params": {"type": "epsilon_greedy", "epsilon": 0.1}, "user_id": "7", "model_version": "m/1"}
+    return {
+        "request_id": rid,
+        "candidates": cand,
+        "scores": [float(10 - i) for i in range(len(cand))],
+        "slate": slate,
+        "propensities": props or [0.9] * len(slate),
+        "policy": "epsilon_greedy",
+        "policy_params": {"type": "epsilon_greedy", "epsilon": 0.1},
+        "user_id": "7",
+        "model_version": "m/1",
+    }
 
 
 def test_feedback_join_dedupe_and_durable_commit(tmp_path: Path) -> None:
@@ -63,8 +71,13 @@ def test_batched_impression_counting_matches_each_slate_scored_alone(tmp_path: P
     from lmrec.exploration.policies import MICRO, PolicyConfig, build_policy
 
     greedy = {"type": "greedy"}
-    recs = [_impression("a", [5, 6, 7]), _impression("b", [7, 5]), {**_impression("c", [6, 900, 8]), "policy": "greedy",
-            "policy_params": greedy}, _impression("d", [901, 5, 6]), {**_impression("e", [8, 9]), "policy_params": {}}]
+    recs = [
+        _impression("a", [5, 6, 7]),
+        _impression("b", [7, 5]),
+        {**_impression("c", [6, 900, 8]), "policy": "greedy", "policy_params": greedy},
+        _impression("d", [901, 5, 6]),
+        {**_impression("e", [8, 9]), "policy_params": {}},
+    ]
     # the slate is not the candidates' prefix here, and 901 is a candidate twice (the first one counts)
     recs[3].update(candidates=[6, 901, 5, 900, 901], scores=[0.5, -1.0, 2.0, 0.0, 1.5])
     store = FeedbackStore(FeedbackConfig(batch_size=100), tmp_path)
@@ -114,7 +127,7 @@ def test_failed_commit_is_not_acknowledged_and_can_be_retried(tmp_path: Path) ->
     store.add_impressions([_impression("r1", [5, 6])])
     row = store.event("r1", 5, 1)
     (tmp_path / "feedback").write_text("a file where the folder should be")  # the write must fail
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):
         store.commit([row])
     assert store.events_written == 0
     store.release([row])
@@ -224,7 +237,8 @@ def test_compiled_forward_ranks_like_eager_at_any_batch_length_and_padding(preci
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_last_position_scoring_is_kept_only_where_it_gives_the_full_scores(
-        precision: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    precision: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from lmrec.models.seqrec import LastPositionLayer
 
     model = _scoring_model("small", precision)
@@ -242,7 +256,8 @@ def test_last_position_scoring_is_kept_only_where_it_gives_the_full_scores(
     traced, kind = trace_forward(model, "auto", 40, 50, torch.device("cpu"))  # and it compiles
     for m, forward in ((model, "eager"), (traced, kind)):
         c2, s2 = LoadedModel(m, np.arange(1, 41), "m/1", {}, 50, torch.device("cpu"), precision, forward=forward).rank(
-            hists, 8, exclude, rows_per_forward=3)
+            hists, 8, exclude, rows_per_forward=3
+        )
         np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-5)
         assert (c2 == c1).mean() > 0.95  # equal up to ties
     # A last-position block that gets the scores wrong is dropped at load, with a warning.
@@ -275,8 +290,15 @@ def test_a_forward_the_trace_gets_wrong_is_served_eagerly_or_refused(caplog: pyt
 
 def test_request_schemas_are_strict() -> None:
     assert RecommendRequest(user_id=3).k == 10
-    for bad in ({}, {"user_id": 1, "history": [1]}, {"history": []}, {"user_id": "3"}, {"user_id": 3, "k": 0},
-                {"user_id": 3, "extra": 1}, {"user_id": 3, "explore": "yes"}):
+    for bad in (
+        {},
+        {"user_id": 1, "history": [1]},
+        {"history": []},
+        {"user_id": "3"},
+        {"user_id": 3, "k": 0},
+        {"user_id": 3, "extra": 1},
+        {"user_id": 3, "explore": "yes"},
+    ):
         with pytest.raises(ValidationError):
             RecommendRequest(**bad)
     with pytest.raises(ValidationError):
@@ -287,14 +309,27 @@ def test_serving_benchmark_takes_cell_wise_medians_over_rounds() -> None:
     from lmrec.serving.benchmark import median_cells
 
     def cell(rps: float, p99: float, errors: int = 0) -> dict:
-        return {"requests": 10, "errors": errors, "seconds": 1.0, "req_per_s": rps, "p50_ms": 1.0, "p95_ms": 2.0,
-                "p99_ms": p99, "statuses": {"200": 10}}
+        return {
+            "requests": 10,
+            "errors": errors,
+            "seconds": 1.0,
+            "req_per_s": rps,
+            "p50_ms": 1.0,
+            "p95_ms": 2.0,
+            "p99_ms": p99,
+            "statuses": {"200": 10},
+        }
 
-    rounds = [{"batching_on": {"c1": cell(10, 5), "c64": {**cell(100, 50), "rows_per_forward_mean": 20.0}}},
-              {"batching_on": {"c1": cell(30, 1), "c64": {**cell(80, 70, errors=1), "rows_per_forward_mean": 30.0}}},
-              {"batching_on": {"c1": cell(20, 9), "c64": {**cell(90, 60), "rows_per_forward_mean": 25.0}}}]
+    rounds = [
+        {"batching_on": {"c1": cell(10, 5), "c64": {**cell(100, 50), "rows_per_forward_mean": 20.0}}},
+        {"batching_on": {"c1": cell(30, 1), "c64": {**cell(80, 70, errors=1), "rows_per_forward_mean": 30.0}}},
+        {"batching_on": {"c1": cell(20, 9), "c64": {**cell(90, 60), "rows_per_forward_mean": 25.0}}},
+    ]
     med = median_cells(rounds)
-    assert med["batching_on"]["c64"]["rows_per_forward_mean"] == 25.0 and "rows_per_forward_mean" not in med["batching_on"]["c1"]
+    assert (
+        med["batching_on"]["c64"]["rows_per_forward_mean"] == 25.0
+        and "rows_per_forward_mean" not in med["batching_on"]["c1"]
+    )
     assert med["batching_on"]["c1"]["req_per_s"] == 20 and med["batching_on"]["c1"]["p99_ms"] == 5
     assert med["batching_on"]["c64"]["req_per_s"] == 90 and med["batching_on"]["c64"]["p99_ms"] == 60
     assert med["batching_on"]["c64"]["errors"] == 1 and med["batching_on"]["c64"]["rounds"] == 3
