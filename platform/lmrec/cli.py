@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmrec.config import ConfigError, load_config
+from lmrec.evaluation.metrics import format_metrics
 
 
 def _size_help(num_items: int = 10_000) -> str:
@@ -25,12 +26,6 @@ def _size_help(num_items: int = 10_000) -> str:
             f"{r['backbone_params'] / 1e6:8.1f}M backbone, {r['total_params'] / 1e6:8.1f}M total"
         )
     return "\n".join(lines)
-
-
-def _fmt_metrics(metrics: dict[str, Any], prefix: str = "") -> str:
-    keys = sorted(k for k in metrics if "/" in k and isinstance(metrics[k], (int, float)))
-    width = max((len(k) for k in keys), default=10)
-    return "\n".join(f"{prefix}{k:<{width}}  {metrics[k]:.4f}" for k in keys)
 
 
 # ---------------------------------------------------------------- subcommands
@@ -69,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainJobConfig, args.config, overrides)  # fails here, before Ray, on bad keys
     result = run_train_job(cfg)
     print("\nfinal metrics:")
-    print(_fmt_metrics(result.metrics, "  "))
+    print(format_metrics(result.metrics, "  "))
     print(f"MLflow run: {result.run_id}   model: {result.model_uri or '(not registered)'}")
     print(f"checkpoint: {result.checkpoint_path}")
     write_metrics_json({**result.metrics, "run_id": result.run_id, "model_uri": result.model_uri}, args.metrics_out)

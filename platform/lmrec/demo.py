@@ -13,6 +13,7 @@ from pathlib import Path
 from lmrec.config import load_config
 from lmrec.data.download import optional_locate
 from lmrec.data.readers import dataset_spec
+from lmrec.evaluation.metrics import format_metrics
 from lmrec.paths import data_dir as resolve_data_dir
 from lmrec.training.config import TrainJobConfig
 
@@ -43,7 +44,6 @@ def _dashboard_url() -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from lmrec.cli import _fmt_metrics
     from lmrec.tracking.mlflow_utils import resolve_tracking_uri
     from lmrec.training.trainer import ensure_ray, run_train_job
 
@@ -66,7 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"{result.prepared.num_items:,} items){'  [SYNTHETIC]' if result.prepared.manifest.get('notice') else ''}"
     )
     print("test metrics (full ranking excludes each user's history; sampled = 100 negatives):")
-    print(_fmt_metrics({k: v for k, v in result.metrics.items() if k.startswith("test/")}, "  "))
+    print(format_metrics({k: v for k, v in result.metrics.items() if k.startswith("test/")}, "  "))
     print(f"MLflow run ID:   {result.run_id}")
     print(f"registered:      {result.model_uri} (alias '{cfg.tracking.alias}')")
     if uri.startswith("sqlite:"):

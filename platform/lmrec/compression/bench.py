@@ -27,8 +27,8 @@ from lmrec.compression.spec import CompressionSpec
 from lmrec.config import check, config_hash, to_dict
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
-from lmrec.models.config import ModelSpec
 from lmrec.models.seqrec import SeqRecModel
+from lmrec.models.sizes import ModelSpec
 from lmrec.training.config import TrainConfig
 
 TEACHER_DIR = "teacher"

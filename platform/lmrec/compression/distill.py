@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmrec.models.config import PAD_ID
+from lmrec.ids import PAD_ID
 from lmrec.models.seqrec import SeqRecModel
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # same as lmrec.training.loop.LossFn

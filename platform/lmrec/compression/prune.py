@@ -116,7 +116,7 @@ def _activation_stats(model: SeqRecModel, calib: torch.Tensor) -> tuple[list[tor
     With W's column norms these give each head's / channel's typical output size
     (a structured version of Wanda's |W| * ||x|| score).
     """
-    from lmrec.models.config import PAD_ID
+    from lmrec.ids import PAD_ID
 
     o_in: list[torch.Tensor] = []
     d_in: list[torch.Tensor] = []

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lmrec.models.config import PAD_ID
+from lmrec.ids import PAD_ID
 
 Split = Literal["valid", "test"]
 

@@ -42,3 +42,10 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     """HR@K, NDCG@K for each K, and MRR, averaged over users."""
     ranks = np.asarray(ranks)
     return sums_to_metrics(metric_sums(ranks, ks), len(ranks), ks)
+
+
+def format_metrics(metrics: dict[str, object], prefix: str = "") -> str:
+    """`protocol/metric@k  value` lines, sorted, for the metrics a run reports (non-numeric keys skipped)."""
+    keys = sorted(k for k in metrics if "/" in k and isinstance(metrics[k], (int, float)))
+    width = max((len(k) for k in keys), default=10)
+    return "\n".join(f"{prefix}{k:<{width}}  {metrics[k]:.4f}" for k in keys)

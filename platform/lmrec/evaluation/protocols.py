@@ -16,7 +16,7 @@ import torch
 
 from lmrec.data.sequences import SequenceData, Split, eval_arrays, trim_padding
 from lmrec.evaluation.metrics import DEFAULT_KS, metric_sums, sums_to_metrics
-from lmrec.models.config import PAD_ID
+from lmrec.ids import PAD_ID
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, L) inputs -> (B, num_items + 1) scores
 

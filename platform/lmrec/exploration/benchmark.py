@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from lmrec.config import load_config
+from lmrec.data.open_bandit import OBDLog, load_obd
 from lmrec.exploration.artifacts import load_policy_config
 from lmrec.exploration.estimators import ESTIMATORS, evaluate
-from lmrec.exploration.open_bandit import OBDLog, bts_action_dist, fit_obd_rewards, load_obd, ope_data
+from lmrec.exploration.open_bandit import bts_action_dist, fit_obd_rewards, ope_data
 
 TRUTH_SOURCE = "mean click of open_bandit/bts/all/all.csv (REFERENCE_NUMBERS.md 5a: 42 / 10,000)"
 PUBLISHED_I: dict[str, dict[str, Any]] = {  # REFERENCE_NUMBERS.md 5c (i), obp 0.5.4 quickstart outputs

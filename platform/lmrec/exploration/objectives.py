@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lmrec.data.open_bandit import OBDLog
 from lmrec.exploration.log_ope import LoggedSlates, evaluate_policy_on_logs, state_from_samples
-from lmrec.exploration.open_bandit import OBDLog, OBDRewards
+from lmrec.exploration.open_bandit import OBDRewards
 from lmrec.exploration.policies import Policy, PolicyConfig, build_policy
 from lmrec.exploration.replay import ReplayEvents, run_replay
 from lmrec.exploration.reward_model import CrossFitRewards

@@ -8,8 +8,6 @@ from typing import Any, Literal
 
 from lmrec.config import ConfigError, check
 
-PAD_ID = 0  # item id 0 is padding; catalog items are 1..num_items
-
 
 @dataclass
 class SeqRecConfig:
@@ -108,43 +106,3 @@ class SeqRecConfig:
             return dataclasses.replace(self, **changes)
         except TypeError as exc:
             raise ConfigError("model", str(exc)) from exc
-
-
-@dataclass
-class ModelSpec:
-    """A job's model section: a named size plus optional field overrides.
-
-    The catalog size comes from the prepared dataset, so it is not set here.
-    """
-
-    size: str = "tiny"
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    intermediate_size: int | None = None
-    max_seq_len: int | None = None
-    dropout: float | None = None
-    loss: Literal["full", "sampled"] | None = None
-    negative_sampling: Literal["uniform", "in_batch"] | None = None
-    num_negatives: int | None = None
-    temperature: float | None = None
-
-    def validate(self) -> None:
-        from lmrec.models.sizes import SIZES
-
-        check(self.size in SIZES, "size", f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
-        # Build once with a dummy catalog so bad field combinations fail at load time.
-        self.build(num_items=10)
-
-    def overrides(self) -> dict[str, Any]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "size" and getattr(self, f.name) is not None
-        }
-
-    def build(self, num_items: int) -> SeqRecConfig:
-        from lmrec.models.sizes import build_config
-
-        return build_config(self.size, num_items, **self.overrides())

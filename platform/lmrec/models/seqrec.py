@@ -19,7 +19,8 @@ from transformers import LlamaConfig, LlamaModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
-from lmrec.models.config import PAD_ID, SeqRecConfig
+from lmrec.ids import PAD_ID
+from lmrec.models.config import SeqRecConfig
 
 
 def llama_config(cfg: SeqRecConfig) -> LlamaConfig:

@@ -7,10 +7,12 @@ item-embedding table; `backbone_parameters` excludes it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from lmrec.config import ConfigError
+from lmrec.config import ConfigError, check
 from lmrec.models.config import SeqRecConfig
 
 
@@ -94,3 +96,39 @@ def size_table(num_items: int) -> list[dict[str, Any]]:
             )
         )
     return rows
+
+
+@dataclass
+class ModelSpec:
+    """A job's model section: a named size plus optional field overrides.
+
+    The catalog size comes from the prepared dataset, so it is not set here.
+    """
+
+    size: str = "tiny"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    max_seq_len: int | None = None
+    dropout: float | None = None
+    loss: Literal["full", "sampled"] | None = None
+    negative_sampling: Literal["uniform", "in_batch"] | None = None
+    num_negatives: int | None = None
+    temperature: float | None = None
+
+    def validate(self) -> None:
+        check(self.size in SIZES, "size", f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
+        # Build once with a dummy catalog so bad field combinations fail at load time.
+        self.build(num_items=10)
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "size" and getattr(self, f.name) is not None
+        }
+
+    def build(self, num_items: int) -> SeqRecConfig:
+        return build_config(self.size, num_items, **self.overrides())

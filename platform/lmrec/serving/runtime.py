@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from lmrec.data.sequences import left_pad, trim_padding
+from lmrec.ids import PAD_ID
 from lmrec.models.artifacts import load_model_dir
-from lmrec.models.config import PAD_ID
 from lmrec.models.seqrec import attention_kernels
 from lmrec.serving.config import ServeConfig
 

@@ -8,7 +8,7 @@ from typing import Literal
 from lmrec.config import check
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
-from lmrec.models.config import ModelSpec
+from lmrec.models.sizes import ModelSpec
 from lmrec.tracking.config import TrackingConfig
 
 

@@ -43,7 +43,7 @@ from lmrec.exploration.objectives import (
     replay_metrics,
 )
 from lmrec.exploration.policies import POLICY_TYPES, PolicyConfig
-from lmrec.models.config import ModelSpec
+from lmrec.models.sizes import ModelSpec
 from lmrec.tracking.config import TrackingConfig
 from lmrec.training.config import TrainConfig
 
@@ -291,7 +291,8 @@ def prepare_scenario(cfg: TuneExplorationConfig) -> Scenario:
 
 
 def prepare_obd(oc: ObdScenarioConfig) -> LoggedScenario:
-    from lmrec.exploration.open_bandit import fit_obd_rewards, load_obd
+    from lmrec.data.open_bandit import load_obd
+    from lmrec.exploration.open_bandit import fit_obd_rewards
 
     log = load_obd(oc.data_dir, oc.behavior, oc.campaign)
     if oc.max_rows is not None and oc.max_rows < log.n:
@@ -636,7 +637,7 @@ def preflight(cfg: TuneExplorationConfig) -> None:
                 "logs.path", f"{p} does not exist (a serving log folder or a folder of feedback-log files)"
             )
     elif cfg.scenario == "obd":
-        from lmrec.exploration.open_bandit import obd_dir
+        from lmrec.data.open_bandit import obd_dir
 
         base = obd_dir(cfg.obd.data_dir) / cfg.obd.behavior / cfg.obd.campaign
         for f in (base / "all.csv", base / "item_context.csv"):

@@ -12,14 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmrec.data.open_bandit import OBDFormatError, load_obd, obd_dir
 from lmrec.exploration.estimators import ips
-from lmrec.exploration.open_bandit import (
-    OBDFormatError,
-    bts_action_dist,
-    evaluate_bts_from_random,
-    load_obd,
-    obd_dir,
-)
+from lmrec.exploration.open_bandit import bts_action_dist, evaluate_bts_from_random
 
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "obd_bts_action_dist_obp.json"
 PUBLISHED_IPW = 0.004553  # REFERENCE_NUMBERS.md 5c (i): obp quickstart, IPW estimate of V(BTS)

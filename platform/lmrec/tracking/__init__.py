@@ -1,0 +1,1 @@
+"""MLflow: runs, artifacts, the model registry and aliases."""

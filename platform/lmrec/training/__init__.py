@@ -1,0 +1,1 @@
+"""Ray Train assembly: the per-worker loop, sharding, checkpoints and the trainer."""
