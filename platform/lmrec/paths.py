@@ -25,7 +25,11 @@ def _shared_data_candidates() -> list[Path]:
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """`explicit`, else `LMREC_DATA_DIR`, else `../shared/data` if it exists, else LMREC_HOME/data."""
+    """`explicit`, else `LMREC_DATA_DIR`, else `../shared/data` if it exists, else LMREC_HOME/data.
+
+    Every branch returns the resolved path (symlinks followed), so one folder has one spelling
+    whichever rule found it: `../shared` is often a symlink.
+    """
     if explicit:
         return Path(explicit).expanduser().resolve()
     env = os.environ.get("LMREC_DATA_DIR")
@@ -33,7 +37,7 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
         return Path(env).expanduser().resolve()
     for cand in _shared_data_candidates():
         if cand.is_dir():
-            return cand
+            return cand.resolve()
     return lmrec_home() / "data"
 
 

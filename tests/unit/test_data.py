@@ -1,10 +1,15 @@
-"""Readers, downloads, synthetic generator, in-process preparation and batching."""
+"""Readers, downloads (from a loopback HTTP server), synthetic generator, in-process preparation and batching."""
 
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
+import socket
+import threading
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ from lmrec.data.readers import (
 )
 from lmrec.data.sequences import SequenceData, left_pad, shard_batches, train_examples, trim_padding
 from lmrec.data.synthetic import _World, generate
-from lmrec.paths import data_dir
+from lmrec.paths import data_dir, lmrec_home
 
 
 def test_readers_parse_each_format(tmp_path: Path) -> None:
@@ -61,32 +66,81 @@ def _zip_with(member: str, payload: bytes) -> bytes:
     return buf.getvalue()
 
 
-def test_download_verifies_checksum_and_extracts(tmp_path: Path) -> None:
+@dataclass
+class _Mirror:
+    """A loopback HTTP server standing in for GroupLens: `files` maps URL paths to bodies."""
+
+    base_url: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def mirror(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Mirror]:
+    # urllib honours *_proxy variables; loopback must never go through a proxy.
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield _Mirror(f"http://127.0.0.1:{server.server_address[1]}", files, requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused, as when offline."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_download_verifies_checksum_and_extracts(tmp_path: Path, mirror: _Mirror) -> None:
     blob = _zip_with("ml-100k/u.data", b"1\t2\t3\t4\n")
-    md5 = hashlib.md5(blob).hexdigest()
+    mirror.files["/datasets/movielens/ml-100k.zip"] = blob
+    url = f"{mirror.base_url}/datasets/movielens/ml-100k.zip"
     spec = DatasetSpec(
-        "ml-100k",
-        "movielens/ml-100k/u.data",
-        MOVIELENS_100K,
-        "https://example.invalid/ml-100k.zip",
-        md5,
-        "ml-100k/u.data",
+        "ml-100k", "movielens/ml-100k/u.data", MOVIELENS_100K, url, hashlib.md5(blob).hexdigest(), "ml-100k/u.data"
     )
-    fetched: list[str] = []
 
-    def fetch(url: str, dest: Path, timeout: float) -> None:  # stands in for the network: a local file
-        fetched.append(url)
-        dest.write_bytes(blob)
-
-    path = locate_dataset(spec, tmp_path / "data", download=True, fetch=fetch)
+    path = locate_dataset(spec, tmp_path / "data", download=True)
     assert path == tmp_path / "data" / "movielens" / "ml-100k" / "u.data"
-    assert path.read_bytes() == b"1\t2\t3\t4\n" and (path.parent / "README").exists()
-    assert locate_dataset(spec, tmp_path / "data", download=True, fetch=fetch) == path and len(fetched) == 1
+    assert path.read_bytes() == b"1\t2\t3\t4\n" and (path.parent / "README").read_bytes() == b"readme"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["README", "u.data"]  # no temporary files left
+    # present now: found again without a second request
+    assert locate_dataset(spec, tmp_path / "data", download=True) == path
+    assert mirror.requests == ["/datasets/movielens/ml-100k.zip"]
 
-    bad = DatasetSpec(spec.name, "movielens/x/u.data", spec.fmt, spec.url, "0" * 32, spec.member)
+    bad = replace(spec, relative_path="movielens/x/u.data", md5="0" * 32)
     with pytest.raises(DatasetNotFound, match="checksum mismatch"):
-        download_zip(bad, tmp_path / "other", fetch=fetch)
-    assert not (tmp_path / "other" / "movielens" / "x" / "u.data").exists()
+        download_zip(bad, tmp_path / "other")
+    assert list((tmp_path / "other" / "movielens" / "x").iterdir()) == []  # the download was discarded
+
+    missing_member = replace(spec, relative_path="movielens/y/u.data", member="ml-100k/u.item")
+    with pytest.raises(DatasetNotFound, match="does not contain ml-100k/u.item"):
+        download_zip(missing_member, tmp_path / "other")
 
 
 def test_official_specs_point_at_grouplens_with_md5() -> None:
@@ -97,26 +151,40 @@ def test_official_specs_point_at_grouplens_with_md5() -> None:
     assert dataset_spec("ml-1m").md5 == "c4d9eecfca2ab87c1945afe126590906"
 
 
-def test_offline_missing_dataset_says_where_to_put_files(tmp_path: Path) -> None:
-    def offline(url: str, dest: Path, timeout: float) -> None:
-        raise OSError("network unreachable")
-
-    with pytest.raises(DatasetNotFound) as info:
-        locate_dataset(dataset_spec("ml-1m"), tmp_path, download=True, fetch=offline)
-    msg = str(info.value)
-    assert "ratings.dat" in msg and "c4d9eecfca2ab87c1945afe126590906" in msg and "LMREC_DATA_DIR" in msg
+def test_offline_missing_dataset_says_where_to_put_files(tmp_path: Path, mirror: _Mirror) -> None:
+    official = dataset_spec("ml-1m")
+    for url in (
+        f"http://127.0.0.1:{_closed_port()}/datasets/movielens/ml-1m.zip",  # no network: connection refused
+        f"{mirror.base_url}/datasets/movielens/ml-1m.zip",  # a server without the file: HTTP 404
+    ):
+        with pytest.raises(DatasetNotFound) as info:
+            locate_dataset(replace(official, url=url), tmp_path, download=True)
+        msg = str(info.value)
+        assert url in msg and "could not be downloaded" in msg
+        assert "ratings.dat" in msg and "c4d9eecfca2ab87c1945afe126590906" in msg and "LMREC_DATA_DIR" in msg
+        assert not (tmp_path / "movielens" / "ml-1m" / "ratings.dat").exists()
+    assert mirror.requests == ["/datasets/movielens/ml-1m.zip"]
     with pytest.raises(DatasetNotFound, match="not found"):
         locate_dataset(dataset_spec("sasrec:Nope"), tmp_path, download=True)
 
 
 def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the cwd rule (`<cwd>/../shared/data`) finds nothing from here
     monkeypatch.setenv("LMREC_DATA_DIR", str(tmp_path / "env"))
     assert data_dir(tmp_path / "explicit") == (tmp_path / "explicit").resolve()
     assert data_dir() == (tmp_path / "env").resolve()
+    # a symlinked data folder has one spelling, whichever rule finds it
+    (tmp_path / "real" / "data").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    monkeypatch.setenv("LMREC_DATA_DIR", str(tmp_path / "link" / "data"))
+    assert data_dir() == (tmp_path / "real" / "data").resolve() == data_dir(tmp_path / "link" / "data")
     monkeypatch.delenv("LMREC_DATA_DIR")
+    # beside the checkout: ../shared/data, often itself a symlink (then resolved like the rules above)
     shared = Path(__file__).resolve().parents[3] / "shared" / "data"
     if shared.is_dir():
-        assert data_dir() == shared.resolve()
+        assert data_dir() == shared.resolve() == data_dir(shared)
+    else:
+        assert data_dir() == lmrec_home() / "data"
 
 
 def test_synthetic_is_deterministic_power_law_and_sequential() -> None:

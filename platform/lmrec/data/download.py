@@ -14,7 +14,6 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 from lmrec.data.readers import DatasetSpec
@@ -46,23 +45,15 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
         shutil.copyfileobj(resp, out)
 
 
-def download_zip(
-    spec: DatasetSpec,
-    target_root: Path,
-    fetch: Callable[[str, Path, float], None] = _fetch,
-    timeout: float = 60.0,
-) -> Path:
-    """Download `spec.url`, check its MD5, extract `spec.member`; return the file's path.
-
-    `fetch` is injectable so the verify/extract path can be tested on local files.
-    """
+def download_zip(spec: DatasetSpec, target_root: Path, timeout: float = 60.0) -> Path:
+    """Download `spec.url`, check its MD5, extract `spec.member`; return the file's path."""
     if not spec.url or not spec.md5 or not spec.member:
         raise DatasetNotFound(f"{spec.name} has no official download URL")
     out_file = target_root / spec.relative_path
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_file.parent) as tmp:
         zpath = Path(tmp) / Path(spec.url).name
-        fetch(spec.url, zpath, timeout)
+        _fetch(spec.url, zpath, timeout)
         got = md5sum(zpath)
         if got != spec.md5:
             raise DatasetNotFound(
@@ -88,12 +79,7 @@ def download_zip(
     return out_file
 
 
-def locate_dataset(
-    spec: DatasetSpec,
-    data_dir: Path,
-    download: bool = True,
-    fetch: Callable[[str, Path, float], None] = _fetch,
-) -> Path:
+def locate_dataset(spec: DatasetSpec, data_dir: Path, download: bool = True) -> Path:
     """Path of the dataset's interaction file, downloading it if allowed and possible."""
     for cand in _candidates(spec, data_dir):
         if cand.is_file():
@@ -106,7 +92,7 @@ def locate_dataset(
             else lmrec_home() / "data"
         )
         try:
-            return download_zip(spec, target, fetch=fetch)
+            return download_zip(spec, target)
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             if isinstance(exc, DatasetNotFound):
                 raise
