@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lmrec-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo lint test test-unit test-integration bench-train clean
+.PHONY: install demo lint test test-unit test-fast test-integration bench-train clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,17 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 test: install lint
 	$(PY) -m pytest tests/unit tests/integration --durations=25 $(PYTEST_ARGS)  # unit first: no Ray cluster or Serve apps running under them
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Unit tests without the `slow` ones (gloo ranks, crash/resume, the wheel build); `make test` runs them all.
+test-fast: install
+	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
 test-integration: install
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)

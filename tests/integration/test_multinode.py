@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.timeout(1200)  # the scenario subprocess alone may take up to 900 s
 def test_training_spreads_over_nodes_and_survives_losing_one(mlflow_server, tmp_path: Path) -> None:
     out = tmp_path / "multinode.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster, not the session's

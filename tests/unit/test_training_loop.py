@@ -82,6 +82,7 @@ def deterministic():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(prepared: Path, tmp_path: Path, deterministic: None) -> None:
     extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "model.loss=sampled", "model.num_negatives=16")
     ref_ctx = LocalContext(tmp_path / "ref")
@@ -174,6 +175,8 @@ def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_r
     assert [c.name for c in ctx0.checkpoints] == ["checkpoint_00000006"] and len(ctx0.reports) == 3
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the script subprocess alone may take up to 600 s
 def test_gpu_benchmark_script_runs_its_checks_on_cpu(prepared: Path, tmp_path: Path) -> None:
     # The no-Ray GPU script (FSDP2 gradients vs one process, crash/resume, serving forward)
     # on gloo here; on a GPU it runs the same code over NCCL (docs/benchmarks.md).

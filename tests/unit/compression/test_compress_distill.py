@@ -191,6 +191,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sharded_student_gets_single_process_gradients(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "grads.pt", weights_only=True)  # our own test output: tensors only
