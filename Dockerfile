@@ -10,7 +10,7 @@
 # index together: `cpu` -> CPU wheels; `gpu` (Ray's default CUDA base) -> the wheels of TORCH_CUDA; a CUDA tag
 # such as `cu128` -> that CUDA for both. torch wheels carry their own CUDA libraries; the node's NVIDIA driver
 # must support that CUDA (13.x needs a newer driver than 12.x). Pins: Ray by the base tag, torch and lmrec's
-# dependencies by constraints.txt (the versions the tests run with), the MLflow server's clients below.
+# dependencies by constraints.txt, the MLflow server's clients below: a rebuild installs the same versions.
 
 ARG RAY_VERSION=2.60.0
 ARG PYTHON_TAG=py311
