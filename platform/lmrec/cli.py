@@ -243,6 +243,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lmrec.config import json_schema
+    from lmrec.jobs_registry import CONFIG_CLASSES, OTHER_SCHEMAS, config_class, schema_file
+
+    jobs = sorted(CONFIG_CLASSES) + sorted(OTHER_SCHEMAS) if args.job == "all" else [args.job]
+    for job in jobs:
+        try:
+            cls = config_class(job)
+        except KeyError as exc:
+            print(f"lmrec schema: {exc.args[0]}", file=sys.stderr)
+            return 2
+        text = json.dumps(json_schema(cls), indent=2, sort_keys=True) + "\n"
+        if args.write:
+            path = Path(args.write) / schema_file(job)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            print(text, end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lmrec.demo import run_demo
 
@@ -374,6 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address")
     s.add_argument("--follow", "-f", action="store_true")
     s.set_defaults(func=cmd_logs)
+
+    s = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of a job's config (editors check YAMLs against it)",
+        epilog="example: lmrec schema train; lmrec schema all --write .  (refreshes jobs/schemas/*.schema.json)",
+    )
+    s.add_argument(
+        "job", help="train, tune_exploration, tune_compression, benchmark_compression, pipeline, serve, or all"
+    )
+    s.add_argument("--write", metavar="ROOT", help="write <ROOT>/jobs/schemas/<job>.schema.json instead of printing")
+    s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("models", help="list model sizes with parameter counts")
     s.add_argument("--num-items", type=int, default=10_000)

@@ -13,11 +13,12 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmrec.config import check, flatten, from_dict, replace, to_dict
+from pydantic import Field
+
+from lmrec.config import ConfigModel, check, flatten, from_dict, replace, to_dict
 from lmrec.paths import lmrec_home
 from lmrec.tracking.config import TrackingConfig
 from lmrec.training.config import TrainJobConfig
@@ -27,31 +28,29 @@ from lmrec.tuning.exploration import TuneExplorationConfig
 STAGES = ("prepare", "train", "evaluate", "compress", "explore", "promote", "deploy")
 
 
-@dataclass
-class PromoteConfig:
+class PromoteConfig(ConfigModel):
     """Which version becomes `to_alias`: the trained model, or the best compressed variant."""
 
     source: str = "trained"  # trained | compressed (the front variant with the highest NDCG@10)
     to_alias: str = "champion"
     min_ndcg_ratio: float = 0.0  # compressed: keep >= this fraction of the teacher's NDCG@10, else promote the teacher
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.source in ("trained", "compressed"), "source", "must be 'trained' or 'compressed'")
         check(0 <= self.min_ndcg_ratio <= 1, "min_ndcg_ratio", "must be in [0, 1]")
 
 
-@dataclass
-class DeployConfig:
+class DeployConfig(ConfigModel):
     """Where the Serve app runs; `app` holds ServeConfig keys (model_uri is set by the pipeline)."""
 
     app_name: str = "recommender"
     route_prefix: str = "/"
     host: str = "127.0.0.1"
     port: int = 8000
-    app: dict[str, Any] = field(default_factory=dict)
+    app: dict[str, Any] = Field(default_factory=dict)
     healthy_timeout_s: float = 300.0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(1 <= self.port <= 65535, "port", "must be a TCP port")
         check(self.route_prefix.startswith("/"), "route_prefix", "must start with '/'")
         from lmrec.serving.config import ServeConfig
@@ -59,21 +58,20 @@ class DeployConfig:
         from_dict(ServeConfig, self.app, "app")
 
 
-@dataclass
-class PipelineConfig:
+class PipelineConfig(ConfigModel):
     """Everything `jobs/pipeline.py` needs."""
 
     name: str = "lmrec-pipeline"  # the resume key: resubmit with the same name to continue
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
-    train: TrainJobConfig = field(default_factory=TrainJobConfig)
-    compress: TuneCompressionConfig = field(default_factory=TuneCompressionConfig)
-    explore: TuneExplorationConfig = field(default_factory=TuneExplorationConfig)
-    promote: PromoteConfig = field(default_factory=PromoteConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="lmrec-pipeline"))
+    stages: list[str] = Field(default_factory=lambda: list(STAGES))
+    train: TrainJobConfig = Field(default_factory=TrainJobConfig)
+    compress: TuneCompressionConfig = Field(default_factory=TuneCompressionConfig)
+    explore: TuneExplorationConfig = Field(default_factory=TuneExplorationConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(experiment="lmrec-pipeline"))
     state_dir: str | None = None  # None: LMREC_HOME/pipelines/<name>
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         bad = [s for s in self.stages if s not in STAGES]
         check(not bad, "stages", f"unknown stage(s) {bad}; stages are {list(STAGES)}")

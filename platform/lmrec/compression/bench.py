@@ -9,22 +9,21 @@ targets. `jobs/benchmark_compression.py` is the thin entry point.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from lmrec.compression.artifacts import parameter_count, save_variant
 from lmrec.compression.latency import LatencyConfig, load_average, measure_latencies
 from lmrec.compression.pipeline import build_variant, calibration_batch
 from lmrec.compression.spec import CompressionSpec
-from lmrec.config import check, config_hash, to_dict
+from lmrec.config import ConfigModel, check, config_hash, evolve, to_dict
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.seqrec import SeqRecModel
@@ -35,34 +34,32 @@ TEACHER_DIR = "teacher"
 VARIANTS_DIR = "variants"
 
 
-@dataclass
-class TeacherSection:
+class TeacherSection(ConfigModel):
     """The teacher: an existing artifact folder, or a model trained here first (cached in out_dir)."""
 
     artifact: str | None = None
-    model: ModelSpec = field(default_factory=lambda: ModelSpec(size="small"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, strategy="none", batch_size=64))
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(size="small"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20, strategy="none", batch_size=64))
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.artifact is None or bool(self.artifact), "artifact", "must be a folder path or null")
         check(self.train.num_workers == 1, "train.num_workers", "the benchmark trains in-process: use 1")
 
 
-@dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(ConfigModel):
     """Everything `jobs/benchmark_compression.py` needs."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherSection = field(default_factory=TeacherSection)
-    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(strategy="none", batch_size=64, lr=2e-3))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(protocols=["full"], ks=[10, 20], every_epochs=0))
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
-    variants: list[CompressionSpec] = field(default_factory=list)
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherSection = Field(default_factory=TeacherSection)
+    student_train: TrainConfig = Field(default_factory=lambda: TrainConfig(strategy="none", batch_size=64, lr=2e-3))
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(protocols=["full"], ks=[10, 20], every_epochs=0))
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    variants: list[CompressionSpec] = Field(default_factory=list)
     calibration_rows: int = 256  # training rows scoring heads/channels for structured pruning (0 = weight magnitude)
     threads: int = 0  # torch threads for training/eval; 0 = torch default
     out_dir: str = "out/benchmark_compression"
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(len(self.variants) >= 1, "variants", "list at least one variant")
         names = [v.name for v in self.variants]
         check(
@@ -128,7 +125,7 @@ def get_teacher(cfg: BenchmarkConfig, prepared: Path, out_dir: Path) -> tuple[Se
         data=cfg.data,
         model=cfg.teacher.model,
         train=cfg.teacher.train,
-        eval=dataclasses.replace(cfg.eval, every_epochs=max(1, cfg.teacher.train.epochs // 4)),
+        eval=evolve(cfg.eval, every_epochs=max(1, cfg.teacher.train.epochs // 4)),
         prepared_path=str(prepared),
     )
     t0 = time.time()

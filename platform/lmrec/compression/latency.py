@@ -10,20 +10,19 @@ happened to run during a busy spell.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from lmrec.config import check
+from lmrec.config import ConfigModel, check
 
 
-@dataclass
-class LatencyConfig:
+class LatencyConfig(ConfigModel):
     """Batch sizes, history length and repetitions of the latency measurement."""
 
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
     seq_len: int | None = None  # None = each model's max_seq_len
     iters: int = 100  # timed calls per model and batch size (p99 needs >= 100)
     warmup: int = 5
@@ -32,7 +31,7 @@ class LatencyConfig:
     max_seconds: float = 60.0  # per model and batch size: stop early (fewer iters) past this
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(
             len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes), "batch_sizes", "must be positive ints"
         )

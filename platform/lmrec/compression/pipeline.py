@@ -10,7 +10,6 @@ Tune trial drives a Ray Train run. Nothing of the loop is copied.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from lmrec.compression.distill import LossFn, distillation_loss
 from lmrec.compression.prune import apply_masks_, prune
 from lmrec.compression.quantize import quantize
 from lmrec.compression.spec import CompressionSpec
+from lmrec.config import evolve
 from lmrec.data.sequences import SequenceData, train_examples
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.seqrec import SeqRecModel, init_weights_
@@ -51,7 +51,7 @@ def steps_to_schedule(total_steps: int, num_examples: int, train: TrainConfig) -
     per_epoch = max(1, math.ceil(num_examples / (train.batch_size * train.num_workers)))
     epochs = max(1, math.ceil(total_steps / per_epoch))
     cap = math.ceil(total_steps / epochs)
-    return dataclasses.replace(train, epochs=epochs, max_steps_per_epoch=min(cap, per_epoch))
+    return evolve(train, epochs=epochs, max_steps_per_epoch=min(cap, per_epoch))
 
 
 def masked_loss(loss_fn: LossFn, masks: dict[str, torch.Tensor]) -> LossFn:
@@ -81,8 +81,8 @@ def train_with(
 
     data = SequenceData.load(prepared_path, with_meta=False)
     n = len(train_examples(data, model.config.max_seq_len, train.sliding_window)[0])
-    tc = steps_to_schedule(steps, n, dataclasses.replace(train, strategy="none", num_workers=1))
-    ec = dataclasses.replace(eval_cfg, every_epochs=0)  # the caller evaluates the finished variant
+    tc = steps_to_schedule(steps, n, evolve(train, strategy="none", num_workers=1))
+    ec = evolve(eval_cfg, every_epochs=0)  # the caller evaluates the finished variant
     cfg = TrainJobConfig(train=tc, eval=ec, prepared_path=str(prepared_path))
     return run_training(cfg, ctx or LocalContext(), loss_fn=loss_fn, model=model)
 

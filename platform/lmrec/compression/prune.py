@@ -236,7 +236,6 @@ def apply_structured(model: SeqRecModel, plan: StructuredPlan) -> SeqRecModel:
         intermediate_size=n_c,
         name=f"{cfg.name}-pruned{pct}",
     )
-    new_cfg.validate()
     small = SeqRecModel(new_cfg).to(model.item_embeddings.device)
     sd = model.state_dict()
     new_sd = dict(sd)  # embeddings and norms carry over unchanged

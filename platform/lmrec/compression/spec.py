@@ -8,19 +8,16 @@ samples these fields; the benchmark lists them in YAML.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmrec.config import check
+from lmrec.config import ConfigModel, check, to_dict
 from lmrec.models.config import SeqRecConfig
 
 PruneKind = Literal["none", "magnitude", "structured"]
 QuantMode = Literal["none", "int8", "fp16", "bf16"]
 
 
-@dataclass
-class CompressionSpec:
+class CompressionSpec(ConfigModel):
     """Student shape, distillation, pruning, quantization and training budget of one variant."""
 
     name: str = "variant"
@@ -41,7 +38,7 @@ class CompressionSpec:
     # quantization (post-training, last)
     quantize: QuantMode = "none"
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         for key in ("student_layers", "student_hidden", "student_heads", "student_ffn"):
             v = getattr(self, key)
@@ -64,9 +61,6 @@ class CompressionSpec:
             "fine-tune steps follow pruning; set prune, or train a student with distill_steps",
         )
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     @property
     def has_student(self) -> bool:
         return any(
@@ -82,7 +76,7 @@ class CompressionSpec:
         else:
             ffn = teacher.ffn_size if hidden == teacher.hidden_size else 4 * hidden
         kv = teacher.num_kv_heads if (teacher.num_kv_heads and heads % teacher.num_kv_heads == 0) else None
-        cfg = teacher.replace(
+        return teacher.replace(  # validated
             hidden_size=hidden,
             num_layers=self.student_layers or teacher.num_layers,
             num_heads=heads,
@@ -91,8 +85,6 @@ class CompressionSpec:
             intermediate_size=ffn,
             name=f"student-{self.name}",
         )
-        cfg.validate()
-        return cfg
 
     def describe(self) -> dict[str, Any]:
         """Flat tags for MLflow / the registry (only the parts that are in use)."""
@@ -121,4 +113,4 @@ class CompressionSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)

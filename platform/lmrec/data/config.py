@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pydantic import Field
 
-from lmrec.config import check
+from lmrec.config import ConfigModel, check
 
 KNOWN_DATASETS = ("ml-100k", "ml-1m", "ml-20m", "ml-25m", "synthetic")
 
 
-@dataclass
-class SyntheticConfig:
+class SyntheticConfig(ConfigModel):
     """Power-law popularity + a hidden Markov chain over item clusters (learnable order)."""
 
     num_users: int = 2000
@@ -24,7 +23,7 @@ class SyntheticConfig:
     next_prob: float = 0.4  # P(next item from the cluster's designated successor)
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.num_users >= 1, "num_users", "must be >= 1")
         check(self.num_items >= 2, "num_items", "must be >= 2")
         check(1 <= self.num_clusters <= self.num_items, "num_clusters", "must be in [1, num_items]")
@@ -39,8 +38,7 @@ class SyntheticConfig:
         )
 
 
-@dataclass
-class DataConfig:
+class DataConfig(ConfigModel):
     """Which interactions to read and how to turn them into leave-one-out sequences.
 
     `dataset` is one of ml-100k, ml-1m, ml-20m, ml-25m, synthetic, or `sasrec:<Name>`
@@ -54,9 +52,9 @@ class DataConfig:
     min_rating: float | None = None  # None: every rating is an interaction (implicit)
     download: bool = True  # fetch missing MovieLens files from GroupLens when online
     fallback_to_synthetic: bool = False  # when the files are absent and cannot be fetched
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(
             self.dataset in KNOWN_DATASETS or (self.dataset.startswith("sasrec:") and len(self.dataset) > 7),
             "dataset",

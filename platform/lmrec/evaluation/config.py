@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from pydantic import Field
 
-from lmrec.config import check
+from lmrec.config import ConfigModel, check
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(ConfigModel):
     """Full ranking (history excluded) and/or 100 uniformly sampled negatives."""
 
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    protocols: list[str] = field(default_factory=lambda: ["full", "sampled"])
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    protocols: list[str] = Field(default_factory=lambda: ["full", "sampled"])
     num_negatives: int = 100
     batch_size: int = 256
     every_epochs: int = 1  # validation every N epochs (0 = only at the end)
@@ -20,7 +19,7 @@ class EvalConfig:
     seed: int = 0
     select_metric: str = "full/ndcg@10"  # validation metric for best-epoch selection / early stopping
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "ks", "must be a non-empty list of positive ints")
         check(all(p in ("full", "sampled") for p in self.protocols), "protocols", "each must be 'full' or 'sampled'")
         check(self.num_negatives >= 1, "num_negatives", "must be >= 1")

@@ -21,7 +21,6 @@ No Ray imports here: serving replicas and unit tests run this in-process.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from lmrec.config import check, from_dict, to_dict
+from lmrec.config import ConfigModel, check, evolve, from_dict, to_dict
 
 PolicyType = Literal["greedy", "epsilon_greedy", "softmax", "ucb", "thompson"]
 POLICY_TYPES: tuple[str, ...] = ("greedy", "epsilon_greedy", "softmax", "ucb", "thompson")
@@ -42,8 +41,7 @@ _MC_CHUNK_ELEMENTS = 4_000_000  # random draws held in memory at once (32 MB of 
 # ------------------------------------------------------------------ config
 
 
-@dataclass
-class PolicyConfig:
+class PolicyConfig(ConfigModel):
     """Which policy and its parameters; the JSON a search saves and serving loads.
 
     Scores are first mapped to logits `z = score_scale * score + score_shift`
@@ -65,7 +63,7 @@ class PolicyConfig:
     quad_points: int = 128  # quadrature points for the logged propensity of a sampled slate
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.type in POLICY_TYPES, "type", f"unknown policy {self.type!r}; choose one of {list(POLICY_TYPES)}")
         check(self.slate_size >= 1, "slate_size", f"must be >= 1, got {self.slate_size}")
         check(0.0 <= self.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {self.epsilon}")
@@ -80,9 +78,6 @@ class PolicyConfig:
         check(self.n_sim >= 1, "n_sim", f"must be >= 1, got {self.n_sim}")
         check(self.quad_points >= 8, "quad_points", f"must be >= 8, got {self.quad_points}")
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -92,7 +87,7 @@ class PolicyConfig:
         return from_dict(cls, data)
 
     def replace(self, **changes: Any) -> PolicyConfig:
-        return dataclasses.replace(self, **changes)
+        return evolve(self, **changes)
 
 
 # ------------------------------------------------------------------ state

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmrec.config import ConfigError, check
+from lmrec.config import ConfigModel, check, evolve, from_dict, to_dict
 
 
-@dataclass
-class SeqRecConfig:
+class SeqRecConfig(ConfigModel):
     """Decoder-only transformer over item-ID tokens, output scores tied to item embeddings."""
 
     num_items: int
@@ -32,7 +29,7 @@ class SeqRecConfig:
     init_std: float = 0.02
     name: str = "custom"  # the size preset it was built from
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.num_items >= 1, "num_items", f"must be >= 1, got {self.num_items}")
         check(self.hidden_size >= 8, "hidden_size", f"must be >= 8, got {self.hidden_size}")
         check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
@@ -59,9 +56,6 @@ class SeqRecConfig:
         check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         if self.intermediate_size is not None:
             check(self.intermediate_size >= 1, "intermediate_size", "must be >= 1")
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     @property
     def kv_heads(self) -> int:
@@ -93,16 +87,12 @@ class SeqRecConfig:
         return total
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeqRecConfig:
-        from lmrec.config import from_dict
-
         return from_dict(cls, data)
 
     def replace(self, **changes: Any) -> SeqRecConfig:
-        try:
-            return dataclasses.replace(self, **changes)
-        except TypeError as exc:
-            raise ConfigError("model", str(exc)) from exc
+        """A validated copy with `changes` (unknown fields and bad values raise ConfigError)."""
+        return evolve(self, **changes)

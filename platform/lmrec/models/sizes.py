@@ -7,12 +7,10 @@ item-embedding table; `backbone_parameters` excludes it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmrec.config import ConfigError, check
+from lmrec.config import ConfigError, ConfigModel, check
 from lmrec.models.config import SeqRecConfig
 
 
@@ -66,10 +64,7 @@ SIZES: dict[str, Callable[..., SeqRecConfig]] = {
 
 def _build(name: str, num_items: int, preset: dict[str, Any], overrides: dict[str, Any]) -> SeqRecConfig:
     fields = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        return SeqRecConfig(num_items=num_items, name=name, **fields)
-    except TypeError as exc:
-        raise ConfigError("model", str(exc)) from exc
+    return SeqRecConfig(num_items=num_items, name=name, **fields)  # ConfigError names a bad field
 
 
 def build_config(size: str, num_items: int, **overrides: Any) -> SeqRecConfig:
@@ -98,8 +93,7 @@ def size_table(num_items: int) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass
-class ModelSpec:
+class ModelSpec(ConfigModel):
     """A job's model section: a named size plus optional field overrides.
 
     The catalog size comes from the prepared dataset, so it is not set here.
@@ -118,16 +112,16 @@ class ModelSpec:
     num_negatives: int | None = None
     temperature: float | None = None
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.size in SIZES, "size", f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
         # Build once with a dummy catalog so bad field combinations fail at load time.
         self.build(num_items=10)
 
     def overrides(self) -> dict[str, Any]:
         return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "size" and getattr(self, f.name) is not None
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name != "size" and getattr(self, name) is not None
         }
 
     def build(self, num_items: int) -> SeqRecConfig:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lmrec.config import check
+from pydantic import Field
+
+from lmrec.config import ConfigModel, check, from_dict
 
 
-@dataclass
-class BatchConfig:
+class BatchConfig(ConfigModel):
     """`@serve.batch` settings of the ranker; changeable at run time through user_config."""
 
     max_batch_size: int = 64
@@ -19,7 +19,7 @@ class BatchConfig:
     # grows with padded tokens), the whole batch on GPU; 0: always the whole batch.
     rows_per_forward: int | None = None
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(1 <= self.max_batch_size <= 4096, "max_batch_size", f"must be in [1, 4096], got {self.max_batch_size}")
         check(0 <= self.batch_wait_timeout_s <= 5, "batch_wait_timeout_s", "must be in [0, 5] seconds")
         check(
@@ -35,21 +35,19 @@ class BatchConfig:
         return self.rows_per_forward
 
 
-@dataclass
-class CacheConfig:
+class CacheConfig(ConfigModel):
     """Per-replica LRU + TTL cache of ranked candidates, keyed by (user/history, model version)."""
 
     enabled: bool = True
     max_entries: int = 50_000
     ttl_s: float = 300.0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.max_entries >= 1, "max_entries", "must be >= 1")
         check(self.ttl_s > 0, "ttl_s", "must be > 0")
 
 
-@dataclass
-class ExplorationConfig:
+class ExplorationConfig(ConfigModel):
     """Which policy explores over the model's candidates; JSON-compatible with the Tune search output.
 
     `policy` is a PolicyConfig mapping (type, epsilon, temperature, ucb_c, ...). `policy_uri`
@@ -59,21 +57,20 @@ class ExplorationConfig:
     loads (registry down), replicas serve `policy` and report `policy_error` on /version.
     """
 
-    policy: dict[str, Any] = field(default_factory=lambda: {"type": "epsilon_greedy", "epsilon": 0.1})
+    policy: dict[str, Any] = Field(default_factory=lambda: {"type": "epsilon_greedy", "epsilon": 0.1})
     policy_uri: str | None = None
     num_candidates: int = 100  # top-N the policy chooses from
     stats_sync_s: float = 1.0  # how often replicas pull merged feedback statistics
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.num_candidates >= 1, "num_candidates", "must be >= 1")
         check(self.stats_sync_s > 0, "stats_sync_s", "must be > 0")
         from lmrec.exploration.policies import PolicyConfig
 
-        PolicyConfig.from_dict(self.policy)  # raises ConfigError naming the policy key
+        from_dict(PolicyConfig, self.policy, "policy")  # a ConfigError names the policy key
 
 
-@dataclass
-class FeedbackConfig:
+class FeedbackConfig(ConfigModel):
     """The Parquet impression/feedback log the FeedbackLog deployment owns."""
 
     log_dir: str | None = None  # None: LMREC_HOME/feedback_logs
@@ -87,7 +84,7 @@ class FeedbackConfig:
     # up to impression_wait_s, so keep this well below that.
     impression_ship_s: float = 0.1
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.max_delay_s > 0, "max_delay_s", "must be > 0")
         check(0 < self.commit_interval_s <= 1, "commit_interval_s", "must be in (0, 1] seconds")
@@ -96,8 +93,7 @@ class FeedbackConfig:
         check(self.impression_ship_s > 0, "impression_ship_s", "must be > 0")
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(ConfigModel):
     """Everything the recommender app needs, validated before anything is deployed."""
 
     model_uri: str = "models:/lmrec-seqrec@champion"
@@ -125,10 +121,10 @@ class ServeConfig:
     max_history: int = 200  # longest history accepted in a request (items)
     max_k: int = 100
     data_dir: str | None = None  # where to find the model's dataset for user histories
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
-    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     api_key_env: str | None = None  # name of an env var holding the API key
     api_key_file: str | None = None  # or a file holding it; either turns the key check on
     api_key_header: str = "X-API-Key"
@@ -138,9 +134,9 @@ class ServeConfig:
     # Per-deployment Serve options (num_replicas, autoscaling_config, ray_actor_options,
     # max_ongoing_requests) for Ingress / Ranker / FeedbackLog when deploying from Python;
     # a serve-deploy YAML sets the same under `deployments:`.
-    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(bool(self.model_uri), "model_uri", "must not be empty")
         check(self.alias_poll_s >= 0, "alias_poll_s", "must be >= 0")
         check(self.torch_threads >= 0, "torch_threads", "must be >= 0")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from lmrec.config import check
+from lmrec.config import ConfigModel, check
 
 
-@dataclass
-class TrackingConfig:
+class TrackingConfig(ConfigModel):
     """Where runs go and how the trained model is registered.
 
     `tracking_uri` None means MLFLOW_TRACKING_URI, else SQLite under LMREC_HOME.
@@ -23,7 +20,7 @@ class TrackingConfig:
     model_name: str = "lmrec-seqrec"
     alias: str = "candidate"
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(bool(self.experiment), "experiment", "must not be empty")
         check(bool(self.model_name), "model_name", "must not be empty")
         check(self.alias.replace("-", "").replace("_", "").isalnum(), "alias", f"invalid alias {self.alias!r}")

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
-from lmrec.config import check
+from pydantic import Field
+
+from lmrec.config import ConfigModel, check
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.sizes import ModelSpec
 from lmrec.tracking.config import TrackingConfig
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(ConfigModel):
     """Optimisation, sharding, checkpointing and the Ray Train worker group."""
 
     epochs: int = 10
     batch_size: int = 128  # per worker
     lr: float = 1e-3
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.98])
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 1.0  # 0 disables clipping
@@ -49,7 +49,7 @@ class TrainConfig:
     select_best: bool = True  # test/export the weights of the best validation epoch
     early_stopping_patience: int = 0  # stop after N validations without improvement (0 = never)
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -74,13 +74,12 @@ class TrainConfig:
             check(self.max_steps_per_epoch >= 1, "max_steps_per_epoch", "must be >= 1")
 
 
-@dataclass
-class TrainJobConfig:
+class TrainJobConfig(ConfigModel):
     """Everything `jobs/train.py` and `lmrec train` need."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     prepared_path: str | None = None  # filled in by the driver after preparation

@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from lmrec.compression.latency import LatencyConfig
 from lmrec.compression.spec import CompressionSpec
-from lmrec.config import check, flatten, from_dict, to_dict
+from lmrec.config import ConfigModel, check, evolve, flatten, from_dict, to_dict
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
 from lmrec.tracking.config import TrackingConfig
@@ -64,21 +66,20 @@ def _range(values: list[float], key: str, low: float, high: float) -> None:
     )
 
 
-@dataclass
-class CompressionSpace:
+class CompressionSpace(ConfigModel):
     """What the search samples. Lists of choices, except `temperature` and `alpha` ([low, high])."""
 
-    student: list[bool] = field(default_factory=lambda: [True, False])  # distil a student, or compress the teacher
-    student_layers: list[int] = field(default_factory=lambda: [1, 2])
-    student_hidden: list[int] = field(default_factory=lambda: [32, 64])
-    temperature: list[float] = field(default_factory=lambda: [1.0, 4.0])
-    alpha: list[float] = field(default_factory=lambda: [0.0, 0.9])
-    prune: list[str] = field(default_factory=lambda: ["none", "structured", "magnitude"])  # teacher only
-    prune_amount: list[float] = field(default_factory=lambda: [0.25, 0.5])
-    finetune_steps: list[int] = field(default_factory=lambda: [0, 20])
-    quantize: list[str] = field(default_factory=lambda: ["none", "int8"])
+    student: list[bool] = Field(default_factory=lambda: [True, False])  # distil a student, or compress the teacher
+    student_layers: list[int] = Field(default_factory=lambda: [1, 2])
+    student_hidden: list[int] = Field(default_factory=lambda: [32, 64])
+    temperature: list[float] = Field(default_factory=lambda: [1.0, 4.0])
+    alpha: list[float] = Field(default_factory=lambda: [0.0, 0.9])
+    prune: list[str] = Field(default_factory=lambda: ["none", "structured", "magnitude"])  # teacher only
+    prune_amount: list[float] = Field(default_factory=lambda: [0.25, 0.5])
+    finetune_steps: list[int] = Field(default_factory=lambda: [0, 20])
+    quantize: list[str] = Field(default_factory=lambda: ["none", "int8"])
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         for key in (
             "student",
             "student_layers",
@@ -128,8 +129,7 @@ class DefineCompressionSpace:
         return None
 
 
-@dataclass
-class CompressionSearchConfig:
+class CompressionSearchConfig(ConfigModel):
     """The Tune run: trials, concurrency, ASHA, initial points, resources."""
 
     num_samples: int = 8
@@ -138,11 +138,11 @@ class CompressionSearchConfig:
     grace_period: int = 2  # ASHA: reports before a trial may be stopped (>= a trial's reports: never stopped)
     reduction_factor: int = 2
     cpus_per_trial: float = 1.0  # the trial process (evaluation, latency); Train workers ask for train.cpus_per_worker
-    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # first trials, e.g. known baselines
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # first trials, e.g. known baselines
     name: str | None = None
     storage_path: str | None = None  # None: LMREC_HOME/ray_results
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
         check(self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
         check(self.grace_period >= 1, "grace_period", "must be >= 1")
@@ -158,28 +158,27 @@ def _latency_default() -> LatencyConfig:
     return LatencyConfig(iters=20, rounds=2, warmup=2, threads=1, max_seconds=10.0)
 
 
-@dataclass
-class TuneCompressionConfig:
+class TuneCompressionConfig(ConfigModel):
     """Everything `jobs/tune_compression.py` needs."""
 
     teacher: str = (
         "models:/lmrec-seqrec@champion"  # registry URI (models:/name/3, models:/name@alias), runs:/ or a folder
     )
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(strategy="none", batch_size=64, lr=2e-3, max_failures=0)
     )
     distill_steps: int = 200  # a student's training budget
     teacher_topk: int = 0  # > 0: KL over the teacher's top-k items (memory); 0 = full catalog
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(protocols=["full"], ks=[10], every_epochs=1))
-    latency: LatencyConfig = field(default_factory=_latency_default)
-    space: CompressionSpace = field(default_factory=CompressionSpace)
-    search: CompressionSearchConfig = field(default_factory=CompressionSearchConfig)
-    tracking: TrackingConfig = field(default_factory=_tracking_default)
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(protocols=["full"], ks=[10], every_epochs=1))
+    latency: LatencyConfig = Field(default_factory=_latency_default)
+    space: CompressionSpace = Field(default_factory=CompressionSpace)
+    search: CompressionSearchConfig = Field(default_factory=CompressionSearchConfig)
+    tracking: TrackingConfig = Field(default_factory=_tracking_default)
     calibration_rows: int = 256  # rows scoring heads/channels for structured pruning (0 = weight magnitude)
     out: str | None = None  # summary JSON
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(bool(self.teacher), "teacher", "must name a model version, run artifact or folder")
         check(self.distill_steps >= 1, "distill_steps", "must be >= 1")
         check(self.teacher_topk >= 0, "teacher_topk", "must be >= 0")
@@ -404,7 +403,7 @@ def _compression_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
             train=tc,
             eval=cfg.eval,
             prepared_path=job["prepared_path"],
-            tracking=dataclasses.replace(cfg.tracking, register=False, run_id=None),
+            tracking=evolve(cfg.tracking, register=False, run_id=None),
         )
         resources = {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}
         trainer = TorchTrainer(
@@ -563,7 +562,7 @@ class CompressionSearchResult:
     front: list[dict[str, Any]]  # finished trials on the Pareto front, with registered versions
     failed: list[dict[str, Any]]
     seconds: float
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,13 +26,14 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from lmrec.config import check, config_hash, flatten, to_dict
+from lmrec.config import ConfigModel, check, config_hash, flatten, to_dict
 from lmrec.exploration.objectives import (
     LoggedScenario,
     ReplayScenario,
@@ -62,21 +63,20 @@ def _check_range(values: list[float], key: str, upper: float | None = None) -> N
         check(values[1] <= upper, key, f"high must be <= {upper}, got {values[1]}")
 
 
-@dataclass
-class SearchSpace:
+class SearchSpace(ConfigModel):
     """Policy types and log-uniform ranges of their parameters."""
 
-    policies: list[str] = field(default_factory=lambda: list(POLICY_TYPES))
-    epsilon: list[float] = field(default_factory=lambda: [0.01, 0.5])
-    temperature: list[float] = field(default_factory=lambda: [0.05, 5.0])
-    ucb_c: list[float] = field(default_factory=lambda: [0.001, 1.0])
-    prior_strength: list[float] = field(default_factory=lambda: [1.0, 1000.0])
-    feedback: list[str] = field(default_factory=lambda: ["counts", "lift"])  # ucb, thompson
+    policies: list[str] = Field(default_factory=lambda: list(POLICY_TYPES))
+    epsilon: list[float] = Field(default_factory=lambda: [0.01, 0.5])
+    temperature: list[float] = Field(default_factory=lambda: [0.05, 5.0])
+    ucb_c: list[float] = Field(default_factory=lambda: [0.001, 1.0])
+    prior_strength: list[float] = Field(default_factory=lambda: [1.0, 1000.0])
+    feedback: list[str] = Field(default_factory=lambda: ["counts", "lift"])  # ucb, thompson
     # ucb: also offer c = 0 (a categorical `ucb_c_zero` drawn before c): greedy over the learned
     # statistics, e.g. over lift-adjusted scores with `feedback: lift`. A log-uniform c never reaches 0.
     ucb_c_zero: bool = False
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(len(self.policies) > 0, "policies", "must not be empty")
         check(len(self.feedback) > 0, "feedback", "must not be empty")
         for i, f in enumerate(self.feedback):
@@ -89,8 +89,7 @@ class SearchSpace:
         _check_range(self.prior_strength, "prior_strength")
 
 
-@dataclass
-class SearchConfig:
+class SearchConfig(ConfigModel):
     """Tune settings: budget, parallelism, scheduler and the variance penalty."""
 
     num_samples: int = 24
@@ -111,7 +110,7 @@ class SearchConfig:
     # searcher's state and the MLflow search run are reused); false starts it over.
     resume: bool = True
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.num_samples >= 1, "num_samples", "must be >= 1")
         check(self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
         check(self.cpus_per_trial > 0, "cpus_per_trial", "must be > 0")
@@ -123,8 +122,7 @@ class SearchConfig:
         check(self.valid_repeats >= 1, "valid_repeats", "must be >= 1")
 
 
-@dataclass
-class ObdScenarioConfig:
+class ObdScenarioConfig(ConfigModel):
     """Open Bandit logs: score policies by an off-policy estimate on one behaviour policy's log."""
 
     data_dir: str | None = None
@@ -140,7 +138,7 @@ class ObdScenarioConfig:
     seed: int = 12345
     warm_start_frac: float = 0.0  # see LogsScenarioConfig.warm_start_frac
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.max_rows is None or self.max_rows >= 100, "max_rows", "must be >= 100")
         check(self.n_folds >= 1, "n_folds", "must be >= 1")
         check(self.l2 is None or self.l2 > 0, "l2", "must be > 0")
@@ -149,8 +147,7 @@ class ObdScenarioConfig:
         check(0 <= self.warm_start_frac < 1, "warm_start_frac", "must be in [0, 1)")
 
 
-@dataclass
-class LogsScenarioConfig:
+class LogsScenarioConfig(ConfigModel):
     """Our own feedback logs (read with Ray Data): same estimators as OBD.
 
     `path` is either the serving app's log folder (`feedback.log_dir`, holding `impressions/`
@@ -175,7 +172,7 @@ class LogsScenarioConfig:
     warm_start_frac: float = 0.0
     cluster_by_request: bool = True  # bootstrap whole requests, not single positions
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(self.attribution_window_s >= 0, "attribution_window_s", "must be >= 0 seconds")
         check(self.n_folds >= 1, "n_folds", "must be >= 1")
         check(self.l2 is None or self.l2 > 0, "l2", "must be > 0")
@@ -188,8 +185,7 @@ def _replay_train_default() -> TrainConfig:
     return TrainConfig(epochs=20, batch_size=128, lr=2e-3, strategy="none", sliding_window=True, log_every_steps=1000)
 
 
-@dataclass
-class ReplayScenarioConfig:
+class ReplayScenarioConfig(ConfigModel):
     """MovieLens replay: time split into train (model) / tune (search) / [validation] / held-out.
 
     With `valid_frac` = 0 the search's best trial is the tuned policy and the rest of the
@@ -216,11 +212,11 @@ class ReplayScenarioConfig:
     report_every: int = 250
     min_user_interactions: int = 5  # k-core of the model's training data
     min_item_interactions: int = 5
-    model: ModelSpec = field(default_factory=ModelSpec)
-    train: TrainConfig = field(default_factory=_replay_train_default)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainConfig = Field(default_factory=_replay_train_default)
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(0 < self.train_frac < 1, "train_frac", "must be in (0, 1)")
         check(0 < self.tune_frac < 1 - self.train_frac, "tune_frac", "must be in (0, 1 - train_frac)")
         check(
@@ -238,8 +234,7 @@ class ReplayScenarioConfig:
         check(self.train.num_workers == 1, "train.num_workers", "the replay model trains in-process: use 1")
 
 
-@dataclass
-class ExplorationTracking:
+class ExplorationTracking(ConfigModel):
     """Where the search is tracked and under which registered name and alias its best policy goes.
 
     Its own section (not TrackingConfig) so that a partial override such as
@@ -254,26 +249,25 @@ class ExplorationTracking:
     model_name: str = POLICY_REGISTRY_NAME
     alias: str = "candidate"
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         check(bool(self.experiment), "experiment", "must not be empty")
         check(bool(self.model_name), "model_name", "must not be empty")
         check(self.alias.replace("-", "").replace("_", "").isalnum(), "alias", f"invalid alias {self.alias!r}")
 
 
-@dataclass
-class TuneExplorationConfig:
+class TuneExplorationConfig(ConfigModel):
     """Everything `jobs/tune_exploration.py` needs."""
 
     scenario: Literal["obd", "logs", "replay"] = "obd"
-    obd: ObdScenarioConfig = field(default_factory=ObdScenarioConfig)
-    logs: LogsScenarioConfig = field(default_factory=LogsScenarioConfig)
-    replay: ReplayScenarioConfig = field(default_factory=ReplayScenarioConfig)
-    space: SearchSpace = field(default_factory=SearchSpace)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: ExplorationTracking = field(default_factory=ExplorationTracking)
+    obd: ObdScenarioConfig = Field(default_factory=ObdScenarioConfig)
+    logs: LogsScenarioConfig = Field(default_factory=LogsScenarioConfig)
+    replay: ReplayScenarioConfig = Field(default_factory=ReplayScenarioConfig)
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    tracking: ExplorationTracking = Field(default_factory=ExplorationTracking)
     out: str | None = None  # also write the summary JSON (and best policy JSON next to it) here
 
-    def validate(self) -> None:
+    def validate_config(self) -> None:
         if self.scenario == "logs":
             check(bool(self.logs.path), "logs.path", "must be set for scenario 'logs'")
 
@@ -699,8 +693,8 @@ class SearchResult:
     model_version: str | None
     policy_uri: str
     seconds: float
-    files: dict[str, str] = field(default_factory=dict)
-    selection: list[dict[str, Any]] = field(default_factory=list)  # finalists on the validation period (if any)
+    files: dict[str, str] = Field(default_factory=dict)
+    selection: list[dict[str, Any]] = Field(default_factory=list)  # finalists on the validation period (if any)
 
     def to_dict(self) -> dict[str, Any]:
         return {

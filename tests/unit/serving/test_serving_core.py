@@ -154,8 +154,8 @@ def test_ttl_lru_cache() -> None:
     [
         ({"batch": {"max_batch_size": 0}}, "batch.max_batch_size"),
         ({"bogus": 1}, "bogus"),
-        ({"exploration": {"policy": {"type": "magic"}}}, "exploration.type"),
-        ({"exploration": {"policy": {"type": "epsilon_greedy", "epsilon": 2}}}, "exploration.epsilon"),
+        ({"exploration": {"policy": {"type": "magic"}}}, "exploration.policy.type"),
+        ({"exploration": {"policy": {"type": "epsilon_greedy", "epsilon": 2}}}, "exploration.policy.epsilon"),
         ({"deployments": {"Nope": {}}}, "deployments.Nope"),
         ({"deployments": {"Ranker": {"replicas": 3}}}, "deployments.Ranker.replicas"),
         ({"deployments": {"FeedbackLog": {"num_replicas": 2}}}, "deployments.FeedbackLog"),
