@@ -319,6 +319,3 @@ def prepare_replay(rc: ReplayScenarioConfig) -> ReplayScenario:
     tmp.write_text(json.dumps({"base_policy": base, "info": info}, indent=1))
     tmp.replace(meta_path)
     return ReplayScenario(tune_ev, held_ev, rc.slate_size, rc.report_every, base, info, valid=valid_ev)
-
-
-# ------------------------------------------------------------------ search
