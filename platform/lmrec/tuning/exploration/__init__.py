@@ -23,10 +23,12 @@ from lmrec.tuning.exploration.config import (
 )
 from lmrec.tuning.exploration.driver import preflight, replay_benchmark, run_exploration_search
 from lmrec.tuning.exploration.report import SearchResult
+from lmrec.tuning.exploration.space import DefineSpace, baseline_points, define_space
 
 __all__ = [
     "METRIC",
     "POLICY_REGISTRY_NAME",
+    "DefineSpace",
     "ExplorationTracking",
     "LogsScenarioConfig",
     "ObdScenarioConfig",
@@ -35,6 +37,8 @@ __all__ = [
     "SearchResult",
     "SearchSpace",
     "TuneExplorationConfig",
+    "baseline_points",
+    "define_space",
     "preflight",
     "replay_benchmark",
     "run_exploration_search",
