@@ -71,3 +71,15 @@ def test_experiment_path_and_summary(tmp_path: Path) -> None:
     assert auto.parent == tmp_path and auto.name.startswith("explore-obd-2")
     out = write_summary(tmp_path / "new" / "summary.json", {"path": tmp_path})
     assert json.loads(out.read_text()) == {"path": str(tmp_path)}
+
+
+def test_trial_functions_are_top_level_and_pickle_by_reference() -> None:
+    """Tune and Ray Train ship trial and worker functions to workers by module path."""
+    import pickle
+
+    from lmrec.tuning.compression.trial import compress_loop_per_worker, compression_trial
+    from lmrec.tuning.exploration.driver import exploration_trial
+
+    for fn in (exploration_trial, compression_trial, compress_loop_per_worker):
+        assert "<locals>" not in fn.__qualname__
+        assert pickle.loads(pickle.dumps(fn)) is fn
