@@ -9,7 +9,9 @@ finite number (graded rewards such as ratings or revenue are fine). `propensitie
 under the policy that served it, which the off-policy estimators divide by.
 
 Files live under `<root>/date=YYYY-MM-DD/part-<utc>-<pid>-<uuid>.parquet` (Hive
-partitions by the record's UTC date). `FeedbackLogWriter` buffers records and
+partitions by the record's UTC date; `log_file_path`). The serving app's log folder
+holds this log of served slates under `impressions/` and its feedback events
+(`FEEDBACK_EVENT_SCHEMA`) under `feedback/`; this module is where that layout is defined. `FeedbackLogWriter` buffers records and
 writes each batch as one file per UTC date: each goes to a hidden temporary
 file, is fsynced, renamed into place, and the directory is fsynced (and the
 parent of every folder the write had to create): readers never see a partial
@@ -68,6 +70,33 @@ FEEDBACK_SCHEMA = pa.schema(
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 COLUMNS = tuple(FEEDBACK_SCHEMA.names)
+
+# The serving app's log folder (`feedback.log_dir`) holds two logs side by side:
+IMPRESSIONS_DIR = "impressions"  # served slates (FEEDBACK_SCHEMA, rewards null) ...
+FEEDBACK_DIR = "feedback"  # ... and feedback events (FEEDBACK_EVENT_SCHEMA), one row per (request, shown item) reported
+FEEDBACK_EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("reward", pa.float32(), nullable=False),
+        pa.field("position", pa.int16(), nullable=False),  # of the item in its slate
+        pa.field("propensity", pa.float64(), nullable=False),  # of the item at that position
+        pa.field("policy", pa.string(), nullable=False),
+        pa.field("model_version", pa.string()),
+        pa.field("user_id", pa.string()),
+    ],
+    metadata={b"lmrec.feedback_events.version": b"1"},
+)
+# What `join_rewards` reads from feedback events; nullable, so that readers can count and name bad rows.
+EVENT_JOIN_SCHEMA = pa.schema(
+    [FEEDBACK_EVENT_SCHEMA.field(name).with_nullable(True) for name in ("request_id", "item_id", "reward")]
+)
+
+
+def log_file_path(root: str | Path, day: str, name: str) -> Path:
+    """Where a committed log file goes: `<root>/date=<day>/part-<name>.parquet` (`day` is the UTC date)."""
+    return Path(root) / f"{PARTITION_KEY}={day}" / f"{FILE_PREFIX}{name}.parquet"
 
 
 class FeedbackLogError(ValueError):
@@ -358,11 +387,7 @@ class FeedbackLogWriter:
             by_date.setdefault(day, []).append(i)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         for day, idx in sorted(by_date.items()):
-            path = (
-                self.root
-                / f"{PARTITION_KEY}={day}"
-                / f"{FILE_PREFIX}{stamp}-{self.name}-{uuid.uuid4().hex[:12]}.parquet"
-            )
+            path = log_file_path(self.root, day, f"{stamp}-{self.name}-{uuid.uuid4().hex[:12]}")
             yield write_table_atomic(records_to_table([batch[i] for i in idx]), path), idx
 
     def close(self) -> None:
@@ -556,7 +581,7 @@ def join_rewards(table: pa.Table, feedback: pa.Table, default: float = 0.0) -> p
     items that were not shown is ignored. Several feedback rows for one shown item
     keep the largest reward (a click is a click).
     """
-    for col in ("request_id", "item_id", "reward"):
+    for col in EVENT_JOIN_SCHEMA.names:
         if col not in feedback.column_names:
             raise FeedbackLogError("<feedback>", col, "is missing")
     import pandas as pd
@@ -569,7 +594,7 @@ def join_rewards(table: pa.Table, feedback: pa.Table, default: float = 0.0) -> p
             "_order": np.arange(int(k.sum())),
         }
     )
-    fb = feedback.select(["request_id", "item_id", "reward"]).to_pandas()
+    fb = feedback.select(EVENT_JOIN_SCHEMA.names).to_pandas()
     fb = fb.groupby(["request_id", "item_id"], as_index=False)["reward"].max()
     merged = shown.merge(fb, on=["request_id", "item_id"], how="left").sort_values("_order")
     values = merged["reward"].fillna(default).to_numpy(np.float32)

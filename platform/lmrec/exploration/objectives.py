@@ -8,7 +8,7 @@ Two kinds of scenario:
   clicks per event minus `penalty` times its standard error, reported every
   `report_every` events (the intermediate steps ASHA stops trials on).
 
-The Tune trial in `lmrec.tuning.exploration` only forwards these reports.
+The Tune trial in `lmrec.tuning.exploration.driver` only forwards these reports.
 """
 
 from __future__ import annotations

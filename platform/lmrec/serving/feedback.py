@@ -29,26 +29,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lmrec.exploration.logs import FeedbackLogWriter, FeedbackRecord, write_table_atomic
+from lmrec.exploration.logs import (
+    EVENT_JOIN_SCHEMA,
+    FEEDBACK_DIR,
+    FEEDBACK_EVENT_SCHEMA,
+    IMPRESSIONS_DIR,
+    FeedbackLogWriter,
+    FeedbackRecord,
+    log_file_path,
+    write_table_atomic,
+)
 from lmrec.exploration.policies import MICRO, PolicyConfig, PolicyState, build_policy
 from lmrec.serving.config import FeedbackConfig
 from lmrec.serving.runtime import RequestError
-
-FEEDBACK_EVENT_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.string(), nullable=False),
-        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("reward", pa.float32(), nullable=False),
-        pa.field("position", pa.int16(), nullable=False),
-        pa.field("propensity", pa.float64(), nullable=False),
-        pa.field("policy", pa.string(), nullable=False),
-        pa.field("model_version", pa.string()),
-        pa.field("user_id", pa.string()),
-    ],
-    metadata={b"lmrec.feedback_events.version": b"1"},
-)
-
 
 GREEDY_PARAMS = '{"type": "greedy"}'
 
@@ -72,7 +65,7 @@ class FeedbackStore:
         self.cfg = cfg
         self.root = Path(root)
         self.impression_writer = FeedbackLogWriter(
-            self.root / "impressions", batch_size=cfg.batch_size, max_delay_s=cfg.max_delay_s
+            self.root / IMPRESSIONS_DIR, batch_size=cfg.batch_size, max_delay_s=cfg.max_delay_s
         )
         self._impressions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._seen: set[tuple[str, int]] = set()  # (request_id, item_id) already rewarded
@@ -106,7 +99,7 @@ class FeedbackStore:
             "user_id",
             "model_version",
         ]
-        files = sorted((self.root / "impressions").rglob("*.parquet"), key=lambda p: p.name, reverse=True)
+        files = sorted((self.root / IMPRESSIONS_DIR).rglob("*.parquet"), key=lambda p: p.name, reverse=True)
         rows: list[dict[str, Any]] = []
         for f in files:  # newest first, until the window is full
             rows = pq.read_table(f, columns=cols).to_pylist() + rows
@@ -119,8 +112,8 @@ class FeedbackStore:
             self._count_impressions(rows)
             self.impressions_logged += len(rows)
         events = 0
-        for f in sorted((self.root / "feedback").rglob("*.parquet")):
-            t = pq.read_table(f, columns=["request_id", "item_id", "reward"]).to_pylist()
+        for f in sorted((self.root / FEEDBACK_DIR).rglob("*.parquet")):
+            t = pq.read_table(f, columns=EVENT_JOIN_SCHEMA.names).to_pylist()
             with self._lock:
                 for r in t:
                     if r["request_id"] in self._impressions:
@@ -234,8 +227,8 @@ class FeedbackStore:
             return None
         table = pa.Table.from_pylist(rows, schema=FEEDBACK_EVENT_SCHEMA)
         day = rows[0]["timestamp"].strftime("%Y-%m-%d")
-        name = f"part-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-        path = write_table_atomic(table, self.root / "feedback" / f"date={day}" / name)
+        name = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path = write_table_atomic(table, log_file_path(self.root / FEEDBACK_DIR, day, name))
         with self._lock:
             for r in rows:
                 if r["reward"] > 0:  # the impression was counted when the slate was logged

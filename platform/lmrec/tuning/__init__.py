@@ -1,1 +1,2 @@
-"""Ray Tune searches (exploration policies, compression) and Ray Data readers they use."""
+"""Ray Tune drivers: `search` (what both searches share), one package per search
+(`exploration`, `compression`), and `feedback_io` (Ray Data readers of the feedback logs)."""

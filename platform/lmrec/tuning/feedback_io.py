@@ -20,7 +20,10 @@ import pyarrow.parquet as pq
 
 from lmrec.exploration.logs import (
     COLUMNS,
+    EVENT_JOIN_SCHEMA,
+    FEEDBACK_DIR,
     FEEDBACK_SCHEMA,
+    IMPRESSIONS_DIR,
     FeedbackLogError,
     check_columns,
     join_rewards,
@@ -30,10 +33,6 @@ from lmrec.exploration.logs import (
 )
 
 PATH_COLUMN = "path"
-IMPRESSIONS_DIR = "impressions"  # the serving app's log folder: served slates (rewards null) ...
-FEEDBACK_DIR = "feedback"  # ... and feedback events, one row per (request, shown item) reported
-# What the join reads from a feedback event file (the serving app writes more columns).
-EVENT_SCHEMA = pa.schema([("request_id", pa.string()), ("item_id", pa.int64()), ("reward", pa.float32())])
 
 
 def is_local_path(path: str) -> bool:
@@ -118,10 +117,10 @@ def read_feedback_events(path: str | Path) -> pa.Table:
 
     files = list_log_files(path) if Path(path).exists() else []
     for f in files:
-        check_columns(_read_schema(f), EVENT_SCHEMA, str(f), ": not a feedback-event file")
+        check_columns(_read_schema(f), EVENT_JOIN_SCHEMA, str(f), ": not a feedback-event file")
     if not files:
-        return EVENT_SCHEMA.empty_table()
-    table = _collect(ray.data.read_parquet([str(f) for f in files], columns=EVENT_SCHEMA.names), EVENT_SCHEMA)
+        return EVENT_JOIN_SCHEMA.empty_table()
+    table = _collect(ray.data.read_parquet([str(f) for f in files], columns=EVENT_JOIN_SCHEMA.names), EVENT_JOIN_SCHEMA)
     bad = pc.invert(pc.is_finite(table["reward"]))
     n_bad = int(pc.sum(pc.fill_null(bad, True)).as_py() or 0)
     if n_bad:

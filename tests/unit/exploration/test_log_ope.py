@@ -142,7 +142,7 @@ def test_split_takes_the_earliest_requests_and_their_samples(world) -> None:  # 
 def test_warm_start_gives_ucb_its_statistics_and_is_estimated_honestly(world) -> None:  # type: ignore[no-untyped-def]
     """Without statistics UCB ranks as greedy does; warmed up on the first half of the logs it
     ranks differently, and DR on the second half covers its true value there."""
-    from lmrec.tuning.exploration import with_warm_start
+    from lmrec.tuning.exploration.scenarios import with_warm_start
 
     env, _, logged, cands, scores = world
     base = LoggedScenario(

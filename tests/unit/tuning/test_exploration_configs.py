@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmrec.config import ConfigError, load_config
-from lmrec.tuning.exploration import TuneExplorationConfig, baseline_points, define_space
+from lmrec.tuning.exploration import TuneExplorationConfig
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO / "jobs" / "configs" / "tune_exploration"
@@ -75,81 +75,10 @@ def test_job_rejects_bad_config_before_importing_ray() -> None:
     assert "config key 'search.num_samples'" in out.stderr
 
 
-class _FakeTrial:
-    """Records what an Optuna trial is asked for (define-by-run spaces are plain functions of a trial)."""
-
-    def __init__(self, choice: str) -> None:
-        self.choice, self.asked = choice, {}
-
-    def suggest_categorical(self, name: str, choices: list[str]) -> str:
-        self.asked[name] = choices
-        if name != "policy":
-            return choices[0]
-        assert self.choice in choices
-        return self.choice
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        self.asked[name] = (low, high, log)
-        return low
-
-
-def test_search_space_is_conditional_on_the_policy() -> None:
-    cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "obd_random.yaml")
-    space = define_space(cfg.space)
-    expected = {
-        "greedy": set(),
-        "epsilon_greedy": {"epsilon"},
-        "softmax": {"temperature"},
-        "ucb": {"ucb_c", "prior_strength", "feedback"},
-        "thompson": {"prior_strength", "feedback"},
-    }
-    for policy, params in expected.items():
-        trial = _FakeTrial(policy)
-        space(trial)
-        assert set(trial.asked) - {"policy"} == params
-        assert all(v[2] for k, v in trial.asked.items() if k not in ("policy", "feedback"))  # log-uniform
-    import pickle
-
-    pickle.loads(pickle.dumps(space))  # Tune checkpoints the searcher by pickling it
-    assert baseline_points(cfg.space) == [{"policy": "greedy"}, {"policy": "epsilon_greedy", "epsilon": 0.1}]
-
-
 def test_partial_tracking_override_keeps_the_policy_registry_name() -> None:
     cfg = load_config(TuneExplorationConfig, None, ["tracking.alias=champion"])
     assert cfg.tracking.model_name == "lmrec-exploration-policy" and cfg.tracking.experiment == "lmrec-exploration"
     assert cfg.tracking.alias == "champion"
-
-
-def test_ucb_c_zero_branch_reaches_greedy_with_learning() -> None:
-    from lmrec.exploration.objectives import policy_config
-
-    cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay_v2.yaml")
-    assert cfg.space.ucb_c_zero and cfg.replay.valid_frac > 0
-    space = define_space(cfg.space)
-
-    class Pick(_FakeTrial):
-        def __init__(self, zero: bool) -> None:
-            super().__init__("ucb")
-            self.zero = zero
-
-        def suggest_categorical(self, name: str, choices: list) -> object:  # type: ignore[override]
-            if name == "ucb_c_zero":
-                self.asked[name] = choices
-                return self.zero
-            return super().suggest_categorical(name, choices)
-
-    zero, positive = Pick(True), Pick(False)
-    space(zero)
-    space(positive)
-    assert set(zero.asked) == {"policy", "ucb_c_zero", "prior_strength", "feedback"}  # no c drawn: c = 0
-    assert set(positive.asked) == {"policy", "ucb_c_zero", "ucb_c", "prior_strength", "feedback"}
-    pc = policy_config({"policy": "ucb", "ucb_c_zero": True, "prior_strength": 20.0, "feedback": "lift"})
-    assert pc.ucb_c == 0.0 and pc.feedback == "lift"
-    assert policy_config({"policy": "ucb", "ucb_c_zero": False, "ucb_c": 0.3}).ucb_c == 0.3
-    # the default space (and every scenario that does not ask for it) has no c = 0 branch
-    default = _FakeTrial("ucb")
-    define_space(load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay.yaml").space)(default)
-    assert "ucb_c_zero" not in default.asked
 
 
 @pytest.mark.parametrize("override", ["replay.valid_frac=0.5", "replay.valid_frac=-0.1"])
@@ -157,20 +86,6 @@ def test_validation_period_must_leave_a_test_period(override: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(TuneExplorationConfig, CONFIG_DIR / "ml100k_replay_v2.yaml", [override])
     assert err.value.key == "replay.valid_frac"
-
-
-def test_stateless_search_space_leaves_out_what_has_no_effect() -> None:
-    """With no item statistics (logged data, no warm start) UCB ranks as greedy does and
-    Thompson's feedback setting changes nothing: neither is offered to the searcher."""
-    cfg = load_config(TuneExplorationConfig, CONFIG_DIR / "obd_random.yaml")
-    stateless = define_space(cfg.space, stateful=False)
-    assert "ucb" not in stateless.policies() and "greedy" in stateless.policies()
-    trial = _FakeTrial("thompson")
-    stateless(trial)
-    assert set(trial.asked) == {"policy", "prior_strength"} and "ucb" not in trial.asked["policy"]
-    assert "ucb" in define_space(cfg.space, stateful=True).policies()
-    only_ucb = load_config(TuneExplorationConfig, None, ["space.policies=[ucb]"])
-    assert define_space(only_ucb.space, stateful=False).policies() == ["ucb"]  # what was asked for, if nothing else
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,10 @@ import optuna
 import pytest
 
 from lmrec.config import ConfigError, load_config
-from lmrec.tuning.compression import (
-    NDCG_KEY,
-    SIZE_KEY,
-    DefineCompressionSpace,
-    ExtraMetricsContext,
-    TuneCompressionConfig,
-    pareto_front,
-    spec_from_params,
-)
+from lmrec.tuning.compression.config import NDCG_KEY, SIZE_KEY, TuneCompressionConfig, spec_from_params
+from lmrec.tuning.compression.front import pareto_front
+from lmrec.tuning.compression.space import DefineCompressionSpace
+from lmrec.tuning.compression.trial import ExtraMetricsContext
 
 
 def _sample(space_cfg, fixed: dict) -> dict:
@@ -95,7 +90,7 @@ def test_a_bad_sampled_point_is_a_config_error() -> None:
 
 
 def test_missing_teacher_folder_is_refused(tmp_path: Path) -> None:
-    from lmrec.tuning.compression import resolve_teacher
+    from lmrec.tuning.compression.driver import resolve_teacher
 
     with pytest.raises(ValueError, match="nor an existing folder"):
         resolve_teacher(str(tmp_path / "nope"), None)

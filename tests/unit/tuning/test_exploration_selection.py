@@ -7,7 +7,7 @@ import pytest
 
 from lmrec.exploration.objectives import ReplayScenario
 from lmrec.exploration.replay import ReplayEvents
-from lmrec.tuning.exploration import compare_policies, select_on_validation
+from lmrec.tuning.exploration.selection import compare_policies, select_on_validation
 
 
 def _events(n: int, seed: int, reverse: bool) -> ReplayEvents:
