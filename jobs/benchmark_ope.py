@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from lmrec.exploration.benchmark import main
+from lmrec.benchmarks.ope import main
 
 if __name__ == "__main__":
     sys.exit(main())

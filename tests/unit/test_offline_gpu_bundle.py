@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = (ROOT / "jobs" / "device" / "build_bundle.sh").read_text()
+SCRIPT = (ROOT / "jobs" / "offline_gpu" / "build_bundle.sh").read_text()
 
 
 def _names() -> list[str]:

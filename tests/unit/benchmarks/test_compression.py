@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmrec.compression.bench import BenchmarkConfig, check_targets, format_table, retime_saved, run_benchmark
+from lmrec.benchmarks.compression import BenchmarkConfig, retime_saved, run_benchmark
+from lmrec.benchmarks.compression_report import check_targets, format_table
 from lmrec.compression.spec import CompressionSpec
 from lmrec.config import ConfigError, load_config
 
