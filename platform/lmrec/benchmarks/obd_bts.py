@@ -67,6 +67,9 @@ def bts_action_dist(
 _MC_CHUNK = 10_000  # rankings per block of draws (80 items: 6.4 MB)
 
 
+# ------------------------------------------------------------------ the OBP paper's check
+
+
 def ope_data(log: OBDLog, dist: np.ndarray, rewards: OBDRewards | None = None) -> OPEData:
     """OPEData for an evaluation policy given as (n_actions, K) or per-sample (n, K, n_actions)."""
     rows = np.arange(log.n)

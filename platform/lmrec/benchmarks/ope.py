@@ -14,6 +14,9 @@ logged samples, with the BTS log's own click rate (0.0042) as the truth:
      under other scikit-learn releases in their own interpreters;
 (ii) relative error averaged over 30 bootstrap resamples of the Random log, the
      reward model refitted on each (obp's examples/obd, REFERENCE_NUMBERS.md 5c (ii)).
+
+The solver checks need scikit-learn, from the `[bench]` extra (`pip install 'lmrec[bench]'`);
+without it they are left out of the results.
 """
 
 from __future__ import annotations

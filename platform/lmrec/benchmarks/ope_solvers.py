@@ -30,7 +30,7 @@ def solver_sensitivity(
     The objective is fixed (L2 logistic regression, C = 1, per position, the published
     folds); our Newton solver runs to its optimum, scikit-learn's lbfgs (the solver behind
     the published figures) stops at `tol`. pi_e is the published protocol's. Needs
-    scikit-learn (a dev dependency); returns {} without it.
+    scikit-learn (the `[bench]` extra); returns {} without it.
     """
     try:
         from sklearn.linear_model import LogisticRegression as SkLogistic

@@ -26,6 +26,7 @@ def median_cells(blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Each variant at saturation against its batching-off run, the raw ceiling and the peer; and the targets."""
     sat = f"c{max(args.levels)}"
     ceiling = r["raw_forward"][f"batch_{args.batch}"]["req_per_s"]
     peer = r["fastapi_peer"]["batching_on"][sat]
