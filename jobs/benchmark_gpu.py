@@ -10,7 +10,7 @@ writes JSON; the figures go in docs/benchmarks.md with the GPU named.
 
 import sys
 
-from lmrec.training.gpu_benchmark import main
+from lmrec.benchmarks.gpu import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ starts) on loopback. Prints a table and writes JSON; the figures go in docs/benc
 
 import sys
 
-from lmrec.serving.benchmark import main
+from lmrec.benchmarks.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

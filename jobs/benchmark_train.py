@@ -8,7 +8,7 @@ Prints a table and writes JSON; the figures go in docs/benchmarks.md.
 
 import sys
 
-from lmrec.training.benchmark import main
+from lmrec.benchmarks.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

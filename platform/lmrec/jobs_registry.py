@@ -9,7 +9,7 @@ from typing import Any
 CONFIG_CLASSES: dict[str, str] = {
     "train": "lmrec.training.config:TrainJobConfig",
     "tune_exploration": "lmrec.tuning.exploration:TuneExplorationConfig",
-    "benchmark_compression": "lmrec.compression.bench:BenchmarkConfig",
+    "benchmark_compression": "lmrec.benchmarks.compression:BenchmarkConfig",
     "tune_compression": "lmrec.tuning.compression:TuneCompressionConfig",
     "pipeline": "lmrec.pipeline:PipelineConfig",
 }

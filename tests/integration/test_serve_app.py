@@ -260,9 +260,9 @@ def test_fused_topology_ranks_in_the_ingress_logs_feedback_and_hot_swaps(
 
 def test_serving_benchmark_forward_and_peer_run_where_the_replicas_do(serve_model) -> None:
     """benchmark_serve's raw forward and peer take the replicas' device explicitly, never torch's "auto" pick."""
+    from lmrec.benchmarks.serve_model import model_device, raw_ceiling, request_bodies
+    from lmrec.benchmarks.serve_peer import make_app
     from lmrec.data.sequences import SequenceData
-    from lmrec.serving.benchmark import model_device, raw_ceiling, request_bodies
-    from lmrec.serving.peer import make_app
 
     assert (model_device(0), model_device(0.5), model_device(1)) == ("cpu", "cuda", "cuda")
     uri = f"models:/{SERVE_MODEL}@champion"

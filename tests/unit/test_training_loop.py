@@ -82,7 +82,6 @@ def deterministic():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(prepared: Path, tmp_path: Path, deterministic: None) -> None:
     extra = ("train.epochs=2", "train.checkpoint_every_steps=3", "model.loss=sampled", "model.num_negatives=16")
     ref_ctx = LocalContext(tmp_path / "ref")
@@ -173,49 +172,3 @@ def test_checkpoint_every_epochs_saves_only_those_epochs_and_resume_redoes_the_r
         _cfg(prepared, "train.epochs=2", "train.checkpoint_every_epochs=0", "train.max_steps_per_epoch=3"), ctx0
     )
     assert [c.name for c in ctx0.checkpoints] == ["checkpoint_00000006"] and len(ctx0.reports) == 3
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # the script subprocess alone may take up to 600 s
-def test_gpu_benchmark_script_runs_its_checks_on_cpu(prepared: Path, tmp_path: Path) -> None:
-    # The no-Ray GPU script (FSDP2 gradients vs one process, crash/resume, serving forward)
-    # on gloo here; on a GPU it runs the same code over NCCL (docs/benchmarks.md).
-    import json
-    import subprocess
-    import sys
-
-    out = tmp_path / "gpu.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lmrec.training.gpu_benchmark",
-        "--prepared",
-        str(prepared),
-        "--device",
-        "cpu",
-        "--parts",
-        "fsdp,forward",
-        "--check-size",
-        "tiny",
-        "--resume-steps",
-        "4",
-        "--forward-sizes",
-        "tiny",
-        "--batches",
-        "1,4",
-        "--repeats",
-        "2",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert res["backend"] == "gloo"
-    assert res["grad_check"]["fsdp_fp32"]["grad_rel_error"] < 1e-5
-    assert res["grad_check"]["fsdp_bf16"]["grad_rel_error"] < 5e-2
-    c = res["crash_resume"]
-    assert c["ok"] and c["global_step"] == 12 and c["epochs_completed"] == [0, 1, 2] and c["resumed_restarts"] == 1
-    assert [r["batch"] for r in res["forward"]] == [1, 4] and all(r["req_per_s"] > 0 for r in res["forward"])

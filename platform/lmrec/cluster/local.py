@@ -24,8 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 def ray_cli() -> list[str]:
-    """The `ray` command: the venv's console script, or `python -m` where Ray was unpacked onto
-    PYTHONPATH without one (a lent GPU machine: jobs/device/README.md)."""
+    """The `ray` command: this interpreter's console script, or `python -m` where Ray sits on
+    PYTHONPATH without one."""
     script = BIN / "ray"
     return [str(script)] if script.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
 

@@ -4,10 +4,10 @@
   per-item state that updates, serialises and merges.
 - `logs`: the versioned Parquet feedback-log schema, its atomic writer and validation.
 - `estimators`: IPS, SNIPS, DM, DR with bootstrap intervals; `reward_model`: our logistic regression.
-- `open_bandit`: the Open Bandit Dataset reader and the Bernoulli-TS check.
+- `open_bandit`: reward models on the Open Bandit Dataset (ours and the published configuration).
 - `log_ope`: evaluate a policy on our own logs; `replay`: the MovieLens replay simulator.
 - `objectives`: what the Tune search maximises; `artifacts`: policy JSON in MLflow.
-- `simulate`: a synthetic slate bandit with a known click model; `benchmark`: the OBD tables.
+- `simulate`: a synthetic slate bandit with a known click model. The OBD benchmark is `lmrec.benchmarks.ope`.
 """
 
 from lmrec.exploration.estimators import ESTIMATORS, Estimate, OPEData, dm, dr, evaluate, ips, snips

@@ -4,7 +4,7 @@ Data, not code: the Beta(alpha, beta) prior per item and campaign from the Open 
 Pipeline's `obp/policy/conf/prior_bts.yaml` (github.com/st-tech/zr-obp, obp 0.4.1 on PyPI,
 Apache-2.0), i.e. what `BernoulliTS(is_zozotown_prior=True, campaign=...)` starts from.
 The OBP paper evaluates this policy from the Random logs; we simulate it ourselves
-(`lmrec.exploration.open_bandit.bts_action_dist`).
+(`lmrec.benchmarks.obd_bts.bts_action_dist`).
 """
 
 from __future__ import annotations

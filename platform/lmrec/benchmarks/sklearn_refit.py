@@ -2,7 +2,7 @@
 
     <python> sklearn_refit.py problems.npz coefs.npz
 
-Run by `lmrec.exploration.benchmark.published_pipeline_reruns` under *other*
+Run by `lmrec.benchmarks.ope_solvers.published_pipeline_reruns` under *other*
 interpreters (virtualenvs holding older scikit-learn, SciPy and NumPy releases), so it
 imports nothing but NumPy and scikit-learn and runs on NumPy 1.x. Each problem
 `X{i}`, `y{i}` is fitted by obp 0.5.4 quickstart's base model,

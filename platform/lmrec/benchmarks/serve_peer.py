@@ -5,7 +5,7 @@ same `LoadedModel.rank` behind an asyncio micro-batcher with the same batch size
 wait timeout as `@serve.batch`, and the forward in a worker thread. No exploration,
 cache or logging: a lower bound on work, which makes the comparison strict for Serve.
 
-    python -m lmrec.serving.peer --model-uri <folder> --port 8100 --max-batch-size 64
+    python -m lmrec.benchmarks.serve_peer --model-uri <folder> --port 8100 --max-batch-size 64
 """
 
 import argparse
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     uvicorn.run(
-        "lmrec.serving.peer:app_from_env",
+        "lmrec.benchmarks.serve_peer:app_from_env",
         factory=True,
         workers=args.workers,
         host="127.0.0.1",

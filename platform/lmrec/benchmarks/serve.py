@@ -24,17 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from lmrec.config import load_config, to_dict
+from lmrec.benchmarks.loadgen import run_load
+from lmrec.benchmarks.serve_model import device_name, make_model, model_device, raw_ceiling, request_bodies
+from lmrec.benchmarks.serve_report import median_cells, print_table, ratios
+from lmrec.config import load_config
 from lmrec.data.config import DataConfig
-from lmrec.data.prepare import prepare_dataset
-from lmrec.data.sequences import SequenceData
-from lmrec.models.artifacts import save_model_dir
-from lmrec.models.seqrec import SeqRecModel, init_weights_
-from lmrec.models.sizes import build_config
-from lmrec.serving.loadgen import run_load
 
 HAPROXY_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 # name -> (Ray environment, app topology, further app args)
@@ -46,90 +42,6 @@ VARIANTS: dict[str, tuple[dict[str, str], str, dict[str, Any]]] = {
     # the same, with POST /recommend through FastAPI's route instead of the plain-ASGI fast path
     "serve_haproxy_throughput_fused_fastapi": (HAPROXY_THROUGHPUT, "fused", {"http_fast_path": False}),
 }
-
-
-def make_model(data_cfg: DataConfig, size: str, out: Path) -> tuple[Path, SequenceData]:
-    """A randomly initialised model over the dataset's catalog (latency does not depend on weights)."""
-    prepared = prepare_dataset(data_cfg)
-    data = SequenceData.load(prepared.path, with_meta=False)
-    cfg = build_config(size, data.num_items, dropout=0.0)
-    model = SeqRecModel(cfg)
-    init_weights_(model, 0)
-    save_model_dir(
-        out,
-        cfg,
-        model.state_dict(),
-        prepared.manifest["item_ids"],
-        {"dataset": prepared.manifest["dataset"], "data_config": to_dict(data_cfg)},
-    )
-    return out, data
-
-
-def request_bodies(data: SequenceData, n: int, k: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` distinct explicit-history requests (cache misses), from real user prefixes."""
-    rng = np.random.default_rng(seed)
-    item_ids = np.asarray(data.manifest["item_ids"])
-    bodies, seen = [], set()
-    while len(bodies) < n:
-        u = int(rng.integers(data.num_users))
-        seq = data.sequence(u)
-        end = int(rng.integers(3, len(seq) + 1))
-        hist = item_ids[seq[max(0, end - 50) : end] - 1].tolist()
-        key = tuple(hist)
-        if key in seen:
-            continue
-        seen.add(key)
-        bodies.append({"history": hist, "k": k, "explore": False})
-    return bodies
-
-
-def raw_ceiling(
-    model_dir: Path,
-    bodies: list[dict[str, Any]],
-    batch: int,
-    threads: int,
-    forward: str = "auto",
-    rows_per_forward: int | None = None,
-    repeats: int = 20,
-    last_position_only: bool = True,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Requests/s of the model forward alone (no HTTP, no Serve) at batch `batch` and 1."""
-    from lmrec.config import from_dict
-    from lmrec.serving.config import ServeConfig
-    from lmrec.serving.runtime import load_model
-
-    torch.set_num_threads(threads)
-    cfg = from_dict(
-        ServeConfig,
-        {
-            "model_uri": str(model_dir),
-            "torch_threads": threads,
-            "forward": forward,
-            "device": device,
-            "batch": {"rows_per_forward": rows_per_forward},
-            "last_position_only": last_position_only,
-        },
-    )
-    loaded = load_model(str(model_dir), cfg)
-    rows = cfg.batch.forward_rows(loaded.device.type)
-    hists = [loaded.to_idx(b["history"]) for b in bodies]
-    k = bodies[0]["k"]
-    out: dict[str, Any] = {
-        "device": loaded.device.type,
-        "forward": loaded.forward,
-        "rows_per_forward": rows,
-        "last_position_only": loaded.last_position_only,
-    }
-    for bs in (1, batch):
-        loaded.rank(hists[:bs], k, [True] * bs, rows)  # warm-up
-        t0 = time.perf_counter()
-        for r in range(repeats):
-            chunk = [hists[(r * bs + i) % len(hists)] for i in range(bs)]
-            loaded.rank(chunk, k, [True] * bs, rows)
-        dt = (time.perf_counter() - t0) / repeats
-        out[f"batch_{bs}"] = {"forward_ms": round(dt * 1000, 2), "req_per_s": round(bs / dt, 1)}
-    return out
 
 
 def _wait(url: str, timeout: float = 300) -> None:
@@ -255,7 +167,7 @@ def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.N
         [
             sys.executable,
             "-m",
-            "lmrec.serving.peer",
+            "lmrec.benchmarks.serve_peer",
             "--model-uri",
             str(model_dir),
             "--port",
@@ -312,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_workers": args.peer_workers,
         "host": platform.node(),
         "cpus": os.cpu_count(),
-        "device": _device_name(args.gpus),
+        "device": device_name(args.gpus),
         "gpus_per_model_replica": args.gpus,
         "unix_time": int(time.time()),
     }
@@ -358,97 +270,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def model_device(gpus: float) -> str:
-    """ServeConfig.device for the replicas, the peer and the raw forward: "cuda" with `--gpus` > 0, else "cpu".
-
-    Set explicitly, not "auto": with `--gpus 0` on a CUDA machine the replicas get no GPU,
-    and the peer and raw forward (in processes Ray does not place) must not take one either.
-    """
-    return "cuda" if gpus else "cpu"
-
-
-def _device_name(gpus: float) -> str:
-    """What the replicas, the peer and the raw forward run on: "cpu", or the GPU's name."""
-    return f"cuda: {torch.cuda.get_device_name(0)}" if gpus else "cpu"
-
-
-def median_cells(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Cell-wise median over rounds of the same nested {section: {level: summary}} structure."""
-    first = blocks[0]
-    if "req_per_s" in first:  # one load summary
-        out = dict(first)
-        for key in ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "seconds"):
-            out[key] = round(float(np.median([b[key] for b in blocks])), 2)
-        out["errors"] = int(sum(b["errors"] for b in blocks))
-        if all(b.get("rows_per_forward_mean") is not None for b in blocks):
-            out["rows_per_forward_mean"] = round(float(np.median([b["rows_per_forward_mean"] for b in blocks])), 2)
-        out["rounds"] = len(blocks)
-        return out
-    return {k: median_cells([b[k] for b in blocks]) if isinstance(v, dict) else v for k, v in first.items()}
-
-
-def ratios(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    sat = f"c{max(args.levels)}"
-    ceiling = r["raw_forward"][f"batch_{args.batch}"]["req_per_s"]
-    peer = r["fastapi_peer"]["batching_on"][sat]
-    out: dict[str, Any] = {}
-    for name in args.variants:
-        v = r[name]
-        on, off = v["batching_on"][sat], v["batching_off"][sat]
-        out[name] = {
-            "batching_speedup": round(on["req_per_s"] / off["req_per_s"], 2),
-            "vs_raw_ceiling": round(on["req_per_s"] / ceiling, 3),
-            "cache_hit_p50_over_miss_p50": round(v["cache_hit"]["p50_ms"] / v["cache_miss"]["p50_ms"], 3),
-            "throughput_vs_fastapi_peer": round(on["req_per_s"] / peer["req_per_s"], 3),
-            "p99_vs_fastapi_peer": round(on["p99_ms"] / peer["p99_ms"], 3),
-        }
-    out["targets"] = {
-        "batching_speedup": ">= 3",
-        "vs_raw_ceiling": ">= 0.6",
-        "cache_hit_p50_over_miss_p50": "<= 0.2",
-        "throughput_vs_fastapi_peer": ">= 1.0",
-        "p99_vs_fastapi_peer": "<= 1.0",
-    }
-    return out
-
-
-def print_table(r: dict[str, Any]) -> None:
-    print(
-        f"\nserving benchmark: {r['model']['size']} model over {r['model']['num_items']} items ({r['model']['dataset']}), "
-        f"k={r['k']}, batch {r['max_batch_size']}, {r['torch_threads']} torch threads, {r['cpus']} CPUs, "
-        f"{r.get('replicas', 1)} model replica(s), {r.get('peer_workers', 1)} peer worker(s), {r.get('rounds', 1)} round(s)"
-    )
-    for key, label in (
-        ("raw_forward", "last block at the scored position only"),
-        ("raw_forward_full_last_block", "last block at every position"),
-    ):
-        rf = r.get(key)
-        if rf:
-            print(
-                f"raw forward (no HTTP, {rf.get('forward', 'eager')}, {label}): "
-                + ", ".join(
-                    f"{k}: {v['req_per_s']} req/s ({v['forward_ms']} ms)" for k, v in rf.items() if isinstance(v, dict)
-                )
-            )
-    print(f"{'server':<40}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for name in ["fastapi_peer", *VARIANTS]:
-        if name not in r:
-            continue
-        for section in ("batching_on", "batching_off", "cache_hit", "cache_miss"):
-            block = r[name].get(section)
-            if not block:
-                continue
-            rows = block.items() if "req_per_s" not in block else [("c1", block)]
-            for level, s in rows:
-                setting = f"{section.replace('batching_', 'batch ')} {level}"
-                rows_fwd = f"  ({s['rows_per_forward_mean']} rows/forward)" if s.get("rows_per_forward_mean") else ""
-                print(
-                    f"{name:<40}{setting:<16}{s['req_per_s']:>9.1f}{s['p50_ms']:>9.2f}{s['p95_ms']:>9.2f}{s['p99_ms']:>9.2f}"
-                    f"{s['errors']:>8}{rows_fwd}"
-                )
-    print(json.dumps(r["ratios"], indent=1))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k")
@@ -490,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus < 0 or (args.gpus > 0 and not torch.cuda.is_available()):
         p.error(f"--gpus {args.gpus}: must be 0 (CPU) or > 0 on a machine where torch sees a CUDA device")
     result = run(args)
-    print_table(result)
+    print_table(result, VARIANTS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

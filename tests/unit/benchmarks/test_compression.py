@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmrec.compression.bench import BenchmarkConfig, check_targets, format_table, retime_saved, run_benchmark
+from lmrec.benchmarks.compression import BenchmarkConfig, main, retime_saved, run_benchmark
+from lmrec.benchmarks.compression_report import check_targets, format_table
 from lmrec.compression.spec import CompressionSpec
 from lmrec.config import ConfigError, load_config
 
@@ -60,6 +61,12 @@ def test_benchmark_config_validation() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(BenchmarkConfig, None, ["variants=[{name: a, prune: sparse}]"])
     assert info.value.key == "variants[0].prune"
+
+
+def test_main_exits_2_on_a_config_error_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(ROOT / "jobs/configs/benchmark_compression/synthetic.yaml")
+    assert main(["--config", config, "--out", str(tmp_path / "x.json"), "latency.nope=1"]) == 2
+    assert "config error" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
 def test_benchmark_runs_end_to_end_on_synthetic_data(tmp_path: Path) -> None:

@@ -4,14 +4,16 @@ Prepares the dataset in-process (no Ray), trains the teacher with the standard
 loop (or loads a given artifact), builds each `CompressionSpec` variant, evaluates
 full-ranking NDCG@10/HR@10 on the test split, saves every variant as a safe
 artifact (bytes on disk), times all models interleaved, and checks the issue's
-targets. `jobs/benchmark_compression.py` is the thin entry point.
+targets (`compression_report`). `jobs/benchmark_compression.py` runs `main`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from lmrec.benchmarks.compression_report import check_targets, format_table
 from lmrec.compression.artifacts import parameter_count, save_variant
 from lmrec.compression.latency import LatencyConfig, load_average, measure_latencies
 from lmrec.compression.pipeline import build_variant, calibration_batch
 from lmrec.compression.spec import CompressionSpec
-from lmrec.config import ConfigModel, check, config_hash, evolve, to_dict
+from lmrec.config import ConfigError, ConfigModel, check, config_hash, evolve, load_config, to_dict
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.seqrec import SeqRecModel
@@ -47,7 +50,7 @@ class TeacherSection(ConfigModel):
 
 
 class BenchmarkConfig(ConfigModel):
-    """Everything `jobs/benchmark_compression.py` needs."""
+    """Everything the compression benchmark needs (`jobs/configs/benchmark_compression/*.yaml`)."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherSection = Field(default_factory=TeacherSection)
@@ -166,66 +169,6 @@ def _quality(model: SeqRecModel, data: Any, cfg: BenchmarkConfig) -> dict[str, f
         )
         out.update({f"{split}/{k}": v for k, v in m.items() if k.startswith("full/")})
     return out
-
-
-def _only(spec: CompressionSpec, what: str) -> bool:
-    """The variant applies only technique `what`, so its target can be judged on its own."""
-    student, pruned, quant = spec.has_student, spec.prune != "none", spec.quantize != "none"
-    return {
-        "distill": student and spec.alpha > 0 and not pruned and not quant,  # alpha 0: trained, not distilled
-        "int8": spec.quantize == "int8" and not student and not pruned,
-        "structured50": spec.prune == "structured"
-        and abs(spec.prune_amount - 0.5) < 1e-9
-        and not student
-        and not quant,
-    }[what]
-
-
-def check_targets(
-    rows: list[dict[str, Any]], specs: dict[str, CompressionSpec], batch_sizes: list[int]
-) -> list[dict[str, Any]]:
-    """The issue's targets, one verdict per eligible variant."""
-    teacher = rows[0]
-    t_ndcg = teacher["test/full/ndcg@10"]
-    verdicts = []
-    for row in rows[1:]:
-        spec = specs[row["variant"]]
-        ndcg_ratio = row["test/full/ndcg@10"] / t_ndcg if t_ndcg > 0 else float("nan")
-        speed = {bs: teacher[f"b{bs}/p50_ms"] / row[f"b{bs}/p50_ms"] for bs in batch_sizes}
-        if _only(spec, "distill"):
-            ok = row["params_ratio"] <= 0.25 and ndcg_ratio >= 0.95
-            verdicts.append(
-                {
-                    "variant": spec.name,
-                    "target": "distilled student <= 25% params keeps >= 95% NDCG@10",
-                    "params_ratio": row["params_ratio"],
-                    "ndcg_ratio": ndcg_ratio,
-                    "met": bool(ok),
-                }
-            )
-        if _only(spec, "int8"):
-            ok = all(s >= 2.0 for s in speed.values()) and ndcg_ratio >= 0.98
-            verdicts.append(
-                {
-                    "variant": spec.name,
-                    "target": "int8: >= 2x lower CPU p50 latency at <= 2% NDCG@10 loss",
-                    "speedup_p50": {f"b{bs}": s for bs, s in speed.items()},
-                    "ndcg_ratio": ndcg_ratio,
-                    "met": bool(ok),
-                }
-            )
-        if _only(spec, "structured50"):
-            ok = all(s > 1.0 for s in speed.values())
-            verdicts.append(
-                {
-                    "variant": spec.name,
-                    "target": "structured pruning at 50% gives a measured speed-up",
-                    "speedup_p50": {f"b{bs}": s for bs, s in speed.items()},
-                    "ndcg_ratio": ndcg_ratio,
-                    "met": bool(ok),
-                }
-            )
-    return verdicts
 
 
 def run_benchmark(cfg: BenchmarkConfig, out_json: str | Path | None = None) -> dict[str, Any]:
@@ -357,38 +300,27 @@ def retime_saved(cfg: BenchmarkConfig, json_path: str | Path) -> dict[str, Any]:
     return result
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """A markdown table of the rows and a list of target verdicts."""
-    bss = result["config"]["latency"]["batch_sizes"]
-    head = ["variant", "params", "params %", "MB on disk", "NDCG@10", "HR@10", "NDCG % of teacher"]
-    for bs in bss:
-        head += [f"b{bs} p50 ms", f"b{bs} p99 ms", f"b{bs} speed-up"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in result["rows"]:
-        cells = [
-            r["variant"],
-            f"{r['params']:,}",
-            f"{100 * r['params_ratio']:.1f}",
-            f"{r['bytes'] / 1e6:.2f}",
-            f"{r['test/full/ndcg@10']:.4f}",
-            f"{r['test/full/hr@10']:.4f}",
-            f"{100 * r['ndcg_ratio']:.1f}",
-        ]
-        for bs in bss:
-            cells += [f"{r[f'b{bs}/p50_ms']:.2f}", f"{r[f'b{bs}/p99_ms']:.2f}", f"{r[f'b{bs}/speedup_p50']:.2f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for t in result["targets"]:
-        detail = {
-            k: (
-                round(v, 3)
-                if isinstance(v, float)
-                else {a: round(b, 2) for a, b in v.items()}
-                if isinstance(v, dict)
-                else v
-            )
-            for k, v in t.items()
-            if k not in ("variant", "target", "met")
-        }
-        lines.append(f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} ({t['variant']}: {detail})")
-    return "\n".join(lines)
+def main(argv: list[str] | None = None) -> int:
+    """Parse the config (exit 2 on a config error, before any work), run or re-time, print, write JSON."""
+    parser = argparse.ArgumentParser(
+        description="Benchmark compressed variants against their teacher: params, bytes, NDCG@10/HR@10, "
+        "CPU p50/p99 latency."
+    )
+    parser.add_argument("--config", help="YAML under jobs/configs/benchmark_compression/")
+    parser.add_argument("--out", default="out/benchmark_compression.json", help="results JSON")
+    parser.add_argument("--retime", action="store_true", help="only re-time the artifacts an earlier run saved")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. latency.iters=50")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(BenchmarkConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    result = retime_saved(cfg, args.out) if args.retime else run_benchmark(cfg, args.out)
+    print(format_table(result))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""What one FeedbackLog replica costs per served slate (Ray-free; `jobs/benchmark_feedback_log.py`).
+"""What one FeedbackLog replica costs per served slate (Ray-free; `jobs/benchmark_feedback_log.py` runs `main`).
 
 Every ranking replica ships its slates to the one FeedbackLog replica, so its CPU per
 impression bounds the whole app's request rate, and its join window (`max_impressions`
@@ -12,6 +12,7 @@ slates kept for feedback) is most of its memory. This measures both on the real
 
 from __future__ import annotations
 
+import argparse
 import gc
 import statistics
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lmrec.benchmarks.output import write_json
 from lmrec.serving.config import FeedbackConfig
 from lmrec.serving.feedback import FeedbackStore
 
@@ -120,3 +122,31 @@ def markdown(r: dict[str, Any]) -> str:
             f"| join window at max_impressions {FeedbackConfig().max_impressions:,} | {r['join_window_mib_at_default_max']:,.0f} MiB |",
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the arguments (exit 2 on a bad one), run, print the table, write JSON."""
+    p = argparse.ArgumentParser(
+        description="Benchmark one FeedbackLog replica's cost per served slate: ingest CPU and join-window memory."
+    )
+    p.add_argument("--impressions", type=int, default=4000)
+    p.add_argument("--candidates", type=int, default=100, help="exploration.num_candidates")
+    p.add_argument("--k", type=int, default=10, help="slate size")
+    p.add_argument("--ship-batch", type=int, default=20, help="slates per add_impressions call")
+    p.add_argument("--file-batch", type=int, default=512, help="feedback.batch_size")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default="out/benchmark_feedback_log.json")
+    a = p.parse_args(argv)
+    for name in ("impressions", "candidates", "k", "ship_batch", "file_batch", "rounds"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.k > a.candidates:
+        p.error("--k must be <= --candidates")
+    r = run(a.impressions, a.candidates, a.k, a.ship_batch, a.file_batch, a.rounds)
+    print(markdown(r))
+    print(f"\nwrote {write_json(r, a.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
