@@ -27,6 +27,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
+	PYTHONPATH=tests $(VENV)/bin/lint-imports  # layering contracts in pyproject.toml
 
 test: install lint
 	$(PY) -m pytest tests/unit tests/integration --durations=25 $(PYTEST_ARGS)  # unit first: no Ray cluster or Serve apps running under them

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import os
 import platform
 import re
 import subprocess
@@ -34,22 +34,44 @@ def test_lmrec_imports_from_the_platform_source_folder() -> None:
     assert Path(lmrec.__file__).resolve().parent == ROOT / "platform" / "lmrec"
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
+def _lint_imports(cwd: Path, pythonpath: list[Path]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)}
+    lint = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(lint)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_model_code_never_imports_ray_or_torch_distributed() -> None:
-    for folder in ("models", "exploration", "compression"):
-        for path in (ROOT / "platform" / "lmrec" / folder).rglob("*.py"):
-            bad = {n for n in _imports(path) if n == "ray" or n.startswith(("ray.", "torch.distributed"))}
-            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+def test_import_linter_contracts_are_kept() -> None:
+    """The layering contracts of pyproject.toml (transitive, lazy imports included) hold."""
+    out = _lint_imports(ROOT, [ROOT / "platform", ROOT / "tests"])
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout
+
+
+def test_the_submodule_contract_catches_an_indirect_torch_distributed_import(tmp_path: Path) -> None:
+    """The custom contract type sees `torch.distributed` reached through another module of the package."""
+    pkg = tmp_path / "src" / "toypkg"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "training").mkdir()
+    for init in (pkg / "__init__.py", pkg / "models" / "__init__.py", pkg / "training" / "__init__.py"):
+        init.write_text("")
+    (pkg / "models" / "net.py").write_text("import torch\n\n\ndef f():\n    from toypkg.training import shard\n")
+    (pkg / "training" / "shard.py").write_text("import torch.distributed as dist\n")
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.importlinter]\n"
+        'root_packages = ["toypkg"]\n'
+        "include_external_packages = true\n"
+        'contract_types = ["forbidden_submodules: lmrec_contracts.ForbiddenSubmoduleContract"]\n'
+        "[[tool.importlinter.contracts]]\n"
+        'name = "models never import torch.distributed"\n'
+        'type = "forbidden_submodules"\n'
+        'source_modules = ["toypkg.models"]\n'
+        'forbidden_submodules = ["torch.distributed"]\n'
+    )
+    out = _lint_imports(tmp_path, [tmp_path / "src", ROOT / "tests"])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "toypkg.models.net -> toypkg.training.shard" in out.stdout.replace("\n", " ").replace("  ", " ")
+    (pkg / "training" / "shard.py").write_text("import torch\n")
+    assert _lint_imports(tmp_path, [tmp_path / "src", ROOT / "tests"]).returncode == 0
 
 
 def test_job_files_stay_thin() -> None:

@@ -24,13 +24,14 @@ from pydantic import Field
 from lmrec.benchmarks.compression_report import check_targets, format_table
 from lmrec.compression.artifacts import parameter_count, save_variant
 from lmrec.compression.latency import LatencyConfig, load_average, measure_latencies
-from lmrec.compression.pipeline import build_variant, calibration_batch
 from lmrec.compression.spec import CompressionSpec
+from lmrec.compression.variant import calibration_batch
 from lmrec.config import ConfigError, ConfigModel, check, config_hash, evolve, load_config, to_dict
 from lmrec.data.config import DataConfig
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.seqrec import SeqRecModel
 from lmrec.models.sizes import ModelSpec
+from lmrec.training.compress import build_variant
 from lmrec.training.config import TrainConfig
 
 TEACHER_DIR = "teacher"

@@ -11,12 +11,13 @@ from compress_helpers import NUM_ITEMS
 from lmrec.compression.artifacts import load_variant, parameter_count, save_variant
 from lmrec.compression.distill import distillation_loss
 from lmrec.compression.latency import LatencyConfig, measure_latencies
-from lmrec.compression.pipeline import build_variant, calibration_batch, steps_to_schedule, train_with
 from lmrec.compression.quantize import Int8Linear
 from lmrec.compression.spec import CompressionSpec
+from lmrec.compression.variant import calibration_batch
 from lmrec.config import ConfigError, from_dict
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models import SeqRecModel, build_config, init_weights_
+from lmrec.training.compress import build_variant, steps_to_schedule, train_with
 from lmrec.training.config import TrainConfig
 from lmrec.training.loop import default_loss
 

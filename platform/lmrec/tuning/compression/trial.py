@@ -48,7 +48,7 @@ def _load_teacher(config: dict[str, Any]) -> Any:
 
 def _calib(config: dict[str, Any], max_len: int) -> Any:
     """The structured-pruning calibration rows (same seed in the trial and on every rank)."""
-    from lmrec.compression.pipeline import calibration_batch
+    from lmrec.compression.variant import calibration_batch
 
     n = int(config.get("calibration_rows", 0))
     return calibration_batch(config["prepared_path"], max_len, n) if n else None
@@ -57,7 +57,7 @@ def _calib(config: dict[str, Any], max_len: int) -> Any:
 def compress_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: distil a student, or fine-tune a pruned teacher, with the standard loop."""
     from lmrec.compression.distill import distillation_loss
-    from lmrec.compression.pipeline import masked_loss, starting_model
+    from lmrec.compression.variant import masked_loss, starting_model
     from lmrec.training.config import TrainJobConfig
     from lmrec.training.loop import RayTrainContext, run_training
 
@@ -107,11 +107,12 @@ def _compression_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
     from ray import tune
 
     from lmrec.compression.artifacts import save_variant
-    from lmrec.compression.pipeline import starting_model, steps_to_schedule, training_steps
     from lmrec.compression.prune import apply_masks_
     from lmrec.compression.quantize import quantize
+    from lmrec.compression.variant import starting_model, training_steps
     from lmrec.data.sequences import SequenceData, train_examples
     from lmrec.evaluation.protocols import evaluate_scorer, model_scorer
+    from lmrec.training.compress import steps_to_schedule
 
     cfg = from_dict(TuneCompressionConfig, job["cfg"])
     ctx = tune.get_context()

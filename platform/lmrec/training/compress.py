@@ -1,35 +1,34 @@
-"""Build one compressed variant from a teacher, in-process (no Ray).
+"""Build one compressed variant from a teacher with the training loop, in-process (no Ray).
 
-student (distilled with the training loop's own pieces) -> prune (+ recovery
-fine-tune by distillation) -> quantize. Training goes through
-`lmrec.training.loop.run_training` with a distillation `LossFn` and a
-`RunContext`: `LocalContext` here and in the benchmark, `RayTrainContext` when a
-Tune trial drives a Ray Train run. Nothing of the loop is copied.
+student (distilled with the training loop's own pieces) -> prune (+ recovery fine-tune by
+distillation) -> quantize. Training goes through `lmrec.training.loop.run_training` with a
+distillation `LossFn` and a `RunContext`: `LocalContext` here and in the benchmark,
+`RayTrainContext` when a Tune trial drives a Ray Train run. Nothing of the loop is copied.
+This lives in training/ because compression/ stays below the training loop.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from lmrec.compression.distill import LossFn, distillation_loss
 from lmrec.compression.prune import apply_masks_, prune
 from lmrec.compression.quantize import quantize
 from lmrec.compression.spec import CompressionSpec
+from lmrec.compression.variant import masked_loss, trained_key
 from lmrec.config import evolve
 from lmrec.data.sequences import SequenceData, train_examples
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.seqrec import SeqRecModel, init_weights_
 from lmrec.training.config import TrainConfig, TrainJobConfig
+from lmrec.training.loop import LocalContext, run_training
 
 
 @dataclass
@@ -54,19 +53,6 @@ def steps_to_schedule(total_steps: int, num_examples: int, train: TrainConfig) -
     return evolve(train, epochs=epochs, max_steps_per_epoch=min(cap, per_epoch))
 
 
-def masked_loss(loss_fn: LossFn, masks: dict[str, torch.Tensor]) -> LossFn:
-    """Re-zero magnitude-pruned weights before every step, so fine-tuning keeps the sparsity.
-
-    Unsharded models only (single process or DDP): FSDP shards are not masked.
-    """
-
-    def fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        apply_masks_(model, masks)
-        return loss_fn(model, inputs, targets)
-
-    return fn
-
-
 def train_with(
     model: SeqRecModel,
     loss_fn: LossFn,
@@ -77,20 +63,12 @@ def train_with(
     ctx: Any | None = None,
 ) -> dict[str, Any]:
     """Run the standard training loop on `model` (in place, one process) for about `steps` steps."""
-    from lmrec.training.loop import LocalContext, run_training
-
     data = SequenceData.load(prepared_path, with_meta=False)
     n = len(train_examples(data, model.config.max_seq_len, train.sliding_window)[0])
     tc = steps_to_schedule(steps, n, evolve(train, strategy="none", num_workers=1))
     ec = evolve(eval_cfg, every_epochs=0)  # the caller evaluates the finished variant
     cfg = TrainJobConfig(train=tc, eval=ec, prepared_path=str(prepared_path))
     return run_training(cfg, ctx or LocalContext(), loss_fn=loss_fn, model=model)
-
-
-def trained_key(spec: CompressionSpec) -> str:
-    """Identity of everything before quantization: variants equal up to `quantize` share it."""
-    fields = {k: v for k, v in spec.to_dict().items() if k not in ("name", "quantize")}
-    return json.dumps(fields, sort_keys=True)
 
 
 def build_variant(
@@ -144,39 +122,3 @@ def build_variant(
     model = quantize(model.eval(), spec.quantize)
     info["build_seconds"] = round(time.time() - t0, 2)
     return VariantResult(spec, model, info)
-
-
-def starting_model(
-    spec: CompressionSpec, teacher: SeqRecModel, seed: int, calib_inputs: torch.Tensor | None = None
-) -> tuple[SeqRecModel, dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """Where a single-phase training run starts: a fresh student, or the (pruned) teacher.
-
-    For Ray Train workers (a Tune trial is one training run): a student is trained
-    for `distill_steps`, a pruned teacher fine-tuned for `finetune_steps` (see
-    `training_steps`); a spec with both a student and pruning needs two phases, which
-    `build_variant` does in-process. Deterministic, so every rank starts from the same
-    weights. Returns (model, magnitude keep-masks or None, JSON-friendly info).
-    """
-    if spec.has_student:
-        model = SeqRecModel(spec.student_config(teacher.config))
-        init_weights_(model, seed)
-        if spec.prune != "none":
-            raise ValueError(f"variant {spec.name}: prune the teacher or train a student, not both")
-        return model, None, {"start": "student"}
-    model, pinfo = prune(teacher, spec.prune, spec.prune_amount, calib_inputs=calib_inputs)
-    masks = pinfo.pop("masks", None)
-    return model, masks, {"start": "teacher", "prune": pinfo}  # type: ignore[return-value]
-
-
-def training_steps(spec: CompressionSpec) -> int:
-    """Optimisation steps a variant needs: the student's distillation, or the pruned model's fine-tune."""
-    return spec.distill_steps if spec.has_student else spec.finetune_steps
-
-
-def calibration_batch(prepared_path: str | Path, max_len: int, n: int = 256, seed: int = 0) -> torch.Tensor:
-    """(n, max_len) training input rows for activation-based pruning importance."""
-    data = SequenceData.load(prepared_path, with_meta=False)
-    inputs, _ = train_examples(data, max_len)
-    rng = np.random.default_rng(seed)
-    sel = rng.choice(len(inputs), size=min(n, len(inputs)), replace=False)
-    return torch.from_numpy(inputs[np.sort(sel)])
