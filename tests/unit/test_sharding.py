@@ -66,7 +66,7 @@ def _worker(rank: int, world: int, port: int, strategy: str, out_dir: str) -> No
         if rank == 0:
             torch.save({"grads": grads, "sizes": sizes, "full": full}, Path(out_dir) / f"{strategy}.pt")
         # Both ranks done with every collective before either tears gloo down: a rank that
-        # exited while its peer was still talking was once aborted (SIGABRT in a gloo thread).
+        # exits while its peer is still talking can be aborted (SIGABRT in a gloo thread).
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -131,7 +131,7 @@ def test_early_stopping_and_best_epoch_selection(prepared: Path, tmp_path: Path)
 
 def test_resume_when_the_checkpoint_holds_no_best_weights(prepared: Path, tmp_path: Path) -> None:
     # select_best off: validation still records the best epoch, but no best weights are
-    # saved, so resuming must not ask the checkpoint for them (it used to fail here).
+    # saved, so resuming must not ask the checkpoint for them (DCP fails on a key it does not hold).
     extra = (
         "train.epochs=2",
         "train.checkpoint_every_steps=3",

@@ -19,7 +19,7 @@ PUBLISHED_II: dict[str, dict[str, float]] = {  # REFERENCE_NUMBERS.md 5c (ii): m
 
 
 def markdown_tables(result: dict[str, Any]) -> str:
-    """The OPE tables as Markdown (what docs/benchmarks_exploration.md shows)."""
+    """The OPE tables as Markdown (what docs/benchmarks/exploration.md shows)."""
     lines = []
     pi = result["protocol_i"]
     truth = pi["truth"]

@@ -1,9 +1,10 @@
-"""Model artifacts: safetensors weights + JSON config + item vocabulary. Never pickles.
+"""Model artifacts: safetensors weights + JSON config + item vocabulary. No pickle.
 
 A folder holds `model.safetensors`, `config.json` (SeqRecConfig), `vocab.json`
 (item_idx i+1 <-> original item id) and `metadata.json`. Loading reads only
 these formats, so a model pulled from a registry cannot run code; a folder that
 carries pickle-based weights instead is refused with `UnsafeArtifactError`.
+Training checkpoints are not artifacts: DCP pickles parts of them (`lmrec.training.checkpoint`).
 """
 
 from __future__ import annotations

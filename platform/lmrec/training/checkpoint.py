@@ -5,6 +5,13 @@ DCP's `.metadata` and `train_state.json`, and every rank writes its RNG state.
 Ray Train merges the folders of all ranks into one checkpoint directory in
 storage, and uploads it only after the files are complete, so a crash while
 saving never leaves a checkpoint that resume would pick up half-written.
+
+Checkpoints are not pickle-free: DCP writes `.metadata` with `pickle.dump` and reads it with
+`pickle.load` (`FileSystemReader.read_metadata`, called by `dcp.load` and `_has_best`), and it
+stores the optimizer's non-tensor entries (`param_groups`: lr, betas, ...) with `torch.save` and
+loads them with `torch.load(weights_only=False)`; only tensors load with `weights_only=True`.
+Loading a checkpoint can run code from it, so resume only from checkpoints you wrote. Registry
+model artifacts (`lmrec.models.artifacts`) hold no pickle.
 """
 
 from __future__ import annotations
