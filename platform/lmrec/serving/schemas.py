@@ -7,23 +7,31 @@ by the app and answered with 422 as well.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+
+def _one_context_schema(schema: dict[str, Any]) -> None:
+    """What `_one_context` enforces, in JSON Schema: exactly one of `user_id` (an integer) and
+    `history` (a non-empty array); the other absent or null. Fuzzers generate from this."""
+    schema["examples"] = [
+        {"user_id": 196, "k": 10},
+        {"history": [242, 302, 377, 51], "k": 5, "exclude_seen": True, "explore": False},
+    ]
+    for branch in schema["properties"]["history"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["minItems"] = 1
+    schema["oneOf"] = [
+        {"required": ["user_id"], "properties": {"user_id": {"type": "integer"}, "history": {"type": "null"}}},
+        {"required": ["history"], "properties": {"history": {"type": "array"}, "user_id": {"type": "null"}}},
+    ]
 
 
 class RecommendRequest(BaseModel):
     """Recommend for a known user (history from the prepared dataset) or an explicit history."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"user_id": 196, "k": 10},
-                {"history": [242, 302, 377, 51], "k": 5, "exclude_seen": True, "explore": False},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_context_schema)
 
     user_id: StrictInt | None = Field(None, description="a user of the model's training data")
     history: list[StrictInt] | None = Field(None, description="item ids, oldest first (instead of user_id)")
