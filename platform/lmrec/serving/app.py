@@ -17,8 +17,9 @@ into them (Ray metrics, the handle, `@serve.batch`) in lmrec.serving.replica. No
 bound application.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: in a replica, Serve's copy of the Ingress class carries
+# only the globals its methods' bodies use, so FastAPI could not resolve string annotations of the
+# route parameters there (the request body would turn into query parameters).
 import os
 import time
 from typing import Any

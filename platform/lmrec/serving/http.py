@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import lmrec
 from lmrec.serving.config import ServeConfig
@@ -74,6 +76,17 @@ def error(status: int, error: str, detail: Any = None) -> JSONResponse:
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Malformed JSON, wrong types, unknown fields: 422 with the offending locations."""
     return JSONResponse(status_code=422, content=invalid_body(exc.errors()))
+
+
+@API.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """A body that is not even text (FastAPI's 400 "error parsing the body") is malformed JSON like any
+    other: 422, as the /recommend fast path answers it. Everything else as FastAPI answers it."""
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeError):
+        return JSONResponse(
+            status_code=422, content=invalid_body([{"loc": ("body",), "msg": "Invalid JSON: not UTF-8"}])
+        )
+    return await http_exception_handler(request, exc)
 
 
 # POST /recommend skips FastAPI's layers when the replica registers its handler (http_fast_path).

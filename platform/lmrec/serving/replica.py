@@ -36,7 +36,7 @@ class RayMetrics:
             made = getattr(metrics, metric.kind)(
                 metric.name, description=metric.description, tag_keys=metric.tag_keys, **kw
             )
-            record = {"Counter": made.inc, "Gauge": made.set, "Histogram": made.observe}[metric.kind]
+            record = getattr(made, {"Counter": "inc", "Gauge": "set", "Histogram": "observe"}[metric.kind])
             self._record[metric.name] = record
         record(value, tags=dict(tags) if tags else None)
 

@@ -16,16 +16,15 @@ from pydantic import ValidationError
 
 from lmrec.config import from_dict
 from lmrec.serving.config import ServeConfig
-from lmrec.serving.schemas import RecommendRequest
+from lmrec.serving.schemas import FeedbackRequest, RecommendRequest
 
-# Integral floats (1.0) are left out: JSON Schema counts them as integers, the strict model does not,
-# and no schema keyword can tell them apart. Schema-driven generators send integers as `1`.
-INTS = st.one_of(st.integers(-3, 3), st.integers())
+# Integers as JSON spells them: `3` and `3.0` (JSON Schema's `integer` admits both, and so do fuzzers).
+INTS = st.one_of(st.integers(-3, 3), st.integers(), st.integers(-(2**53), 2**53).map(float))
 VALUES = st.one_of(
     st.none(),
     st.booleans(),
     INTS,
-    st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=3),
     st.lists(INTS, max_size=3),
     st.lists(st.one_of(st.text(max_size=2), st.booleans()), min_size=1, max_size=2),
@@ -38,20 +37,35 @@ BODIES = st.one_of(
 )
 
 
-def _model_accepts(body: dict[str, Any]) -> bool:
+FEEDBACK = st.one_of(
+    st.dictionaries(st.sampled_from(["request_id", "item_id", "reward", "zzz"]), VALUES, max_size=4),
+    st.fixed_dictionaries(
+        {"request_id": st.text(max_size=130), "item_id": INTS, "reward": st.one_of(INTS, st.booleans(), VALUES)}
+    ),
+)
+
+
+def _model_accepts(body: dict[str, Any], model: type = RecommendRequest) -> bool:
     try:
-        RecommendRequest.model_validate_json(json.dumps(body))  # as the fast path reads a body
+        model.model_validate_json(json.dumps(body))  # as the fast path reads a body
     except ValidationError:
         return False
     return True
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=BODIES)
 def test_the_request_schema_accepts_exactly_what_the_model_accepts(body: dict[str, Any]) -> None:
     schema = RecommendRequest.model_json_schema()
     schema_ok = jsonschema.Draft202012Validator(schema).is_valid(body)
     assert schema_ok == _model_accepts(body), (body, schema_ok)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=FEEDBACK)
+def test_the_feedback_schema_accepts_exactly_what_the_model_accepts(body: dict[str, Any]) -> None:
+    schema_ok = jsonschema.Draft202012Validator(FeedbackRequest.model_json_schema()).is_valid(body)
+    assert schema_ok == _model_accepts(body, FeedbackRequest), (body, schema_ok)
 
 
 def test_exactly_one_of_user_id_and_history() -> None:
@@ -65,6 +79,9 @@ def test_exactly_one_of_user_id_and_history() -> None:
         ({}, False),
         ({"user_id": None, "history": None}, False),
         ({"history": []}, False),
+        ({"user_id": 196.0, "k": 5.0}, True),  # JSON Schema's integers: 196.0 is 196
+        ({"user_id": 196.5}, False),
+        ({"user_id": True}, False),
     ]:
         assert validator.is_valid(body) is ok is _model_accepts(body), body
 
@@ -86,6 +103,10 @@ def test_the_document_states_the_deployment_limits(document: dict[str, Any]) -> 
     assert len(body["oneOf"]) == 2 and body["examples"]
     assert document["servers"] == [{"url": "/main"}]
     assert set(document["paths"]) == {"/recommend", "/feedback", "/healthz", "/version"}  # docs routes hidden
+    for path, model in (("/recommend", "RecommendRequest"), ("/feedback", "FeedbackRequest")):
+        post = document["paths"][path]["post"]  # the body is the request model, nothing is a query parameter
+        assert "parameters" not in post, post["parameters"]
+        assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
 
 
 def test_every_status_a_route_answers_is_documented(document: dict[str, Any]) -> None:
@@ -100,3 +121,25 @@ def test_every_status_a_route_answers_is_documented(document: dict[str, Any]) ->
     error = document["components"]["schemas"]["ErrorResponse"]
     assert not_shown["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     assert error["required"] == ["error"]
+
+
+def test_a_body_that_is_not_text_is_a_422_like_any_malformed_json() -> None:
+    """FastAPI answers a non-UTF-8 JSON body with 400; the app's handlers make it the 422 the fast path gives."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from lmrec.serving import http
+
+    app = FastAPI(exception_handlers=http.API.exception_handlers)
+
+    @app.post("/feedback")
+    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
+        return body.model_dump()
+
+    client = TestClient(app)
+    headers = {"content-type": "application/json"}
+    for raw in (b"\xe9{\xc3C\xa7Y f2", b"\xff\xfe garbage", b"{not json"):
+        r = client.post("/feedback", content=raw, headers=headers)
+        assert r.status_code == 422 and r.json()["error"] == "invalid request", (raw, r.text)
+    assert client.post("/feedback", json={"request_id": "a", "item_id": 3.0, "reward": 1}).json()["item_id"] == 3
+    assert client.get("/nowhere").status_code == 404  # other HTTP errors as FastAPI answers them
