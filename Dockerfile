@@ -49,6 +49,6 @@ RUN --mount=type=bind,from=builder,source=/home/ray/wheels,target=/tmp/wheels \
     && pip install --no-cache-dir --constraint /tmp/constraints.txt /tmp/wheels/lmrec-*.whl \
         psycopg2-binary==2.9.13 boto3==1.44.18 \
     && lmrec models > /dev/null
-# docs/kuberay/rayservice.yaml deploys from working_dir local:///home/ray/lmrec: the serve-deploy YAMLs and
-# the serve_apps package they import.
+# The serve-deploy YAMLs, for `serve deploy` from inside the image; the app they name
+# (lmrec.serving.app:build_app) comes from the installed wheel.
 COPY --chown=ray:users serve_apps/ /home/ray/lmrec/serve_apps/

@@ -1,1 +1,1 @@
-"""Ray Serve applications of lmrec (`serve run serve_apps.recommender:build_app`)."""
+"""Serve-deploy YAMLs of lmrec's recommender (import path `lmrec.serving.app:build_app`) and a thin re-export."""

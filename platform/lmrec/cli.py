@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "serve",
         help="deploy the recommender app (Ray Serve) on the local/RAY_ADDRESS cluster",
-        description="Deploy serve_apps/recommender.py; the model defaults to models:/lmrec-seqrec@champion.",
+        description="Deploy the recommender app (lmrec.serving.app); the model defaults to models:/lmrec-seqrec@champion.",
     )
     s.add_argument("--model-uri", help="models:/name@alias, models:/name/3, runs:/<id>/model or a folder")
     s.add_argument("--config", help="YAML of ServeConfig keys (the `args:` block of serve_apps/recommender.yaml)")

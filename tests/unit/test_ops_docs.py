@@ -4,9 +4,9 @@ dashboard and the cluster/monitoring docs.
 * Both KubeRay manifests are ray.io/v1 RayCluster/RayService objects with token authentication, the
   autoscaler on and sane worker-group bounds; the RayService's embedded app validates as a ServeConfig,
   has the API key on, and is the app of serve_apps/recommender_cluster.yaml.
-* Every metric a dashboard panel queries is one the code defines: the `ray.util.metrics` objects of
-  serve_apps/recommender.py and the gauges `RayTrainContext.publish` creates for the keys that
-  `run_training` publishes (read from the source, no Ray, no torch).
+* Every metric a dashboard panel queries is one the code defines: the serving metrics of
+  lmrec.serving.metrics (a Ray-free module) and the gauges `RayTrainContext.publish` creates for the keys
+  that `run_training` publishes (read from the source, no Ray, no torch).
 * docs/cluster.md and docs/monitoring.md explain token authentication and the Grafana import.
 """
 
@@ -32,7 +32,6 @@ RAYSERVICE = ROOT / "docs" / "kuberay" / "rayservice.yaml"
 DASHBOARD = ROOT / "docs" / "grafana" / "lmrec_dashboard.json"
 SERVE_YAML = ROOT / "serve_apps" / "recommender.yaml"
 SERVE_CLUSTER_YAML = ROOT / "serve_apps" / "recommender_cluster.yaml"
-RECOMMENDER_PY = ROOT / "serve_apps" / "recommender.py"
 LOOP_PY = ROOT / "platform" / "lmrec" / "training" / "loop.py"
 
 # Ray's metrics agent exports application metrics (ray.util.metrics) under the "ray" namespace:
@@ -95,23 +94,11 @@ def _const_keys(node: ast.Dict) -> set[str]:
 
 
 def serve_metrics() -> dict[str, tuple[str, set[str]]]:
-    """name -> (kind, tag keys) of every ray.util.metrics object in serve_apps/recommender.py."""
-    out: dict[str, tuple[str, set[str]]] = {}
-    for node in ast.walk(ast.parse(RECOMMENDER_PY.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("Gauge", "Counter", "Histogram")
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "metrics"
-        ):
-            name = node.args[0].value
-            tags: set[str] = set()
-            for kw in node.keywords:
-                if kw.arg == "tag_keys":
-                    tags = {e.value for e in kw.value.elts}
-            out[name] = (node.func.attr, tags)
-    assert out, "no metrics found in serve_apps/recommender.py"
+    """name -> (kind, tag keys) of every serving metric (lmrec.serving.metrics, what the app records)."""
+    from lmrec.serving.metrics import SERVE_METRICS
+
+    out = {metric.name: (metric.kind, set(metric.tag_keys)) for metric in SERVE_METRICS}
+    assert len(out) == len(SERVE_METRICS), "two serving metrics share a name"
     return out
 
 
@@ -227,7 +214,7 @@ def exported_names() -> dict[str, tuple[str, set[str]]]:
 @pytest.mark.parametrize("path", [SERVE_YAML, SERVE_CLUSTER_YAML], ids=lambda p: p.name)
 def test_serve_deploy_yaml_args_validate_as_serve_config(path: Path) -> None:
     app = _serve_app(yaml.safe_load(path.read_text()))
-    assert app["import_path"] == "serve_apps.recommender:build_app"
+    assert app["import_path"] == "lmrec.serving.app:build_app"  # the installed package, any working directory
     from_dict(ServeConfig, app["args"])  # raises ConfigError naming the key
 
 
@@ -244,7 +231,7 @@ def test_cluster_serve_yaml_is_the_same_app_with_the_api_key_on() -> None:
     assert [d["name"] for d in cluster["deployments"]] == [d["name"] for d in base["deployments"]]
     # cluster.yaml exports the variable before `ray start` on every node
     assert "LMREC_SERVE_API_KEY" in (ROOT / "cluster.yaml").read_text()
-    assert cluster["runtime_env"]["working_dir"].startswith("local:///")  # `serve deploy` rejects "."
+    assert "working_dir" not in cluster["runtime_env"]  # the nodes' lmrec install has the app: no checkout
     _validate_serve_deploy_schema(cluster_config)
     _validate_serve_deploy_schema(yaml.safe_load(SERVE_YAML.read_text()))  # the local one too
 
@@ -307,9 +294,7 @@ def test_rayservice_manifest_embeds_the_cluster_app_with_the_api_key_on() -> Non
     cluster_app = _serve_app(yaml.safe_load(SERVE_CLUSTER_YAML.read_text()))
     assert app["args"] == cluster_app["args"]
     assert app["deployments"] == cluster_app["deployments"]
-    assert {k: v for k, v in app["runtime_env"].items() if k != "working_dir"} == {
-        k: v for k, v in cluster_app["runtime_env"].items() if k != "working_dir"
-    }
+    assert app["import_path"] == cluster_app["import_path"] and app["runtime_env"] == cluster_app["runtime_env"]
     _validate_serve_deploy_schema(serve_config)
 
 
@@ -373,7 +358,7 @@ def test_every_dashboard_metric_exists_in_the_code() -> None:
         names = re.findall(r"(?<![A-Za-z0-9_])(ray_lmrec_\w+)", expr)
         assert names, f"{where}: no lmrec metric in {expr}"
         unknown = sorted(set(names) - set(exported))
-        assert not unknown, f"{where}: {unknown} are not defined in serve_apps/recommender.py or published by loop.py"
+        assert not unknown, f"{where}: {unknown} are not defined in lmrec.serving.metrics or published by loop.py"
         used |= {exported[n][0] for n in names}
         # labels in selectors and `by (...)` must be tags of the metrics queried
         labels = set(RAY_DEFAULT_LABELS)

@@ -21,7 +21,7 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 def serve_demo(result: Any, port: int = 8000) -> None:
-    """champion <- the demo's version; deploy serve_apps/recommender.py; recommend + feedback."""
+    """champion <- the demo's version; deploy lmrec.serving.app; recommend + feedback."""
     from lmrec.serving import launch
     from lmrec.tracking.mlflow_utils import set_alias
 

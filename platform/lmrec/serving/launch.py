@@ -1,56 +1,35 @@
 """Start the recommender app on a Ray cluster from Python (`lmrec serve`, `lmrec demo`).
 
-`serve_apps/` sits beside `platform/` in the repository, not inside the installed
-package, so it is shipped to the replicas as a `py_modules` entry of the runtime env —
-what running `serve run serve_apps/recommender.yaml` from the repo root does.
+The app is `lmrec.serving.app:build_app` in the installed package: every replica imports it from
+its node's lmrec install, so nothing is shipped and any working directory works.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+import os
 from typing import Any
 
 APP_NAME = "recommender"
 
 
-def repo_root() -> Path:
-    import lmrec
-
-    return Path(lmrec.__file__).resolve().parents[2]
-
-
-def serve_apps_dir() -> Path:
-    path = repo_root() / "serve_apps"
-    if not (path / "recommender.py").exists():
-        raise FileNotFoundError(f"{path}/recommender.py not found: run lmrec from a checkout of the repository")
-    return path
-
-
 def build_app(args: dict[str, Any]) -> Any:
-    """`serve_apps.recommender:build_app(args)`, importable from any working directory."""
-    root = str(repo_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module = importlib.import_module("serve_apps.recommender")
-    return module.build_app(args)
+    """`lmrec.serving.app:build_app(args)` (imported here, so that `lmrec` starts without Ray Serve)."""
+    from lmrec.serving.app import build_app as build
+
+    return build(args)
 
 
 def ensure_ray_for_serve(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join (or start) Ray with serve_apps/ shipped to every worker."""
-    import os
-
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray."""
     import ray
 
     if ray.is_initialized():
         return
-    runtime_env = {"py_modules": [str(serve_apps_dir())]}
     addr = address or os.environ.get("RAY_ADDRESS")
     if addr:
-        ray.init(address=addr, runtime_env=runtime_env)
+        ray.init(address=addr)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env)
+        ray.init(num_cpus=num_cpus)
 
 
 def start(

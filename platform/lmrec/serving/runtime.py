@@ -86,7 +86,11 @@ class LoadedModel:
 
     def to_idx(self, ids: Sequence[int]) -> np.ndarray:
         """Original item ids -> item_idx; RequestError(422) naming unknown ids."""
-        arr = np.asarray(ids, dtype=np.int64)
+        try:
+            arr = np.asarray(ids, dtype=np.int64)
+        except OverflowError:  # beyond 64 bits (JSON integers are unbounded): in no catalog
+            bad = [i for i in ids if not -(2**63) <= i < 2**63][:10]
+            raise RequestError(422, f"unknown item id(s) {bad} (not in the catalog of {self.version})") from None
         pos = np.searchsorted(self._sorted_ids, arr)
         pos_c = np.minimum(pos, len(self._sorted_ids) - 1)
         ok = self._sorted_ids[pos_c] == arr

@@ -1,33 +1,59 @@
 """HTTP request/response models of the recommender API (pydantic, strict, with examples).
 
-Strict types: `"k": "5"` is a 422, not a silent coercion; unknown fields are a 422.
-Bounds that depend on the deployed model (catalog size, history length) are checked
-by the app and answered with 422 as well.
+Strict types: `"k": "5"` is a 422, not a silent coercion; unknown fields are a 422. An integer
+is what JSON Schema calls one (`type: integer`, the published schema): `5` or `5.0`, never `5.5`,
+`"5"` or `true`. Bounds that depend on the deployed model (catalog size, history length) are
+checked by the app and answered with 422 as well.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON's `31.0` is the integer 31 to JSON Schema (and to schema-driven clients and fuzzers)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
+
+
+def _reward(value: Any) -> Any:
+    """0 or 1 as JSON Schema reads `enum: [0, 1]`: `1.0` is 1, `true` is not a number."""
+    if isinstance(value, bool):
+        raise ValueError("Input should be 0 or 1")
+    return _whole_number(value)
+
+
+def _one_context_schema(schema: dict[str, Any]) -> None:
+    """What `_one_context` enforces, in JSON Schema: exactly one of `user_id` (an integer) and
+    `history` (a non-empty array); the other absent or null. Fuzzers generate from this."""
+    schema["examples"] = [
+        {"user_id": 196, "k": 10},
+        {"history": [242, 302, 377, 51], "k": 5, "exclude_seen": True, "explore": False},
+    ]
+    for branch in schema["properties"]["history"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["minItems"] = 1
+    schema["oneOf"] = [
+        {"required": ["user_id"], "properties": {"user_id": {"type": "integer"}, "history": {"type": "null"}}},
+        {"required": ["history"], "properties": {"history": {"type": "array"}, "user_id": {"type": "null"}}},
+    ]
 
 
 class RecommendRequest(BaseModel):
     """Recommend for a known user (history from the prepared dataset) or an explicit history."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"user_id": 196, "k": 10},
-                {"history": [242, 302, 377, 51], "k": 5, "exclude_seen": True, "explore": False},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_context_schema)
 
-    user_id: StrictInt | None = Field(None, description="a user of the model's training data")
-    history: list[StrictInt] | None = Field(None, description="item ids, oldest first (instead of user_id)")
-    k: StrictInt = Field(10, ge=1, description="slate size")
+    user_id: JsonInt | None = Field(None, description="a user of the model's training data")
+    history: list[JsonInt] | None = Field(None, description="item ids, oldest first (instead of user_id)")
+    k: JsonInt = Field(10, ge=1, description="slate size")
     exclude_seen: StrictBool = Field(True, description="never recommend items already in the history")
     explore: StrictBool = Field(True, description="let the exploration policy pick the slate (else greedy top-k)")
 
@@ -77,8 +103,10 @@ class FeedbackRequest(BaseModel):
     )
 
     request_id: str = Field(min_length=1, max_length=128)
-    item_id: StrictInt
-    reward: Literal[0, 1] = Field(description="1 = click, 0 = shown but not clicked")
+    item_id: JsonInt
+    reward: Annotated[Literal[0, 1], BeforeValidator(_reward)] = Field(
+        description="1 = click, 0 = shown but not clicked"
+    )
 
 
 class FeedbackResponse(BaseModel):
