@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmrec.exploration import logs as logs_mod
 from lmrec.exploration.logs import (
     FEEDBACK_SCHEMA,
+    VERSION_KEY,
     FeedbackLogError,
     FeedbackLogWriter,
     FeedbackRecord,
@@ -25,6 +25,7 @@ from lmrec.exploration.logs import (
     records_to_table,
     validate_table,
 )
+from lmrec.exploration.logs import writer as logs_mod  # the writer module: tests patch its file writes
 from lmrec.exploration.policies import build_policy
 
 DAY1 = dt.datetime(2024, 3, 1, 23, 59, tzinfo=dt.timezone.utc)
@@ -62,7 +63,7 @@ def test_round_trip_with_date_partitions(tmp_path: Path) -> None:
     assert table.schema.equals(FEEDBACK_SCHEMA)
     assert sorted(table["request_id"].to_pylist()) == [f"req-{i}" for i in range(5)]
     assert table["rewards"].null_count == 5  # rewards are joined later
-    assert pq.read_schema(files[0]).metadata[logs_mod.VERSION_KEY] == b"1"
+    assert pq.read_schema(files[0]).metadata[VERSION_KEY] == b"1"
     row = table.filter(pa.compute.equal(table["request_id"], "req-0")).to_pylist()[0]
     assert row["positions"] == [0, 1] and len(row["propensities"]) == 2
 
