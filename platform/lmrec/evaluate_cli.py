@@ -17,7 +17,7 @@ from lmrec.evaluation.protocols import evaluate_scorer, model_scorer
 from lmrec.models.artifacts import load_model_dir
 from lmrec.models.config import SeqRecConfig
 from lmrec.models.seqrec import SeqRecModel
-from lmrec.training.loop import EXPORT_DIR, JOB_CONFIG_FILE, MODEL_CONFIG_FILE
+from lmrec.training.steps import EXPORT_DIR, JOB_CONFIG_FILE, MODEL_CONFIG_FILE
 from lmrec.training.trainer import write_metrics_json
 
 

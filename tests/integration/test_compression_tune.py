@@ -33,7 +33,8 @@ def _register(model: SeqRecModel, item_ids: list[int], folder: Path, uri: str) -
 def teacher_uri(ray_cluster, mlflow_server, synthetic_prepared, tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
     """A tiny teacher trained in-process with the standard loop on the shared synthetic dataset."""
     from lmrec.training.config import TrainJobConfig
-    from lmrec.training.loop import LocalContext, run_training
+    from lmrec.training.context import LocalContext
+    from lmrec.training.loop import run_training
 
     data_cfg, prepared = synthetic_prepared
     model = SeqRecModel(build_config("tiny", prepared.num_items, max_seq_len=30, dropout=0.1))

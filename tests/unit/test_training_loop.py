@@ -17,7 +17,9 @@ from lmrec.evaluation.protocols import evaluate_scorer, popularity_scorer
 from lmrec.models.artifacts import load_model_dir
 from lmrec.training.checkpoint import read_state
 from lmrec.training.config import TrainJobConfig
-from lmrec.training.loop import EXPORT_DIR, LocalContext, default_loss, run_training
+from lmrec.training.context import LocalContext
+from lmrec.training.loop import run_training
+from lmrec.training.steps import EXPORT_DIR, default_loss
 
 
 @pytest.fixture(scope="module")

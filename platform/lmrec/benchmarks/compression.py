@@ -108,7 +108,8 @@ def get_teacher(cfg: BenchmarkConfig, prepared: Path, out_dir: Path) -> tuple[Se
     from lmrec.models.artifacts import load_model_dir, save_model_dir
     from lmrec.models.seqrec import init_weights_
     from lmrec.training.config import TrainJobConfig
-    from lmrec.training.loop import LocalContext, run_training
+    from lmrec.training.context import LocalContext
+    from lmrec.training.loop import run_training
 
     manifest = json.loads((prepared / "manifest.json").read_text())
     if cfg.teacher.artifact:

@@ -18,8 +18,10 @@ from lmrec.config import load_config, replace
 from lmrec.data.sequences import SequenceData, shard_batches, train_examples
 from lmrec.training.checkpoint import read_state
 from lmrec.training.config import TrainJobConfig
-from lmrec.training.loop import LocalContext, default_loss, run_training, setup_model, train_step
+from lmrec.training.context import LocalContext
+from lmrec.training.loop import run_training
 from lmrec.training.sharding import resolve_precision, state_bytes
+from lmrec.training.steps import default_loss, setup_model, train_step
 
 BASE = [
     "model.max_seq_len=50",

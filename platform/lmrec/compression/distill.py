@@ -40,12 +40,12 @@ from torch import nn
 from lmrec.ids import PAD_ID
 from lmrec.models.seqrec import SeqRecModel
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # same as lmrec.training.loop.LossFn
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # same as lmrec.training.steps.LossFn
 TOPK_FORMAT = "lmrec-teacher-topk"
 
 
 def plain_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The model's own training loss (identical to `lmrec.training.loop.default_loss`)."""
+    """The model's own training loss (identical to `lmrec.training.steps.default_loss`)."""
     return model(inputs, targets=targets)
 
 

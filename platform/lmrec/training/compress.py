@@ -28,7 +28,8 @@ from lmrec.data.sequences import SequenceData, train_examples
 from lmrec.evaluation.config import EvalConfig
 from lmrec.models.seqrec import SeqRecModel, init_weights_
 from lmrec.training.config import TrainConfig, TrainJobConfig
-from lmrec.training.loop import LocalContext, run_training
+from lmrec.training.context import LocalContext
+from lmrec.training.loop import run_training
 
 
 @dataclass

@@ -1,306 +1,48 @@
-"""The training loop, built from small pieces that tuning and distillation reuse.
+"""The training loop: `run_training` strings the pieces of `lmrec.training.steps` together.
 
-Pieces: `setup_model` (build, init, shard, optimizer), `train_step` (one
+Pieces (steps.py): `setup_model` (build, init, shard, optimizer), `train_step` (one
 optimisation step with a pluggable loss), `evaluate` (distributed full-ranking and
 sampled metrics), `export_model` (gather full weights to rank 0 as safetensors).
-`run_training` strings them together and talks to its environment only through a
-`RunContext`: `RayTrainContext` under Ray Train, `LocalContext` in-process. So
-the loop runs without a cluster (tests, benchmarks) exactly as it runs on one.
+The loop talks to its environment only through a `RunContext` (context.py):
+`RayTrainContext` under Ray Train, `LocalContext` in-process. So the loop runs without a
+cluster (tests, benchmarks) exactly as it runs on one.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from lmrec.config import from_dict, to_dict
-from lmrec.data.sequences import SequenceData, shard_batches, train_examples, trim_padding
-from lmrec.evaluation.metrics import metric_sums, sums_to_metrics
-from lmrec.evaluation.protocols import rank_batch
-from lmrec.models.artifacts import save_model_dir
-from lmrec.models.config import SeqRecConfig
-from lmrec.models.seqrec import SeqRecModel, init_weights_
+from lmrec.data.sequences import SequenceData, shard_batches, train_examples
+from lmrec.models.seqrec import SeqRecModel
 from lmrec.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from lmrec.training.config import TrainConfig, TrainJobConfig
-from lmrec.training.sharding import autocast, resolve_precision, state_bytes, unwrap, wrap_model
-
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-MODEL_CONFIG_FILE = "model_config.json"
-JOB_CONFIG_FILE = "job_config.json"
-EXPORT_DIR = "export"
-
-
-# ------------------------------------------------------------------ environment
-
-
-class RunContext(Protocol):
-    """What the loop needs from where it runs."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def latest_checkpoint(self) -> Any | None:
-        """A context manager yielding a local folder, or None."""
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        """Publish metrics (and a checkpoint folder this rank wrote)."""
-
-    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
-        """Live gauges for monitoring (Prometheus under Ray); may be a no-op."""
-
-
-class LocalContext:
-    """No Ray: one process, or one rank of a plain torch.distributed group (torchrun).
-
-    Checkpoints go to `root/checkpoint_<step>`; with several ranks each rank's shard
-    files land in the same folder, as Ray Train merges them.
-    """
-
-    def __init__(self, root: str | Path | None = None, device: str = "cpu") -> None:
-        distributed = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if distributed else 0
-        self.world_size = dist.get_world_size() if distributed else 1
-        self.device = torch.device(device)
-        self.root = Path(root) if root else None
-        self.reports: list[dict[str, Any]] = []
-        self.checkpoints: list[Path] = []
-
-    def latest_checkpoint(self) -> Any | None:
-        if self.root is None:
-            return None
-        found = sorted(self.root.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
-        if not found:
-            return None
-        from contextlib import nullcontext
-
-        return nullcontext(str(found[-1]))
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        self.reports.append(dict(metrics))
-        if checkpoint_dir and self.root is not None:
-            dst = self.root / f"checkpoint_{metrics.get('global_step', len(self.reports)):08d}"
-            if dst.exists() and self.world_size == 1:
-                shutil.rmtree(dst)
-            shutil.copytree(checkpoint_dir, dst, dirs_exist_ok=True)
-            self.checkpoints.append(dst)
-        if checkpoint_dir:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
-        return None
-
-
-class RayTrainContext:
-    """Inside a Ray Train worker (Train V2 APIs)."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def latest_checkpoint(self) -> Any | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        return ckpt.as_directory() if ckpt is not None else None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.train
-        from ray.train import Checkpoint
-
-        ckpt = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
-        if checkpoint_dir:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    _gauges: dict[str, Any] = {}
-
-    def publish(self, values: dict[str, float], tags: dict[str, str]) -> None:
-        """Gauges on Ray's Prometheus endpoint: lmrec_train_<name>{run, rank, ...}."""
-        from ray.util import metrics
-
-        for name, value in values.items():
-            key = "lmrec_train_" + "".join(c if c.isalnum() else "_" for c in name)
-            gauge = self._gauges.get(key)
-            if gauge is None:
-                gauge = metrics.Gauge(key, description=f"lmrec training: {name}", tag_keys=tuple(sorted(tags)))
-                self._gauges[key] = gauge
-            gauge.set(float(value), tags=tags)
-
-
-# ------------------------------------------------------------------ pieces
-
-
-@dataclass
-class Setup:
-    model: nn.Module  # possibly wrapped (DDP) or sharded in place (FSDP2)
-    optimizer: torch.optim.Optimizer
-    config: SeqRecConfig
-    dtype: torch.dtype
-
-
-def setup_model(
-    model_cfg: SeqRecConfig, train: TrainConfig, device: torch.device, model: SeqRecModel | None = None
-) -> Setup:
-    """Build (or take) the model, initialise it identically on every rank, shard it, make AdamW."""
-    if model is None:
-        model = SeqRecModel(model_cfg)
-        init_weights_(model, train.seed)
-    dtype = resolve_precision(train.precision, device)
-    wrapped = wrap_model(model, train.strategy, device, dtype)
-    optimizer = torch.optim.AdamW(
-        [p for p in wrapped.parameters() if p.requires_grad],
-        lr=train.lr,
-        betas=(train.betas[0], train.betas[1]),
-        weight_decay=train.weight_decay,
-    )
-    return Setup(wrapped, optimizer, model_cfg, dtype)
-
-
-def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:
-    """Learning rate for global step `step` (stateless, so resume needs no scheduler state)."""
-    if train.warmup_steps and step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    if train.schedule == "cosine" and total_steps > train.warmup_steps:
-        progress = (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps)
-        return train.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return train.lr
-
-
-def default_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return model(inputs, targets=targets)
-
-
-def train_step(
-    setup: Setup,
-    inputs: np.ndarray,
-    targets: np.ndarray,
-    device: torch.device,
-    lr: float,
-    grad_clip: float,
-    strategy: str,
-    loss_fn: LossFn = default_loss,
-) -> float:
-    """One optimisation step on a (B, L) batch; returns the loss."""
-    inputs, targets = trim_padding(inputs, targets)
-    x = torch.from_numpy(inputs).to(device, non_blocking=True)
-    y = torch.from_numpy(targets).to(device, non_blocking=True)
-    for group in setup.optimizer.param_groups:
-        group["lr"] = lr
-    setup.model.train()
-    with autocast(device, setup.dtype, strategy):
-        loss = loss_fn(setup.model, x, y)
-    setup.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), grad_clip)
-    setup.optimizer.step()
-    return float(loss.detach())
-
-
-def _all_reduce(values: np.ndarray, device: torch.device) -> np.ndarray:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.cpu().numpy()
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: SequenceData,
-    split: str,
-    max_len: int,
-    ks: list[int],
-    protocols: list[str],
-    batch_size: int,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
-    num_negatives: int = 100,
-    seed: int = 0,
-    max_users: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    strategy: str = "none",
-) -> dict[str, float]:
-    """Metrics over all users, each rank ranking users rank::world_size.
-
-    Every rank runs the same number of forward passes (FSDP gathers weights
-    collectively), padding its last batches with a dummy user it then ignores.
-    """
-    model.eval()
-    total = data.num_users if max_users is None else min(max_users, data.num_users)
-    mine = np.arange(rank, total, world_size)
-    per_rank = -(-total // world_size)
-    n_batches = -(-per_rank // batch_size)
-
-    def scorer(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, dtype, strategy):
-            return model(x).float()
-
-    out: dict[str, float] = {}
-    for protocol in protocols:
-        rng = np.random.default_rng([seed, rank])
-        sums = np.zeros(len(ks) * 2 + 2)  # metric sums + user count
-        for b in range(n_batches):
-            users = mine[b * batch_size : (b + 1) * batch_size]
-            dummy = len(users) == 0
-            ranks = rank_batch(
-                scorer,
-                data,
-                users if not dummy else np.array([0]),
-                split,
-                max_len,
-                device,
-                protocol,
-                num_negatives,
-                rng,
-            )
-            if not dummy:
-                sums[:-1] += metric_sums(ranks, ks)
-                sums[-1] += len(users)
-        sums = _all_reduce(sums, device)
-        for name, value in sums_to_metrics(sums[:-1], int(sums[-1]), ks).items():
-            out[f"{split}/{protocol}/{name}"] = value
-    model.train()
-    return out
-
-
-def export_model(
-    setup: Setup, directory: str | Path, item_ids: list[int], metadata: dict[str, Any], rank: int
-) -> Path | None:
-    """Collective: gather full weights; rank 0 writes the safetensors artifact folder."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if dist.is_available() and dist.is_initialized():
-        sd = get_model_state_dict(setup.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        sd = {k: v.detach().cpu() for k, v in unwrap(setup.model).state_dict().items()}
-    if rank != 0:
-        return None
-    sd = {k.removeprefix("module."): v.float() for k, v in sd.items()}
-    return save_model_dir(directory, setup.config, sd, item_ids, metadata)
-
+from lmrec.training.config import TrainJobConfig
+from lmrec.training.context import RayTrainContext, RunContext
+from lmrec.training.sharding import state_bytes
+from lmrec.training.steps import (
+    EXPORT_DIR,
+    JOB_CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    LossFn,
+    all_reduce,
+    default_loss,
+    evaluate,
+    export_model,
+    lr_at,
+    setup_model,
+    train_step,
+)
 
 # ------------------------------------------------------------------ the loop
 
@@ -485,11 +227,11 @@ def run_training(
                 and state.global_step % tc.checkpoint_every_steps == 0
                 and step + 1 < steps_per_epoch
             ):
-                part = _all_reduce(np.array([loss_sum, loss_n], dtype=np.float64), ctx.device)
+                part = all_reduce(np.array([loss_sum, loss_n], dtype=np.float64), ctx.device)
                 state.epoch_loss = (carried + part).tolist()
                 checkpoint({"epoch": epoch, "global_step": state.global_step, "train_loss": loss, "mid_epoch": 1})
         seconds = time.time() - t_epoch
-        sums = carried + _all_reduce(np.array([loss_sum, loss_n], dtype=np.float64), ctx.device)
+        sums = carried + all_reduce(np.array([loss_sum, loss_n], dtype=np.float64), ctx.device)
         state.epoch_loss = [0.0, 0.0]
         row: dict[str, float] = {
             "epoch": epoch,

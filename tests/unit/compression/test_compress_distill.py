@@ -15,7 +15,7 @@ from compress_helpers import NUM_ITEMS, batch
 
 from lmrec.compression.distill import TeacherTopK, check_teacher_catalog, distillation_loss, soft_kl
 from lmrec.data.sequences import trim_padding
-from lmrec.training.loop import default_loss
+from lmrec.training.steps import default_loss
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from lmrec.evaluation.config import EvalConfig
 from lmrec.models import SeqRecModel, build_config, init_weights_
 from lmrec.training.compress import build_variant, steps_to_schedule, train_with
 from lmrec.training.config import TrainConfig
-from lmrec.training.loop import default_loss
+from lmrec.training.steps import default_loss
 
 TRAIN = TrainConfig(batch_size=32, lr=3e-3, strategy="none", log_every_steps=1000, seed=7)
 EVAL = EvalConfig(protocols=["full"], ks=[10], every_epochs=0)

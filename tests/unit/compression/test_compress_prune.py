@@ -20,7 +20,7 @@ from lmrec.compression.prune import (
     sparsity,
 )
 from lmrec.models.artifacts import load_model_dir
-from lmrec.training.loop import default_loss
+from lmrec.training.steps import default_loss
 
 
 def test_sparsity_zero_is_the_uncompressed_model(make_model) -> None:

@@ -59,7 +59,8 @@ def compress_loop_per_worker(config: dict[str, Any]) -> None:
     from lmrec.compression.distill import distillation_loss
     from lmrec.compression.variant import masked_loss, starting_model
     from lmrec.training.config import TrainJobConfig
-    from lmrec.training.loop import RayTrainContext, run_training
+    from lmrec.training.context import RayTrainContext
+    from lmrec.training.loop import run_training
 
     cfg = from_dict(TrainJobConfig, config["job"])
     spec = from_dict(CompressionSpec, config["spec"])
@@ -133,7 +134,7 @@ def _compression_trial(params: dict[str, Any], job: dict[str, Any]) -> None:
 
         from lmrec.models.artifacts import load_model_dir
         from lmrec.training.config import TrainJobConfig
-        from lmrec.training.loop import EXPORT_DIR
+        from lmrec.training.steps import EXPORT_DIR
 
         data = SequenceData.load(job["prepared_path"], with_meta=False)
         n = len(train_examples(data, model.config.max_seq_len, cfg.train.sliding_window)[0])

@@ -187,7 +187,9 @@ def train_replay_model(interactions: Any, before_ts: int, rc: ReplayScenarioConf
     from lmrec.data.prepare import prepare_dataset
     from lmrec.evaluation.config import EvalConfig
     from lmrec.training.config import TrainJobConfig
-    from lmrec.training.loop import EXPORT_DIR, LocalContext, run_training
+    from lmrec.training.context import LocalContext
+    from lmrec.training.loop import run_training
+    from lmrec.training.steps import EXPORT_DIR
 
     pre = interactions.filter(pc.less(interactions["ts"], before_ts)).sort_by(
         [("ts", "ascending"), ("user", "ascending"), ("item", "ascending")]
