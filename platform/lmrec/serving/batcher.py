@@ -2,14 +2,14 @@
 
 Stage one groups requests that arrive within `batch_wait_timeout_s` into micro-batches and
 returns at once a future per request: in a replica that is `@serve.batch`
-(`lmrec.serving.app.ServeBatch`), elsewhere `SingleBatch` (each request its own micro-batch).
+(`lmrec.serving.replica.ServeBatch`), elsewhere `SingleBatch` (each request its own micro-batch).
 Stage two, `ForwardBatcher`, is one thread that runs the model: each forward takes every
 micro-batch waiting (up to `max_rows` rows), so that while one forward runs the next one grows,
 and forwards follow each other without waiting for the event loop.
 
 Why not the forward inside the batch handler: Serve cuts the next batch while the last one runs
-(the handler's concurrency semaphore is taken after the cut), so under load batches were cut by
-the wait timeout: 6 rows per forward at 64 clients on 2 CPU cores. Why a thread and not an
+(the handler's concurrency semaphore is taken after the cut), so under load batches are cut by
+the wait timeout (6 rows per forward at 64 clients on 2 CPU cores). Why a thread and not an
 asyncio task around run_in_executor: the task's next turn waits behind every request callback
 queued on the loop (docs/benchmarks.md, Serving).
 """

@@ -190,8 +190,8 @@ class RankerCore:
 
     def flush_metrics(self) -> None:
         if self._version_value is not None:
-            # Re-set every flush: a gauge set only at load time was seen to vanish from the Prometheus
-            # endpoint after other apps' replicas on the cluster had stopped (tests/integration/test_metrics.py).
+            # Re-set every flush: a gauge set only at load time vanishes from the Prometheus endpoint
+            # once other apps' replicas on the cluster stop (tests/integration/test_metrics.py).
             num, version = self._version_value
             self.metrics.record(m.MODEL_VERSION, num, {"replica": self.replica, "model": version})
         counts, self._counts = self._counts, collections.Counter()
