@@ -98,3 +98,13 @@ def test_every_noqa_names_its_codes_and_a_reason() -> None:
             if m and not NOQA_WITH_REASON.match(m.group("rest")):
                 bad.append(f"{path.relative_to(ROOT)}:{no}: {text.strip()}")
     assert not bad, "a noqa needs its codes and a reason on the same line:\n" + "\n".join(bad)
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest imports test files by basename (no __init__.py under tests/): two alike stop collection."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path.name == "conftest.py":
+            continue
+        assert path.name not in seen, f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)} share a name"
+        seen[path.name] = path
