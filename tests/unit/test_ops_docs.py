@@ -32,7 +32,9 @@ RAYSERVICE = ROOT / "docs" / "kuberay" / "rayservice.yaml"
 DASHBOARD = ROOT / "docs" / "grafana" / "lmrec_dashboard.json"
 SERVE_YAML = ROOT / "serve_apps" / "recommender.yaml"
 SERVE_CLUSTER_YAML = ROOT / "serve_apps" / "recommender_cluster.yaml"
-LOOP_PY = ROOT / "platform" / "lmrec" / "training" / "loop.py"
+LOOP_PY = ROOT / "platform" / "lmrec" / "training" / "loop.py"  # run_training
+STEPS_PY = ROOT / "platform" / "lmrec" / "training" / "steps.py"  # evaluate
+CONTEXT_PY = ROOT / "platform" / "lmrec" / "training" / "context.py"  # RayTrainContext
 
 # Ray's metrics agent exports application metrics (ray.util.metrics) under the "ray" namespace:
 # a metric created as `lmrec_serve_batch_size` is scraped as `ray_lmrec_serve_batch_size`
@@ -104,8 +106,8 @@ def serve_metrics() -> dict[str, tuple[str, set[str]]]:
 
 def _evaluation_keys(split: str) -> set[str]:
     """Keys `evaluate(..., split, ...)` returns with the default EvalConfig (protocols x metric names)."""
-    loop = ast.parse(LOOP_PY.read_text())
-    fstrings = {ast.unparse(n) for n in ast.walk(_function(loop, "evaluate")) if isinstance(n, ast.JoinedStr)}
+    steps = ast.parse(STEPS_PY.read_text())
+    fstrings = {ast.unparse(n) for n in ast.walk(_function(steps, "evaluate")) if isinstance(n, ast.JoinedStr)}
     assert "f'{split}/{protocol}/{name}'" in fstrings, "evaluate() changed its key format; update this test"
     metrics = _load_source_module("_lmrec_eval_metrics", ROOT / "platform/lmrec/evaluation/metrics.py")
     config = _load_source_module("_lmrec_eval_config", ROOT / "platform/lmrec/evaluation/config.py")
@@ -170,8 +172,11 @@ def train_published_keys() -> set[str]:
 
 def train_metrics() -> dict[str, tuple[str, set[str]]]:
     """Gauge name -> ("Gauge", tag keys) as RayTrainContext.publish creates them."""
-    tree = ast.parse(LOOP_PY.read_text())
-    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "RayTrainContext")
+    cls = next(
+        n
+        for n in ast.walk(ast.parse(CONTEXT_PY.read_text()))
+        if isinstance(n, ast.ClassDef) and n.name == "RayTrainContext"
+    )
     publish = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "publish")
     naming = [
         ast.unparse(n.value)
@@ -181,7 +186,7 @@ def train_metrics() -> dict[str, tuple[str, set[str]]]:
     assert naming == ["'lmrec_train_' + ''.join((c if c.isalnum() else '_' for c in name))"], (
         f"RayTrainContext.publish names its gauges differently now ({naming}); update this test and the dashboard"
     )
-    fn = _function(tree, "run_training")
+    fn = _function(ast.parse(LOOP_PY.read_text()), "run_training")
     tags = next(
         _const_keys(n.value)
         for n in ast.walk(fn)
