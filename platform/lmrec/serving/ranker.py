@@ -1,9 +1,9 @@
 """RankerCore: ranks with the current model version, explores, hot-swaps versions (Ray-free).
 
 The app runs it as the `Ranker` deployment (topology `split`) or inside the `Ingress` replica
-(topology `fused`), with `ray.util.metrics`, a handle to the FeedbackLog and `@serve.batch`
-injected (lmrec.serving.app). Unit tests run it in-process with `InMemoryMetrics`, a
-`FeedbackLogCore` and `SingleBatch`.
+(topology `fused`), with `ray.util.metrics`, the FeedbackLog shards' handles (behind a
+lmrec.serving.shards.ShardedFeedbackClient) and `@serve.batch` injected (lmrec.serving.app).
+Unit tests run it in-process with `InMemoryMetrics`, a `FeedbackLogCore` and `SingleBatch`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from lmrec.serving.cache import TTLCache
 from lmrec.serving.config import BatchConfig, ServeConfig
 from lmrec.serving.metrics import MetricsSink
 from lmrec.serving.policy_source import PolicySource
+from lmrec.serving.shards import FeedbackClient, UnshippedError
 
 if TYPE_CHECKING:  # runtime imports torch: a split topology's Ingress replicas never load it
     from lmrec.serving.runtime import LoadedModel
@@ -34,14 +35,6 @@ METRICS_FLUSH_S = 1.0  # per-request counters reach the metrics sink this often
 SHUTDOWN_SHIP_TIMEOUT_S = 5.0  # a stopping replica waits this long for the FeedbackLog to take its last impressions
 
 RankItem = tuple["LoadedModel", np.ndarray, bool, int]  # (model, history in item_idx, exclude_seen, n)
-
-
-class FeedbackClient(Protocol):
-    """What a ranker needs from the FeedbackLog: where impressions go, where statistics come from."""
-
-    async def add_impressions(self, records: list[dict[str, Any]]) -> int: ...
-
-    async def policy_state(self) -> dict[str, Any]: ...
 
 
 class RankerCore:
@@ -212,7 +205,8 @@ class RankerCore:
                 await asyncio.sleep(0.5)  # the log replica may be restarting
 
     async def ship_impressions(self, timeout_s: float | None = None) -> bool:
-        """Send the buffered impressions to the FeedbackLog; on failure they stay buffered."""
+        """Send the buffered impressions to the FeedbackLog; on failure they stay buffered (of a
+        sharded log, only the parts the failing shards did not take)."""
         if not self._impressions:
             return True
         batch, self._impressions = self._impressions, []
@@ -220,7 +214,7 @@ class RankerCore:
             await asyncio.wait_for(self.feedback_log.add_impressions(batch), timeout_s)
             return True
         except Exception as exc:  # noqa: BLE001 (re-queue, keeping the order)
-            self._impressions = batch + self._impressions
+            self._impressions = (exc.unshipped if isinstance(exc, UnshippedError) else batch) + self._impressions
             log.warning("impression shipping failed (%d buffered): %s", len(self._impressions), exc)
             return False
 
