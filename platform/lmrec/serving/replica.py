@@ -1,7 +1,7 @@
 """What a Serve replica injects into lmrec's Ray-free serving cores, and the retried handle call.
 
 `RayMetrics` records into `ray.util.metrics`; `HandleFeedbackClient` reaches one FeedbackLog
-shard through its deployment handle (a ranker holds one per shard, behind a ShardedFeedbackClient); `ServeBatch` is `@serve.batch` as the ranker's first batching stage
+shard through its deployment handle (a ranker holds one per shard); `ServeBatch` is `@serve.batch` as the ranker's first batching stage
 (lmrec.serving.batcher); `call_upstream` retries a call while the replica behind it restarts.
 """
 
@@ -17,7 +17,6 @@ from ray import serve
 
 from lmrec.serving import metrics as m
 from lmrec.serving.batcher import Submit
-from lmrec.serving.shards import ShardedFeedbackClient
 
 log = logging.getLogger("ray.serve")
 
@@ -70,11 +69,11 @@ class ServeBatch:
         self.submit.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
 
-def replica_parts(feedback_logs: list[Any]) -> tuple[ShardedFeedbackClient, RayMetrics, str, type[ServeBatch]]:
+def replica_parts(feedback_logs: list[Any]) -> tuple[list[HandleFeedbackClient], RayMetrics, str, type[ServeBatch]]:
     """What RankerCore gets in a replica: the FeedbackLog shards' handles (index i: shard i), Ray
     metrics, its replica id, `@serve.batch`."""
     replica = serve.get_replica_context().replica_id.unique_id
-    return ShardedFeedbackClient([HandleFeedbackClient(h) for h in feedback_logs]), RayMetrics(), replica, ServeBatch
+    return [HandleFeedbackClient(h) for h in feedback_logs], RayMetrics(), replica, ServeBatch
 
 
 async def call_upstream(method: Any, retry_s: float, *args: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The feedback log as N shards (Ray-free): which shard owns a slate, and the views merged across shards.
 
 A slate belongs to the shard its `request_id` hashes to (`owner_shard`: CRC-32 of the UTF-8 id,
-mod N, the same in every process and Python run). Rankers split each impression batch by owner
-(`split_by_owner`, inside `ShardedFeedbackClient`), the Ingress sends `/feedback` to the owner, and a
+mod N, the same in every process and Python run). Rankers buffer and ship slates per owner
+(`ImpressionShipper`), the Ingress sends `/feedback` to the owner, and a
 restarted shard takes back only the slates it owns (`FeedbackStore.recover`), so each slate's join
 and dedupe live on exactly one shard. Exploration statistics and stats are per shard; the
 rankers' view is their sum (`merge_policy_states`, `merge_stats`).
@@ -11,10 +11,12 @@ rankers' view is their sum (`merge_policy_states`, `merge_stats`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+log = logging.getLogger("ray.serve")  # a logger name only: in a replica, Serve writes it to the replica's log
 FEEDBACK_LOG = "FeedbackLog"  # the deployment name of shard 0 (and of the log when it has one shard)
 
 
@@ -75,44 +77,79 @@ def merge_stats(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class FeedbackClient(Protocol):
-    """What a ranker needs from the FeedbackLog: where impressions go, where statistics come from.
-    One shard (its handle in a replica, a FeedbackLogCore in tests) or all of them (ShardedFeedbackClient)."""
+    """One shard as a ranker reaches it: its deployment handle in a replica, a FeedbackLogCore in tests."""
 
     async def add_impressions(self, records: list[dict[str, Any]]) -> int: ...
 
     async def policy_state(self) -> dict[str, Any]: ...
 
 
-class UnshippedError(Exception):
-    """Some shards did not take their part of an impression batch; `unshipped` are exactly those records
-    (the parts the other shards took are logged and must not be shipped again)."""
+class ImpressionShipper:
+    """A ranker's side of the log: its slates buffered per owner shard, each shard shipped by its own
+    loop, so a dead or restarting shard holds back only the slates it owns; statistics summed.
 
-    def __init__(self, unshipped: list[dict[str, Any]], cause: BaseException) -> None:
-        super().__init__(f"{len(unshipped)} impressions not shipped: {type(cause).__name__}: {cause}")
-        self.unshipped = unshipped
-
-
-class ShardedFeedbackClient:
-    """RankerCore's feedback client over every shard: batches split by owner, statistics summed."""
+    A failed call re-queues its batch ahead of newer slates. The loops set no timeout: a batch that
+    a slow shard may still be writing is never sent twice. Only `ship(timeout_s)` at shutdown
+    gives up, and what is left is reported lost."""
 
     def __init__(self, shards: Sequence[FeedbackClient]) -> None:
         if not shards:
             raise ValueError("a feedback log has at least one shard")
         self.shards = list(shards)
+        self.buffers: list[list[dict[str, Any]]] = [[] for _ in self.shards]
+        self._busy = [asyncio.Lock() for _ in self.shards]  # one call per shard at a time: order kept
+        self._in_flight = [0] * len(self.shards)
 
-    async def add_impressions(self, records: list[dict[str, Any]]) -> int:
-        """Ship each shard its slates (concurrently); raise UnshippedError naming what did not arrive."""
-        if len(self.shards) == 1:
-            return await self.shards[0].add_impressions(records)
-        parts = split_by_owner(records, len(self.shards))
-        sent = [(shard, part) for shard, part in zip(self.shards, parts) if part]
-        results = await asyncio.gather(*(shard.add_impressions(part) for shard, part in sent), return_exceptions=True)
-        failed = [(part, r) for (_, part), r in zip(sent, results) if isinstance(r, BaseException)]
-        if failed:
-            raise UnshippedError([rec for part, _ in failed for rec in part], failed[0][1])
-        return sum(int(r) for r in results)  # type: ignore[arg-type]  # no exceptions left
+    @property
+    def pending(self) -> int:
+        """Slates not yet taken by their shard (buffered or in a call that has not returned)."""
+        return sum(len(b) for b in self.buffers) + sum(self._in_flight)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.buffers[owner_shard(record["request_id"], len(self.shards))].append(record)
+
+    async def ship_shard(self, shard: int) -> bool:
+        """Send shard `shard` its buffered slates; on failure (or cancellation) they stay buffered."""
+        async with self._busy[shard]:
+            if not self.buffers[shard]:
+                return True
+            batch, self.buffers[shard] = self.buffers[shard], []
+            self._in_flight[shard] = len(batch)
+            try:
+                await self.shards[shard].add_impressions(batch)
+                return True
+            except asyncio.CancelledError:  # a shutdown's timeout: keep them counted as not shipped
+                self.buffers[shard] = batch + self.buffers[shard]
+                raise
+            except Exception as exc:  # noqa: BLE001 (re-queue, keeping the order)
+                self.buffers[shard] = batch + self.buffers[shard]
+                n = len(self.buffers[shard])
+                log.warning("impression shipping to shard %d failed (%d buffered): %s", shard, n, exc)
+                return False
+            finally:
+                self._in_flight[shard] = 0
+
+    async def ship(self, timeout_s: float | None = None) -> bool:
+        """Ship every shard its slates now (concurrently); True if all arrived within `timeout_s`."""
+        try:
+            sent = await asyncio.wait_for(
+                asyncio.gather(*(self.ship_shard(i) for i in range(len(self.shards)))), timeout_s
+            )
+        except asyncio.TimeoutError:
+            return False
+        return all(sent)
+
+    async def run(self, interval_s: float) -> None:
+        """The ship loops, one per shard, every `interval_s` (a failed shard waits 0.5 s more: it may be restarting)."""
+
+        async def loop(shard: int) -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                if not await self.ship_shard(shard):
+                    await asyncio.sleep(0.5)
+
+        await asyncio.gather(*(loop(i) for i in range(len(self.shards))))
 
     async def policy_state(self) -> dict[str, Any]:
         """Every shard's statistics, summed; raises if any shard cannot answer (the caller keeps its last state)."""
-        states = await asyncio.gather(*(shard.policy_state() for shard in self.shards))
-        return merge_policy_states(states)
+        return merge_policy_states(await asyncio.gather(*(shard.policy_state() for shard in self.shards)))

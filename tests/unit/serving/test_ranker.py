@@ -26,7 +26,7 @@ from lmrec.serving.feedback_log import FeedbackLogCore
 from lmrec.serving.metrics import InMemoryMetrics
 from lmrec.serving.ranker import RankerCore
 from lmrec.serving.runtime import LoadedModel, load_model
-from lmrec.serving.shards import ShardedFeedbackClient, owner_shard
+from lmrec.serving.shards import owner_shard
 
 ITEMS = list(range(101, 141))  # the catalog: 40 item ids
 
@@ -74,7 +74,7 @@ def _run(
         cfg = from_dict(ServeConfig, args)
         log = FeedbackLogCore(cfg, InMemoryMetrics())
         sink = InMemoryMetrics()
-        core = RankerCore(args, log, sink, replica="r0")
+        core = RankerCore(args, [log], sink, replica="r0")
         try:
             return await scenario(core, log, sink)
         finally:
@@ -294,7 +294,7 @@ def test_a_sharded_log_gets_each_slate_once_at_its_owner_and_statistics_are_summ
         cfg = from_dict(ServeConfig, args)
         logs = [FeedbackLogCore(cfg, InMemoryMetrics(), shard) for shard in range(2)]
         switches = [_Switch(log) for log in logs]
-        core = RankerCore(args, ShardedFeedbackClient(switches), InMemoryMetrics(), replica="r0")
+        core = RankerCore(args, switches, InMemoryMetrics(), replica="r0")
         try:
             switches[1].down = True
             served = [await core.recommend({"history": [101 + i, 120], "k": 3}) for i in range(12)]
@@ -302,8 +302,14 @@ def test_a_sharded_log_gets_each_slate_once_at_its_owner_and_statistics_are_summ
             assert set(owners) == {0, 1}
             mine = [s for s, o in zip(served, owners) if o == 0]
             await _until(lambda: all(logs[0].store.has_impression(s["request_id"]) for s in mine))
-            await asyncio.sleep(0.2)  # a few failed ship rounds: shard 1's slates wait in the ranker
-            assert logs[1].store.stats()["impressions_logged"] == 0 and core._impressions
+            await asyncio.sleep(0.2)  # failed ship rounds: shard 1's slates wait in the ranker
+            later = await core.recommend({"history": [130, 131], "k": 3})  # served while shard 1 is down
+            served.append(later)
+            owners.append(owner_shard(later["request_id"], 2))
+            if owners[-1] == 0:
+                await _until(lambda: logs[0].store.has_impression(later["request_id"]))
+            assert logs[1].store.stats()["impressions_logged"] == 0 and core.shipper.buffers[1]
+            assert not core.shipper.buffers[0]  # shard 0 was not held back by shard 1
             switches[1].down = False
             for s, o in zip(served, owners):
                 await _until(lambda s=s, o=o: logs[o].store.has_impression(s["request_id"]))
@@ -312,8 +318,10 @@ def test_a_sharded_log_gets_each_slate_once_at_its_owner_and_statistics_are_summ
                 assert answer["status"] == "recorded" and answer["position"] == 0
             assert [log.store.stats()["impressions_logged"] for log in logs] == [owners.count(0), owners.count(1)]
             shown = np.array(sorted({i for s in served for i in s["items"]}))
-            await _until(lambda: core.policies.policy.state.stats(shown)[0].sum() == 36)  # both shards' slates
-            await _until(lambda: core.policies.policy.state.clicks.sum() == 12)  # both shards' clicks
+            await _until(
+                lambda: core.policies.policy.state.stats(shown)[0].sum() == 3 * len(served)
+            )  # both shards' slates
+            await _until(lambda: core.policies.policy.state.clicks.sum() == len(served))  # both shards' clicks
         finally:
             core.close()
             for log in logs:

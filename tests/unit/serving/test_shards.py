@@ -1,5 +1,5 @@
-"""The sharded feedback log without Ray: the owner hash, batches split by owner (and re-queued only
-where a shard failed), statistics summed across shards, and a restarted shard taking back only
+"""The sharded feedback log without Ray: the owner hash, slates shipped per owner shard (a dead shard
+holds back only its own), statistics summed across shards, and a restarted shard taking back only
 its own slates from a log that every shard writes into."""
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from lmrec.serving.config import FeedbackConfig
 from lmrec.serving.feedback import FeedbackStore
 from lmrec.serving.runtime import RequestError
 from lmrec.serving.shards import (
-    ShardedFeedbackClient,
-    UnshippedError,
+    ImpressionShipper,
     merge_policy_states,
     merge_stats,
     owner_shard,
@@ -106,14 +105,18 @@ def test_merged_stats_sum_the_counts_and_recompute_ctr() -> None:
 
 
 class _Shard:
-    """A shard in memory: takes batches into `got`, or fails while `down`."""
+    """A shard in memory: takes batches into `got`, fails while `down`, hangs while `stuck` (a shard
+    whose replica is gone: Serve queues the call until a new one runs)."""
 
     def __init__(self, state: PolicyState) -> None:
         self.got: list[dict[str, Any]] = []
         self.down = False
+        self.stuck = asyncio.Event()
+        self.stuck.set()
         self.state = state
 
     async def add_impressions(self, records: list[dict[str, Any]]) -> int:
+        await self.stuck.wait()
         if self.down:
             raise ConnectionError("shard restarting")
         self.got += records
@@ -125,23 +128,40 @@ class _Shard:
         return self.state.to_dict()
 
 
-def test_the_client_ships_each_shard_its_slates_and_names_what_a_dead_shard_did_not_take() -> None:
+def test_the_shipper_ships_each_shard_its_slates_and_a_dead_shard_holds_back_only_its_own() -> None:
     s0, s1 = _Shard(PolicyState([1, 2], [3, 1], [1, 0])), _Shard(PolicyState([2, 3], [2, 5], [2, 1]))
-    client = ShardedFeedbackClient([s0, s1])
+    shipper = ImpressionShipper([s0, s1])
     recs = [_impression(f"r{i}", [5]) for i in range(30)]
+    mine0, mine1 = split_by_owner(recs, 2)
 
     async def scenario() -> None:
-        assert await client.add_impressions(recs) == 30
-        assert s0.got == split_by_owner(recs, 2)[0] and s1.got == split_by_owner(recs, 2)[1]
-        state = PolicyState.from_dict(await client.policy_state())
+        for r in recs[:15]:
+            shipper.add(r)
+        assert shipper.pending == 15 and await shipper.ship() and shipper.pending == 0
+        state = PolicyState.from_dict(await shipper.policy_state())
         assert state == PolicyState([1, 2, 3], [3, 3, 5], [1, 2, 1])
-        s1.down = True
-        with pytest.raises(UnshippedError) as info:
-            await client.add_impressions(recs)
-        assert info.value.unshipped == split_by_owner(recs, 2)[1]  # only what the dead shard owns
-        assert len(s0.got) == 2 * len(split_by_owner(recs, 2)[0])  # shard 0 took its part again (a new batch)
+        s1.down = True  # fails: its slates go back to its buffer, in order
+        for r in recs[15:]:
+            shipper.add(r)
+        assert not await shipper.ship()
+        assert s0.got == mine0 and shipper.buffers[1] == [r for r in mine1 if r in recs[15:]]
         with pytest.raises(ConnectionError):
-            await client.policy_state()  # no partial sum: the ranker keeps its last state
+            await shipper.policy_state()  # no partial sum: the ranker keeps its last state
+        s1.down = False
+        s1.stuck.clear()  # gone: the call waits, and only shard 1 waits with it
+        task = asyncio.create_task(shipper.run(0.01))
+        shipper.add(more := _impression("late-0", [5]))
+        extra = [_impression(f"late-{i}", [5]) for i in range(1, 12)]
+        for r in extra:
+            shipper.add(r)
+        await asyncio.sleep(0.2)
+        late0 = [r for r in [more, *extra] if owner_shard(r["request_id"], 2) == 0]
+        assert late0 and s0.got == mine0 + late0 and shipper.pending == len(recs) + 12 - len(s0.got) - len(s1.got)
+        assert not await shipper.ship(timeout_s=0.1)  # what a stopping ranker does: gives up, counts the rest
+        s1.stuck.set()
+        await asyncio.sleep(0.2)
+        assert s1.got == mine1 + [r for r in [more, *extra] if r not in late0] and shipper.pending == 0
+        task.cancel()
 
     asyncio.run(scenario())
 
