@@ -7,7 +7,7 @@ Three deployments joined by DeploymentHandles:
 
 * `Ingress`  — HTTP (FastAPI, lmrec.serving.http): validation, optional API key, latency metrics.
 * `Ranker`   — the model (autoscaled; GPU or CPU): lmrec.serving.ranker.RankerCore with `@serve.batch`
-  micro-batches, `ray.util.metrics` and a handle to the FeedbackLog injected.
+  micro-batches, `ray.util.metrics` and the FeedbackLog shards' handles injected.
 * `FeedbackLog` — the Parquet impression/feedback log (group commit) and the exploration statistics
   that rankers pull, as `feedback.shards` deployments of one replica each (`FeedbackLog`,
   `FeedbackLog1`, ...) running lmrec.serving.feedback_log.FeedbackLogCore. A slate belongs to the
