@@ -8,7 +8,7 @@ extra (`pip install 'lmrec[bench]'`).
 - `gpu`, `gpu_train`: training and ranking checks on a GPU without Ray (FSDP2 over NCCL).
 - `serve`, `serve_model`, `serve_report`: raw forward vs Ray Serve variants vs `serve_peer`,
   a plain FastAPI peer; `loadgen` drives them over HTTP.
-- `feedback_log`: one FeedbackLog replica's CPU and memory per served slate.
+- `feedback_log`: a FeedbackLog shard's CPU and memory per served slate, and ingest at 1, 2, 4 shards.
 - `compression`, `compression_report`: teacher vs compressed variants (quality, size, latency).
 - `ope`, `ope_solvers`, `ope_report`: off-policy estimators on the Open Bandit Dataset beside the
   published figures; `obd_bts` and `obd_prior` hold the evaluation policy, `sklearn_refit` the

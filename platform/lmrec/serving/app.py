@@ -7,9 +7,13 @@ Three deployments joined by DeploymentHandles:
 
 * `Ingress`  — HTTP (FastAPI, lmrec.serving.http): validation, optional API key, latency metrics.
 * `Ranker`   — the model (autoscaled; GPU or CPU): lmrec.serving.ranker.RankerCore with `@serve.batch`
-  micro-batches, `ray.util.metrics` and a handle to the FeedbackLog injected.
-* `FeedbackLog` — one replica running lmrec.serving.feedback_log.FeedbackLogCore: the Parquet
-  impression/feedback log (group commit) and the merged exploration statistics that rankers pull.
+  micro-batches, `ray.util.metrics` and the FeedbackLog shards' handles injected.
+* `FeedbackLog` — the Parquet impression/feedback log (group commit) and the exploration statistics
+  that rankers pull, as `feedback.shards` deployments of one replica each (`FeedbackLog`,
+  `FeedbackLog1`, ...) running lmrec.serving.feedback_log.FeedbackLogCore. A slate belongs to the
+  shard its request_id hashes to (lmrec.serving.shards): rankers ship it there and the Ingress
+  sends its feedback there. N deployments, because Serve routes a handle call to any replica of a
+  deployment and a restarted replica has no fixed index; a shard needs both.
 
 This module only wires: the logic lives in those Ray-free modules, and what a replica injects
 into them (Ray metrics, the handle, `@serve.batch`) in lmrec.serving.replica. Nothing runs at import:
@@ -46,14 +50,15 @@ from lmrec.serving.schemas import (
     RecommendResponse,
     VersionResponse,
 )
+from lmrec.serving.shards import owner_shard, shard_name
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0.25})
 class FeedbackLog(FeedbackLogCore):
-    """Owns the Parquet log; acknowledges feedback only after a durable (group-committed) write."""
+    """One shard of the Parquet log; acknowledges feedback only after a durable (group-committed) write."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(from_dict(ServeConfig, cfg), RayMetrics())
+    def __init__(self, cfg: dict[str, Any], shard: int = 0) -> None:
+        super().__init__(from_dict(ServeConfig, cfg), RayMetrics(), shard)
 
     def __del__(self) -> None:  # Serve's graceful shutdown calls it
         self.shutdown()
@@ -63,8 +68,8 @@ class FeedbackLog(FeedbackLogCore):
 class Ranker(RankerCore):
     """The model deployment of the `split` topology, called by the Ingress through a handle."""
 
-    def __init__(self, cfg: dict[str, Any], feedback_log: Any) -> None:
-        super().__init__(cfg, *replica_parts(feedback_log))
+    def __init__(self, cfg: dict[str, Any], feedback_logs: list[Any]) -> None:
+        super().__init__(cfg, *replica_parts(feedback_logs))
 
     async def __del__(self) -> None:  # Serve's graceful shutdown awaits it
         await self.shutdown()
@@ -76,14 +81,15 @@ class Ingress:
     """HTTP front: validation, API key, error mapping (4xx for client errors), latency metrics.
 
     `ranker` is the Ranker deployment's handle (topology `split`), or None (topology
-    `fused`): then this replica holds the model itself and ranks in-process.
+    `fused`): then this replica holds the model itself and ranks in-process. `feedback_logs`
+    are the log shards' handles, index i for shard i.
     """
 
-    def __init__(self, cfg: dict[str, Any], ranker: Any, feedback_log: Any) -> None:
+    def __init__(self, cfg: dict[str, Any], ranker: Any, feedback_logs: list[Any]) -> None:
         self.cfg = from_dict(ServeConfig, cfg)
         self.ranker = ranker
-        self.core = RankerCore(cfg, *replica_parts(feedback_log)) if ranker is None else None
-        self.feedback_log = feedback_log
+        self.core = RankerCore(cfg, *replica_parts(feedback_logs)) if ranker is None else None
+        self.feedback_logs = feedback_logs
         self.key = http.ApiKey(self.cfg)
         self.api_key_header = self.cfg.api_key_header.lower().encode("latin-1")
         self.metrics = RayMetrics()
@@ -143,8 +149,9 @@ class Ingress:
         if not self.key.ok(request.headers.get(self.cfg.api_key_header)):
             self.observe("feedback", 401, t0)
             return JSONResponse(status_code=401, content=self.key.denied())
+        owner = self.feedback_logs[owner_shard(body.request_id, len(self.feedback_logs))]
         result = await call_upstream(
-            self.feedback_log.feedback, self.cfg.upstream_retry_s, body.request_id, body.item_id, body.reward
+            owner.feedback, self.cfg.upstream_retry_s, body.request_id, body.item_id, body.reward
         )
         status = int(result.pop("status", 200)) if "error" in result else 200
         self.observe("feedback", status, t0)
@@ -185,9 +192,10 @@ class Ingress:
 def build_app(args: dict[str, Any]) -> Application:
     """Validate `args` (ServeConfig keys; errors name the key) and bind the deployments.
 
-    Topology `split`: Ingress -> Ranker -> FeedbackLog. Topology `fused`: the Ingress
-    ranks in-process (Ingress -> FeedbackLog), one hop fewer per request; its replicas
-    take the Ranker's defaults (1 CPU, user_config for batching and hot-swap).
+    Topology `split`: Ingress -> Ranker -> FeedbackLog shards. Topology `fused`: the Ingress
+    ranks in-process (Ingress -> FeedbackLog shards), one hop fewer per request; its replicas
+    take the Ranker's defaults (1 CPU, user_config for batching and hot-swap). Options under
+    `deployments.FeedbackLog` apply to every shard.
     """
     cfg = from_dict(ServeConfig, dict(args or {}))
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
@@ -195,10 +203,13 @@ def build_app(args: dict[str, Any]) -> Application:
         raise ValueError(f"api_key_env: environment variable {cfg.api_key_env!r} is not set")
     plain = to_dict(cfg)
     opts = cfg.deployments
-    feedback_log = FeedbackLog.options(**opts.get("FeedbackLog", {})).bind(plain)
+    feedback_logs = [
+        FeedbackLog.options(name=shard_name(i), **opts.get("FeedbackLog", {})).bind(plain, i)
+        for i in range(cfg.feedback.shards)
+    ]
     user_config = {"max_batch_size": cfg.batch.max_batch_size, "batch_wait_timeout_s": cfg.batch.batch_wait_timeout_s}
     if cfg.topology == "fused":
         fused = {"max_ongoing_requests": 256, "ray_actor_options": {"num_cpus": 1}, **opts.get("Ingress", {})}
-        return Ingress.options(user_config=user_config, **fused).bind(plain, None, feedback_log)
-    ranker = Ranker.options(user_config=user_config, **opts.get("Ranker", {})).bind(plain, feedback_log)
-    return Ingress.options(**opts.get("Ingress", {})).bind(plain, ranker, feedback_log)
+        return Ingress.options(user_config=user_config, **fused).bind(plain, None, feedback_logs)
+    ranker = Ranker.options(user_config=user_config, **opts.get("Ranker", {})).bind(plain, feedback_logs)
+    return Ingress.options(**opts.get("Ingress", {})).bind(plain, ranker, feedback_logs)

@@ -83,9 +83,14 @@ class FeedbackConfig(ConfigModel):
     # ships what is left when it stops: scale-down, redeploy). Feedback waits for its impression
     # up to impression_wait_s, so keep this well below that.
     impression_ship_s: float = 0.1
+    # The log runs as this many FeedbackLog deployments of one replica each (FeedbackLog,
+    # FeedbackLog1, ...); a slate belongs to the shard its request_id hashes to, which logs it,
+    # joins its feedback and counts its statistics. More shards: more slates/s, more writers.
+    shards: int = 1
 
     def validate_config(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.shards >= 1, "shards", "must be >= 1")
         check(self.max_delay_s > 0, "max_delay_s", "must be > 0")
         check(0 < self.commit_interval_s <= 1, "commit_interval_s", "must be in (0, 1] seconds")
         check(self.max_impressions >= 100, "max_impressions", "must be >= 100")
@@ -133,7 +138,7 @@ class ServeConfig(ConfigModel):
     upstream_retry_s: float = 30.0
     # Per-deployment Serve options (num_replicas, autoscaling_config, ray_actor_options,
     # max_ongoing_requests) for Ingress / Ranker / FeedbackLog when deploying from Python;
-    # a serve-deploy YAML sets the same under `deployments:`.
+    # a serve-deploy YAML sets the same under `deployments:`. FeedbackLog's apply to every shard.
     deployments: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def validate_config(self) -> None:
@@ -170,5 +175,6 @@ class ServeConfig(ConfigModel):
             check(
                 name != "FeedbackLog" or opts.get("num_replicas", 1) == 1 and "autoscaling_config" not in opts,
                 f"deployments.{name}",
-                "the feedback log has exactly one replica (it owns the Parquet files)",
+                "each feedback-log shard has exactly one replica (it owns its Parquet files); "
+                "scale the log with feedback.shards",
             )

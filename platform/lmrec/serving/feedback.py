@@ -13,6 +13,10 @@
   a positive feedback adds one click. Counting impressions at display time keeps
   click rates honest when clients report only clicks. Ranker replicas pull the totals
   as a PolicyState.
+* Sharding (lmrec.serving.shards): a store is shard `shard` of `cfg.shards`. It is given only the
+  slates it owns, tags its file names with `s<shard>of<shards>` (one-shard logs keep untagged
+  names) in the same `impressions/` and `feedback/` folders, so readers see one log, and
+  `recover` takes back only the slates whose request_id it owns.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from lmrec.exploration.logs import (
 from lmrec.exploration.policies import MICRO, PolicyConfig, PolicyState, build_policy
 from lmrec.serving.config import FeedbackConfig
 from lmrec.serving.runtime import RequestError
+from lmrec.serving.shards import owner_shard, shard_tag
 
 GREEDY_PARAMS = '{"type": "greedy"}'
 
@@ -61,11 +66,16 @@ def _joinable(row: dict[str, Any]) -> dict[str, Any]:
 class FeedbackStore:
     """Joins feedback to impressions, writes both logs, keeps merged exploration statistics."""
 
-    def __init__(self, cfg: FeedbackConfig, root: str | Path) -> None:
+    def __init__(self, cfg: FeedbackConfig, root: str | Path, shard: int = 0) -> None:
+        if not 0 <= shard < cfg.shards:
+            raise ValueError(f"shard {shard} is not one of the log's {cfg.shards} shards")
         self.cfg = cfg
         self.root = Path(root)
+        self.shard = shard
+        tag = shard_tag(shard, cfg.shards)
+        self._file_tag = f"{tag}-{os.getpid()}" if tag else f"{os.getpid()}"  # in every file name it writes
         self.impression_writer = FeedbackLogWriter(
-            self.root / IMPRESSIONS_DIR, batch_size=cfg.batch_size, max_delay_s=cfg.max_delay_s
+            self.root / IMPRESSIONS_DIR, batch_size=cfg.batch_size, max_delay_s=cfg.max_delay_s, name=self._file_tag
         )
         self._impressions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._seen: set[tuple[str, int]] = set()  # (request_id, item_id) already rewarded
@@ -85,6 +95,9 @@ class FeedbackStore:
         exploration statistics), and feedback already written for them is marked seen, so a
         client retrying an acknowledged feedback gets 409 rather than a second row.
         Impressions still buffered in the dead process's memory are not on disk and stay lost.
+        Of a sharded log, only the slates this shard owns now (by their request_id) are taken
+        back, from every file: ownership follows the hash, so it holds across a change of
+        `shards` and for files written before the log was sharded.
         """
         import pyarrow.parquet as pq
 
@@ -102,7 +115,7 @@ class FeedbackStore:
         files = sorted((self.root / IMPRESSIONS_DIR).rglob("*.parquet"), key=lambda p: p.name, reverse=True)
         rows: list[dict[str, Any]] = []
         for f in files:  # newest first, until the window is full
-            rows = pq.read_table(f, columns=cols).to_pylist() + rows
+            rows = [r for r in pq.read_table(f, columns=cols).to_pylist() if self._owns(r["request_id"])] + rows
             if len(rows) >= self.cfg.max_impressions:
                 rows = rows[-self.cfg.max_impressions :]
                 break
@@ -113,7 +126,9 @@ class FeedbackStore:
             self.impressions_logged += len(rows)
         events = 0
         for f in sorted((self.root / FEEDBACK_DIR).rglob("*.parquet")):
-            t = pq.read_table(f, columns=EVENT_JOIN_SCHEMA.names).to_pylist()
+            t = [
+                r for r in pq.read_table(f, columns=EVENT_JOIN_SCHEMA.names).to_pylist() if self._owns(r["request_id"])
+            ]
             with self._lock:
                 for r in t:
                     if r["request_id"] in self._impressions:
@@ -126,12 +141,15 @@ class FeedbackStore:
             events += len(t)
         return {"impressions": len(rows), "feedback_events": events}
 
+    def _owns(self, request_id: str) -> bool:
+        return self.cfg.shards == 1 or owner_shard(request_id, self.cfg.shards) == self.shard
+
     # ---- impressions
     def add_impressions(self, records: list[dict[str, Any]]) -> int:
         """Remember slates for joining and buffer them for the impression log.
 
         Every record is validated first, so a bad one changes nothing; the counting is
-        vectorised over the batch (a single FeedbackLog replica takes every replica's slates)."""
+        vectorised over the batch (a shard takes the slates it owns from every replica)."""
         rows = [FeedbackRecord(**rec).to_row() for rec in records]
         with self._lock:
             for row in rows:
@@ -227,7 +245,9 @@ class FeedbackStore:
             return None
         table = pa.Table.from_pylist(rows, schema=FEEDBACK_EVENT_SCHEMA)
         day = rows[0]["timestamp"].strftime("%Y-%m-%d")
-        name = f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        name = (
+            f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}-{self._file_tag}-{uuid.uuid4().hex[:8]}"
+        )
         path = write_table_atomic(table, log_file_path(self.root / FEEDBACK_DIR, day, name))
         with self._lock:
             for r in rows:

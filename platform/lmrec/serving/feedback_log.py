@@ -3,8 +3,9 @@
 `GroupCommit` acknowledges a feedback event only after the batch holding it is durably
 written: events that arrive within `commit_interval_s` share one fsynced file, and a failed
 write acknowledges none of them (their dedupe marks are released, so a retry is accepted).
-`FeedbackLogCore` is what the `FeedbackLog` deployment (lmrec.serving.app) runs, and what
-RankerCore's unit tests ship impressions to in-process.
+`FeedbackLogCore` is what each shard's `FeedbackLog` deployment (lmrec.serving.app) runs, and
+what RankerCore's unit tests ship impressions to in-process; lmrec.serving.shards says which
+shard owns which slate.
 """
 
 from __future__ import annotations
@@ -80,19 +81,20 @@ class GroupCommit:
 class FeedbackLogCore:
     """Owns the Parquet log; acknowledges feedback only after a durable (group-committed) write.
 
-    Must be built on a running event loop: it starts the committer and the impression flusher."""
+    Must be built on a running event loop: it starts the committer and the impression flusher.
+    `shard` is its index among the log's `feedback.shards`: it is sent, and recovers, only its own slates."""
 
-    def __init__(self, cfg: ServeConfig, metrics: MetricsSink) -> None:
+    def __init__(self, cfg: ServeConfig, metrics: MetricsSink, shard: int = 0) -> None:
         from lmrec.paths import lmrec_home
         from lmrec.serving.feedback import FeedbackStore
 
         self.cfg = cfg
         self.metrics = metrics
         root = Path(cfg.feedback.log_dir or (lmrec_home() / "feedback_logs"))
-        self.store: FeedbackStore = FeedbackStore(cfg.feedback, root)
+        self.store: FeedbackStore = FeedbackStore(cfg.feedback, root, shard)
         if root.exists():  # a restarted replica: make earlier slates joinable again
             recovered = self.store.recover()
-            log.info("feedback log recovered from %s: %s", root, recovered)
+            log.info("feedback log shard %d/%d recovered from %s: %s", shard, cfg.feedback.shards, root, recovered)
         self.commits = GroupCommit(self.store.commit, self.store.release, cfg.feedback.commit_interval_s, self._count)
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self.commits.run()), loop.create_task(self._impression_flusher())]

@@ -1,7 +1,8 @@
 """Start the recommender app on a Ray cluster from Python (`lmrec serve`, `lmrec demo`).
 
 The app is `lmrec.serving.app:build_app` in the installed package: every replica imports it from
-its node's lmrec install, so nothing is shipped and any working directory works.
+its node's lmrec install, so nothing is shipped and any working directory works. `feedback_log_stats` reads the running
+app's log stats across its shards.
 """
 
 from __future__ import annotations
@@ -43,3 +44,17 @@ def start(
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://{host}:{port}"
+
+
+def feedback_log_stats(app_name: str = APP_NAME, flush: bool = False, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The app's feedback log stats summed over its shards (lmrec.serving.shards.merge_stats); with
+    `flush`, every shard writes its buffered impressions first."""
+    from ray import serve
+
+    from lmrec.serving.shards import FEEDBACK_LOG, merge_stats, shard_name
+
+    names = set(serve.status().applications[app_name].deployments)
+    shards = sum(1 for name in names if name.startswith(FEEDBACK_LOG))
+    handles = [serve.get_deployment_handle(shard_name(i), app_name) for i in range(shards)]
+    calls = [(h.flush if flush else h.stats).remote() for h in handles]
+    return merge_stats([c.result(timeout_s=timeout_s) for c in calls])

@@ -1,9 +1,9 @@
 """RankerCore: ranks with the current model version, explores, hot-swaps versions (Ray-free).
 
 The app runs it as the `Ranker` deployment (topology `split`) or inside the `Ingress` replica
-(topology `fused`), with `ray.util.metrics`, a handle to the FeedbackLog and `@serve.batch`
-injected (lmrec.serving.app). Unit tests run it in-process with `InMemoryMetrics`, a
-`FeedbackLogCore` and `SingleBatch`.
+(topology `fused`), with `ray.util.metrics`, the FeedbackLog shards' handles (behind a
+lmrec.serving.shards.ImpressionShipper) and `@serve.batch` injected (lmrec.serving.app).
+Unit tests run it in-process with `InMemoryMetrics`, a `FeedbackLogCore` and `SingleBatch`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from lmrec.serving.cache import TTLCache
 from lmrec.serving.config import BatchConfig, ServeConfig
 from lmrec.serving.metrics import MetricsSink
 from lmrec.serving.policy_source import PolicySource
+from lmrec.serving.shards import FeedbackClient, ImpressionShipper
 
 if TYPE_CHECKING:  # runtime imports torch: a split topology's Ingress replicas never load it
     from lmrec.serving.runtime import LoadedModel
@@ -34,14 +35,6 @@ METRICS_FLUSH_S = 1.0  # per-request counters reach the metrics sink this often
 SHUTDOWN_SHIP_TIMEOUT_S = 5.0  # a stopping replica waits this long for the FeedbackLog to take its last impressions
 
 RankItem = tuple["LoadedModel", np.ndarray, bool, int]  # (model, history in item_idx, exclude_seen, n)
-
-
-class FeedbackClient(Protocol):
-    """What a ranker needs from the FeedbackLog: where impressions go, where statistics come from."""
-
-    async def add_impressions(self, records: list[dict[str, Any]]) -> int: ...
-
-    async def policy_state(self) -> dict[str, Any]: ...
 
 
 class RankerCore:
@@ -54,13 +47,13 @@ class RankerCore:
     def __init__(
         self,
         cfg: dict[str, Any],
-        feedback_log: FeedbackClient,
+        feedback_logs: Sequence[FeedbackClient],
         metrics: MetricsSink,
         replica: str,
         micro_batcher: Callable[[Submit], MicroBatcher] = SingleBatch,
     ) -> None:
         self.cfg = from_dict(ServeConfig, cfg)
-        self.feedback_log = feedback_log
+        self.shipper = ImpressionShipper(feedback_logs)  # index i: shard i of the feedback log
         self.metrics = metrics
         self.replica = replica
         self.loaded: LoadedModel | None = None  # replaced atomically on swap
@@ -68,7 +61,6 @@ class RankerCore:
         self.model_uri = self.cfg.model_uri
         self.cache = TTLCache(self.cfg.cache.max_entries, self.cfg.cache.ttl_s)
         self.policies = PolicySource(self.cfg)
-        self._impressions: list[dict[str, Any]] = []
         self._swap_lock = asyncio.Lock()
         self._slates = 0
         self._explored = 0
@@ -92,7 +84,7 @@ class RankerCore:
             log.warning("initial model load failed (%s); retrying in the background", self.load_error)
         self._tasks = [
             loop.create_task(self._load_initial()),
-            loop.create_task(self._ship_impressions()),
+            loop.create_task(self.shipper.run(self.cfg.feedback.impression_ship_s)),
             loop.create_task(self._sync_stats()),
             loop.create_task(self._poll_alias()),
             loop.create_task(self.policies.poll()),
@@ -205,30 +197,11 @@ class RankerCore:
             if self._slates:
                 self.metrics.record(m.EXPLORATION_RATE, self._explored / self._slates, {"replica": self.replica})
 
-    async def _ship_impressions(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.feedback.impression_ship_s)
-            if not await self.ship_impressions():
-                await asyncio.sleep(0.5)  # the log replica may be restarting
-
-    async def ship_impressions(self, timeout_s: float | None = None) -> bool:
-        """Send the buffered impressions to the FeedbackLog; on failure they stay buffered."""
-        if not self._impressions:
-            return True
-        batch, self._impressions = self._impressions, []
-        try:
-            await asyncio.wait_for(self.feedback_log.add_impressions(batch), timeout_s)
-            return True
-        except Exception as exc:  # noqa: BLE001 (re-queue, keeping the order)
-            self._impressions = batch + self._impressions
-            log.warning("impression shipping failed (%d buffered): %s", len(self._impressions), exc)
-            return False
-
     async def flush(self) -> dict[str, Any]:
         """Ship buffered impressions and hand per-request counts to the metrics now."""
         self.flush_metrics()
-        shipped = await self.ship_impressions()
-        return {"replica": self.replica, "shipped": shipped, "buffered_impressions": len(self._impressions)}
+        shipped = await self.shipper.ship()
+        return {"replica": self.replica, "shipped": shipped, "buffered_impressions": self.shipper.pending}
 
     async def shutdown(self) -> None:
         """Called from the replica's `__del__`, which Serve's graceful shutdown (scale-down,
@@ -236,9 +209,9 @@ class RankerCore:
         (up to `impression_ship_s` of them) and the last second's metric counts would otherwise
         go with the process."""
         self.flush_metrics()
-        if not await self.ship_impressions(SHUTDOWN_SHIP_TIMEOUT_S) and self._impressions:
+        if not await self.shipper.ship(SHUTDOWN_SHIP_TIMEOUT_S) and self.shipper.pending:
             log.error(
-                "replica stopping: %d impressions could not reach the FeedbackLog and are lost", len(self._impressions)
+                "replica stopping: %d impressions could not reach the FeedbackLog and are lost", self.shipper.pending
             )
 
     def close(self) -> None:
@@ -253,7 +226,7 @@ class RankerCore:
         while True:
             await asyncio.sleep(self.cfg.exploration.stats_sync_s)
             try:
-                state = await self.feedback_log.policy_state()
+                state = await self.shipper.policy_state()
                 self.policies.policy.set_state(PolicyState.from_dict(state), keep_delta=False)
             except Exception as exc:  # noqa: BLE001 (log replica restarting: retried next tick)
                 log.warning("stats sync failed: %s", exc)
@@ -352,7 +325,7 @@ class RankerCore:
         self._slates += 1
         self._explored += int(explored)
         self._counts["slates", "true" if explored else "false", policy] += 1
-        self._impressions.append(
+        self.shipper.add(
             {
                 "request_id": request_id,
                 "candidates": cand.tolist(),

@@ -1,7 +1,7 @@
 """What a Serve replica injects into lmrec's Ray-free serving cores, and the retried handle call.
 
-`RayMetrics` records into `ray.util.metrics`; `HandleFeedbackClient` reaches the FeedbackLog
-deployment through its handle; `ServeBatch` is `@serve.batch` as the ranker's first batching stage
+`RayMetrics` records into `ray.util.metrics`; `HandleFeedbackClient` reaches one FeedbackLog
+shard through its deployment handle (a ranker holds one per shard); `ServeBatch` is `@serve.batch` as the ranker's first batching stage
 (lmrec.serving.batcher); `call_upstream` retries a call while the replica behind it restarts.
 """
 
@@ -42,7 +42,7 @@ class RayMetrics:
 
 
 class HandleFeedbackClient:
-    """RankerCore's feedback client over the FeedbackLog deployment's handle."""
+    """One FeedbackLog shard as a ranker reaches it: through the shard deployment's handle."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -69,10 +69,11 @@ class ServeBatch:
         self.submit.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
 
-def replica_parts(feedback_log: Any) -> tuple[HandleFeedbackClient, RayMetrics, str, type[ServeBatch]]:
-    """What RankerCore gets in a replica: the FeedbackLog's handle, Ray metrics, its replica id, `@serve.batch`."""
+def replica_parts(feedback_logs: list[Any]) -> tuple[list[HandleFeedbackClient], RayMetrics, str, type[ServeBatch]]:
+    """What RankerCore gets in a replica: the FeedbackLog shards' handles (index i: shard i), Ray
+    metrics, its replica id, `@serve.batch`."""
     replica = serve.get_replica_context().replica_id.unique_id
-    return HandleFeedbackClient(feedback_log), RayMetrics(), replica, ServeBatch
+    return [HandleFeedbackClient(h) for h in feedback_logs], RayMetrics(), replica, ServeBatch
 
 
 async def call_upstream(method: Any, retry_s: float, *args: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """RankerCore in-process, without Ray: ranking, the cache, exploration, impressions shipped to a real
-FeedbackStore (through FeedbackLogCore), hot-swap between two model folders, policy loading, the
-shutdown flush and the metrics it records (into InMemoryMetrics)."""
+FeedbackStore (through FeedbackLogCore, or two as shards), hot-swap between two model folders,
+policy loading, the shutdown flush and the metrics it records (into InMemoryMetrics)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from lmrec.serving.feedback_log import FeedbackLogCore
 from lmrec.serving.metrics import InMemoryMetrics
 from lmrec.serving.ranker import RankerCore
 from lmrec.serving.runtime import LoadedModel, load_model
+from lmrec.serving.shards import owner_shard
 
 ITEMS = list(range(101, 141))  # the catalog: 40 item ids
 
@@ -73,7 +74,7 @@ def _run(
         cfg = from_dict(ServeConfig, args)
         log = FeedbackLogCore(cfg, InMemoryMetrics())
         sink = InMemoryMetrics()
-        core = RankerCore(args, log, sink, replica="r0")
+        core = RankerCore(args, [log], sink, replica="r0")
         try:
             return await scenario(core, log, sink)
         finally:
@@ -262,3 +263,68 @@ def test_policy_from_a_file_and_live_reconfiguration(folders: tuple[Path, Path],
         assert st["policy"]["type"] == "greedy" and st["policy_uri"] is None and st["policy_version"] is None
 
     _run(args, scenario)
+
+
+class _Switch:
+    """One shard as the ranker reaches it, that refuses batches while `down` (a restarting replica)."""
+
+    def __init__(self, log: FeedbackLogCore) -> None:
+        self.log, self.down = log, False
+
+    async def add_impressions(self, records: list[dict[str, Any]]) -> int:
+        if self.down:
+            raise ConnectionError("shard restarting")
+        return await self.log.add_impressions(records)
+
+    async def policy_state(self) -> dict[str, Any]:
+        return await self.log.policy_state()
+
+
+def test_a_sharded_log_gets_each_slate_once_at_its_owner_and_statistics_are_summed(
+    folders: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two shards in-process: each slate is logged by its owner shard only, also when one shard was
+    down for a while (only its part is re-shipped), and the ranker learns from both shards' counts."""
+    model_a, _ = folders
+    exploration = {"policy": {"type": "ucb"}, "num_candidates": 20, "stats_sync_s": 0.05}
+    args = _args(model_a, tmp_path, exploration=exploration)
+    args["feedback"] |= {"shards": 2}
+
+    async def main() -> None:
+        cfg = from_dict(ServeConfig, args)
+        logs = [FeedbackLogCore(cfg, InMemoryMetrics(), shard) for shard in range(2)]
+        switches = [_Switch(log) for log in logs]
+        core = RankerCore(args, switches, InMemoryMetrics(), replica="r0")
+        try:
+            switches[1].down = True
+            served = [await core.recommend({"history": [101 + i, 120], "k": 3}) for i in range(12)]
+            owners = [owner_shard(s["request_id"], 2) for s in served]
+            assert set(owners) == {0, 1}
+            mine = [s for s, o in zip(served, owners) if o == 0]
+            await _until(lambda: all(logs[0].store.has_impression(s["request_id"]) for s in mine))
+            await asyncio.sleep(0.2)  # failed ship rounds: shard 1's slates wait in the ranker
+            later = await core.recommend({"history": [130, 131], "k": 3})  # served while shard 1 is down
+            served.append(later)
+            owners.append(owner_shard(later["request_id"], 2))
+            if owners[-1] == 0:
+                await _until(lambda: logs[0].store.has_impression(later["request_id"]))
+            assert logs[1].store.stats()["impressions_logged"] == 0 and core.shipper.buffers[1]
+            assert not core.shipper.buffers[0]  # shard 0 was not held back by shard 1
+            switches[1].down = False
+            for s, o in zip(served, owners):
+                await _until(lambda s=s, o=o: logs[o].store.has_impression(s["request_id"]))
+                assert not logs[1 - o].store.has_impression(s["request_id"])
+                answer = await logs[o].feedback(s["request_id"], s["items"][0], 1)
+                assert answer["status"] == "recorded" and answer["position"] == 0
+            assert [log.store.stats()["impressions_logged"] for log in logs] == [owners.count(0), owners.count(1)]
+            shown = np.array(sorted({i for s in served for i in s["items"]}))
+            await _until(
+                lambda: core.policies.policy.state.stats(shown)[0].sum() == 3 * len(served)
+            )  # both shards' slates
+            await _until(lambda: core.policies.policy.state.clicks.sum() == len(served))  # both shards' clicks
+        finally:
+            core.close()
+            for log in logs:
+                log.close()
+
+    asyncio.run(main())

@@ -24,6 +24,7 @@ RAY_FREE = [
     "runtime",
     "cache",
     "config",
+    "shards",
 ]
 
 

@@ -165,6 +165,7 @@ def test_ttl_lru_cache() -> None:
         ({"batch": {"rows_per_forward": -1}}, "batch.rows_per_forward"),
         ({"http_fast_path": "yes"}, "http_fast_path"),
         ({"feedback": {"impression_ship_s": 0}}, "feedback.impression_ship_s"),
+        ({"feedback": {"shards": 0}}, "feedback.shards"),
         ({"topology": "fused", "deployments": {"Ranker": {"num_replicas": 2}}}, "deployments.Ranker"),
     ],
 )
