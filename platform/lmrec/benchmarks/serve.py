@@ -258,6 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": device_name(args.gpus),
         "gpus_per_model_replica": args.gpus,
         "unix_time": int(time.time()),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],  # other jobs on a shared machine
     }
     dev = model_device(args.gpus)  # the peer and the raw forward run where the replicas do, never "auto"
     replica_threads = args.threads or 1  # torch_threads 0: the replica's CPU allotment, num_cpus 1
@@ -297,6 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "profile" in rounds[-1][name]:
             result[name]["profile"] = rounds[-1][name]["profile"]
     result["ratios"] = ratios(result, args)
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.rounds > 1:
         result["per_round"] = rounds
         result["ratios_per_round"] = {name: [r["ratios"][name] for r in rounds] for name in args.variants}
