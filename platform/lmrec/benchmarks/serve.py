@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 Path(f"{out_stem}_profile_{name}.folded.txt") if args.profile and i == args.rounds - 1 else None
             )
             one[name] = serve_variant(name, env, topology, model_dir, bodies, args, extra, profile_to)
-        one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"]}, args)
+        one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"], "raw_ceiling": ceiling}, args)
         rounds.append(one)
         print(
             f"round {i + 1}/{args.rounds}: "

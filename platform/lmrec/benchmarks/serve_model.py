@@ -2,7 +2,8 @@
 
 A randomly initialised model over a real catalog (latency does not depend on weights),
 explicit-history request bodies from real user prefixes, and `raw_ceiling`: requests/s of
-`LoadedModel.rank` with no HTTP and no Serve, on the device the replicas use.
+`LoadedModel.rank` with no HTTP and no Serve, on the device the replicas use. Its pieces (load, warm
+up to a steady per-call time, time) are what serve_ceiling alternates over configurations and rounds.
 """
 
 from __future__ import annotations
