@@ -33,7 +33,7 @@ import torch
 from lmrec.benchmarks.loadgen import run_load, run_open_loop
 from lmrec.benchmarks.serve_ceiling import ceiling_rounds, default_threads, machine_best, replica_view
 from lmrec.benchmarks.serve_model import device_name, make_model, model_device, request_bodies
-from lmrec.benchmarks.serve_profile import profile_under_load
+from lmrec.benchmarks.serve_profile import cpu_by_process, profile_under_load
 from lmrec.benchmarks.serve_report import median_cells, print_ceiling_summary, print_table, ratios
 from lmrec.config import load_config
 from lmrec.data.config import DataConfig
@@ -263,10 +263,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev = model_device(args.gpus)  # the peer and the raw forward run where the replicas do, never "auto"
     replica_threads = args.threads or 1  # torch_threads 0: the replica's CPU allotment, num_cpus 1
     threads = sorted(set(args.ceiling_threads or default_threads(replica_threads, os.cpu_count())) | {replica_threads})
-    ceiling = ceiling_rounds(
-        model_dir, bodies, args.batch, threads, args.ceiling_rounds, args.forward, args.rows_per_forward, device=dev
+    # CPU per process meanwhile: other jobs on the machine show up there (they slow a 2-thread forward most).
+    ceiling, ceiling_cpu = cpu_by_process(
+        lambda: ceiling_rounds(
+            model_dir, bodies, args.batch, threads, args.ceiling_rounds, args.forward, args.rows_per_forward, device=dev
+        ),
+        self_label="the raw forward (this process)",
     )
     ceiling["machine_best"] = machine_best(ceiling, args.batch)
+    ceiling["cpu_by_process"] = ceiling_cpu
     result["raw_ceiling"] = ceiling
     # The replica's own configuration (last-position block, its threads), and the full last block for the A/B.
     result["raw_forward"] = replica_view(ceiling, "last_position", replica_threads)

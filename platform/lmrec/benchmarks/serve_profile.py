@@ -24,13 +24,13 @@ def _cpu_seconds(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def _label(p: psutil.Process) -> str:
+def _label(p: psutil.Process, self_label: str) -> str:
     try:
         cmd = p.cmdline()
     except (psutil.Error, OSError):
         return p.name()
     if p.pid == psutil.Process().pid:
-        return "load generator (this process)"
+        return self_label
     if not cmd:
         return p.name()
     first = Path(cmd[0]).name
@@ -39,14 +39,16 @@ def _label(p: psutil.Process) -> str:
     return " ".join([first, *[Path(c).name if "/" in c else c for c in cmd[1:3]]])[:80]
 
 
-def cpu_by_process(work: Callable[[], Any], top: int = 12) -> tuple[Any, dict[str, Any]]:
+def cpu_by_process(
+    work: Callable[[], Any], top: int = 12, self_label: str = "load generator (this process)"
+) -> tuple[Any, dict[str, Any]]:
     """Run `work()` and report the CPU each process used meanwhile, in cores (CPU seconds / wall seconds)."""
 
     def snapshot() -> dict[int, tuple[str, float]]:
         out = {}
         for p in psutil.process_iter():
             try:
-                out[p.pid] = (_label(p), _cpu_seconds(p))
+                out[p.pid] = (_label(p, self_label), _cpu_seconds(p))
             except (psutil.Error, OSError):
                 continue
         return out

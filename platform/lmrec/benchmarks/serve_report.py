@@ -95,6 +95,10 @@ def print_table(r: dict[str, Any], variants: Iterable[str]) -> None:
             print(f"  {key:<24}" + ", ".join(cells))
         best = ceiling["machine_best"]
         print(f"  machine's best at batch {r['max_batch_size']}: {best['config']}, {best['req_per_s']} req/s")
+        cpu = ceiling.get("cpu_by_process")
+        if cpu:  # another job's CPU here means a ceiling measured low
+            others = [f"{row['process'][:40]} {row['cores']}" for row in cpu["top"][:4]]
+            print(f"  CPU meanwhile, cores of all processes: {cpu['cores_total']} ({'; '.join(others)})")
     print(f"{'server':<40}{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name in ["fastapi_peer", *variants]:
         if name not in r:

@@ -43,10 +43,10 @@ def test_cpu_by_process_sees_this_process_burn_cpu() -> None:
             n += 1
         return n
 
-    n, cpu = cpu_by_process(burn)
+    n, cpu = cpu_by_process(burn, self_label="the burner (this process)")
     assert n > 0 and cpu["wall_s"] >= 0.4
     mine = {row["process"]: row["cores"] for row in cpu["top"]}
-    assert mine.get("load generator (this process)", 0) > 0.3
+    assert mine.get("the burner (this process)", 0) > 0.3
 
 
 @pytest.mark.skipif(py_spy_path() is None, reason="py-spy is installed with ray[default]")
