@@ -7,8 +7,12 @@ read when Ray starts): Serve's default Python proxy, the HAProxy ingress
 last with both app topologies (`split`: Ingress -> Ranker; `fused`: the Ingress ranks), and
 `fused` once more with POST /recommend through FastAPI's route instead of the ASGI fast path.
 Measured per variant: latency percentiles and throughput at several concurrency
-levels with batching on, throughput with batching off (max_batch_size=1), and
-cache hits vs misses at concurrency 1. Prints a table and writes JSON.
+levels with batching on (closed loop: a fixed number of requests in flight), latency at fixed offered
+loads below that peak (open loop: requests sent on a schedule), throughput with batching off
+(max_batch_size=1), and cache hits vs misses at concurrency 1. The ceiling is the forward alone
+(serve_ceiling), with the replica's threads and at the machine's best. `--profile` records where
+the replica's time goes under the saturation load (py-spy) and the CPU of every process. Prints a
+table and writes JSON.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from typing import Any
 
 import torch
 
-from lmrec.benchmarks.loadgen import run_load
-from lmrec.benchmarks.serve_model import device_name, make_model, model_device, raw_ceiling, request_bodies
-from lmrec.benchmarks.serve_report import median_cells, print_table, ratios
+from lmrec.benchmarks.loadgen import run_load, run_open_loop
+from lmrec.benchmarks.serve_ceiling import ceiling_rounds, default_threads, machine_best, replica_view
+from lmrec.benchmarks.serve_model import device_name, make_model, model_device, request_bodies
+from lmrec.benchmarks.serve_profile import cpu_by_process, profile_under_load
+from lmrec.benchmarks.serve_report import median_cells, print_ceiling_summary, print_table, ratios
 from lmrec.config import load_config
 from lmrec.data.config import DataConfig
 
@@ -66,6 +72,16 @@ def _levels(url: str, bodies: list[dict[str, Any]], levels: list[int], total: in
     return res
 
 
+def _open_loop(url: str, bodies: list[dict[str, Any]], peak: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Latency at each fraction of `peak` (req/s), requests sent on a schedule (open loop, Poisson arrivals)."""
+    res = {}
+    for frac in args.open_loop:
+        rate = frac * peak
+        total = max(50, int(rate * args.open_loop_seconds))
+        res[f"at_{frac:g}"] = run_open_loop(f"{url}/recommend", bodies, rate, total, args.arrivals).summary()
+    return res
+
+
 def serve_variant(
     name: str,
     env: dict[str, str],
@@ -74,6 +90,7 @@ def serve_variant(
     bodies: list[dict[str, Any]],
     args: argparse.Namespace,
     app_extra: dict[str, Any] | None = None,
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
     import ray
     from ray import serve
@@ -130,6 +147,17 @@ def serve_variant(
             round((after[0] - before[0]) / forwards, 2) if forwards else None
         )
         sat = max(args.levels)
+        peak = out["batching_on"][f"c{sat}"]["req_per_s"]
+        if args.open_loop:
+            out["open_loop"] = _open_loop(url, bodies, peak, args)
+        if profile_to is not None:  # after the timed loads: the sampler takes CPU from the replica
+            model_deployment = "Ranker" if topology == "split" else "Ingress"
+            out["profile"] = profile_under_load(
+                f"ServeReplica:bench:{model_deployment}",
+                lambda: run_load(f"{url}/recommend", bodies, sat, int(peak * (args.profile_seconds + 4))),
+                args.profile_seconds,
+                profile_to,
+            )
         deploy(1, cache=False)
         out["batching_off"] = {f"c{sat}": run_load(f"{url}/recommend", bodies, sat, args.requests).summary()}
         deploy(args.batch, cache=True)
@@ -192,7 +220,10 @@ def fastapi_peer(model_dir: Path, bodies: list[dict[str, Any]], args: argparse.N
     try:
         url = f"http://127.0.0.1:{port}"
         _wait(f"{url}/healthz")
-        return {"batching_on": _levels(url, bodies, args.levels, args.requests)}
+        out = {"batching_on": _levels(url, bodies, args.levels, args.requests)}
+        if args.open_loop:
+            out["open_loop"] = _open_loop(url, bodies, out["batching_on"][f"c{max(args.levels)}"]["req_per_s"], args)
+        return out
     finally:
         proc.terminate()
         proc.wait(10)
@@ -227,29 +258,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": device_name(args.gpus),
         "gpus_per_model_replica": args.gpus,
         "unix_time": int(time.time()),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],  # other jobs on a shared machine
     }
     dev = model_device(args.gpus)  # the peer and the raw forward run where the replicas do, never "auto"
-    result["raw_forward"] = raw_ceiling(
-        model_dir, bodies, args.batch, args.threads, args.forward, args.rows_per_forward, device=dev
+    replica_threads = args.threads or 1  # torch_threads 0: the replica's CPU allotment, num_cpus 1
+    threads = sorted(set(args.ceiling_threads or default_threads(replica_threads, os.cpu_count())) | {replica_threads})
+    # CPU per process meanwhile: other jobs on the machine show up there (they slow a 2-thread forward most).
+    ceiling, ceiling_cpu = cpu_by_process(
+        lambda: ceiling_rounds(
+            model_dir, bodies, args.batch, threads, args.ceiling_rounds, args.forward, args.rows_per_forward, device=dev
+        ),
+        self_label="the raw forward (this process)",
     )
-    # The same forward with the last block over every position (ServeConfig.last_position_only: false), for the A/B.
-    result["raw_forward_full_last_block"] = raw_ceiling(
-        model_dir,
-        bodies,
-        args.batch,
-        args.threads,
-        args.forward,
-        args.rows_per_forward,
-        last_position_only=False,
-        device=dev,
-    )
+    ceiling["machine_best"] = machine_best(ceiling, args.batch)
+    ceiling["cpu_by_process"] = ceiling_cpu
+    result["raw_ceiling"] = ceiling
+    # The replica's own configuration (last-position block, its threads), and the full last block for the A/B.
+    result["raw_forward"] = replica_view(ceiling, "last_position", replica_threads)
+    result["raw_forward_full_last_block"] = replica_view(ceiling, "full_last_block", replica_threads)
+    out_stem = Path(args.out).with_suffix("")
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):  # peer and variants alternate, so drift on a noisy machine hits all of them
         one: dict[str, Any] = {"fastapi_peer": fastapi_peer(model_dir, bodies, args)}
         for name in args.variants:
             env, topology, extra = VARIANTS[name]
-            one[name] = serve_variant(name, env, topology, model_dir, bodies, args, extra)
-        one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"]}, args)
+            profile_to = (
+                Path(f"{out_stem}_profile_{name}.folded.txt") if args.profile and i == args.rounds - 1 else None
+            )
+            one[name] = serve_variant(name, env, topology, model_dir, bodies, args, extra, profile_to)
+        one["ratios"] = ratios({**one, "raw_forward": result["raw_forward"], "raw_ceiling": ceiling}, args)
         rounds.append(one)
         print(
             f"round {i + 1}/{args.rounds}: "
@@ -262,8 +299,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
     for name in ["fastapi_peer", *args.variants]:
-        result[name] = median_cells([r[name] for r in rounds])
+        result[name] = median_cells([{k: v for k, v in r[name].items() if k != "profile"} for r in rounds])
+        if "profile" in rounds[-1][name]:
+            result[name]["profile"] = rounds[-1][name]["profile"]
     result["ratios"] = ratios(result, args)
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.rounds > 1:
         result["per_round"] = rounds
         result["ratios_per_round"] = {name: [r["ratios"][name] for r in rounds] for name in args.variants}
@@ -303,15 +343,42 @@ def main(argv: list[str] | None = None) -> int:
         help="num_gpus of each model replica (0: CPU). With a GPU, the peer and the raw forward use it too "
         "(ServeConfig device/precision auto: CUDA, bf16)",
     )
+    p.add_argument(
+        "--ceiling-threads",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="torch thread counts of the raw forward (default: 1, --threads and all cores)",
+    )
+    p.add_argument("--ceiling-rounds", type=int, default=3, help="alternating rounds of the raw forward")
+    p.add_argument(
+        "--open-loop",
+        type=lambda s: [float(x) for x in s.split(",")] if s else [],
+        default=[0.5, 0.8],
+        help="offered loads of the open-loop runs, as fractions of each server's closed-loop peak ('' for none)",
+    )
+    p.add_argument("--open-loop-seconds", type=float, default=8.0, help="scheduled length of each open-loop run")
+    p.add_argument("--arrivals", default="poisson", choices=["poisson", "fixed"], help="open-loop arrival process")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="in the last round, py-spy the model replica under the saturation load (after the timed loads) and "
+        "take CPU per process; collapsed stacks saved beside --out",
+    )
+    p.add_argument("--profile-seconds", type=float, default=15.0)
     p.add_argument("--out", default="out/benchmark_serve.json")
     args = p.parse_args(argv)
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
+    if args.ceiling_rounds < 1 or any(t < 1 for t in args.ceiling_threads or []):
+        p.error("--ceiling-rounds and --ceiling-threads: at least 1")
+    if any(not 0 < f < 1.5 for f in args.open_loop):
+        p.error(f"--open-loop {args.open_loop}: fractions of the peak in (0, 1.5)")
     if args.gpus < 0 or (args.gpus > 0 and not torch.cuda.is_available()):
         p.error(f"--gpus {args.gpus}: must be 0 (CPU) or > 0 on a machine where torch sees a CUDA device")
     result = run(args)
     print_table(result, VARIANTS)
+    print_ceiling_summary(result, args.variants)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

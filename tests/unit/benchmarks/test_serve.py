@@ -38,7 +38,9 @@ def test_serving_benchmark_takes_cell_wise_medians_over_rounds() -> None:
 
 
 def test_serving_benchmark_refuses_bad_arguments_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
-    bad = [["--variants", "nope"], ["--gpus", "-1"]] + ([] if torch.cuda.is_available() else [["--gpus", "1"]])
+    bad = [["--variants", "nope"], ["--gpus", "-1"], ["--ceiling-rounds", "0"], ["--open-loop", "0.5,2"]] + (
+        [] if torch.cuda.is_available() else [["--gpus", "1"]]
+    )
     for argv in bad:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
