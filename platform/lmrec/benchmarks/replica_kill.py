@@ -56,9 +56,14 @@ class KillRun:
 
 def replica_pids(app: str, deployment: str) -> list[int]:
     """PIDs of the live replica actors of `deployment` in Serve application `app`."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:{deployment}"), ("state", "=", "ALIVE")])
+    # the cluster this driver is connected to: with no address the state API auto-detects, and
+    # fails when more than one Ray instance runs on the machine (a test's own head beside another)
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    filters = [("class_name", "=", f"ServeReplica:{app}:{deployment}"), ("state", "=", "ALIVE")]
+    actors = list_actors(address=address, filters=filters)  # type: ignore[arg-type]
     return sorted(a.pid for a in actors if a.pid)
 
 
