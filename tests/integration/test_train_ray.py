@@ -91,45 +91,48 @@ def test_fsdp_training_learns_and_is_tracked(trained, mlflow_server) -> None:
     assert mv.tags["dataset"] == "synthetic"
 
 
-def _lmrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "lmrec"), *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=300,
-    )
+def _lmrec(*calls: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run `lmrec` CLI calls side by side (each is a fresh interpreter importing torch: seconds of CPU
+    spent mostly apart from the cluster), and return their results in order."""
+    exe = str(Path(sys.executable).parent / "lmrec")
+    procs = [
+        subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        for args in calls
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
 
 
 def test_lmrec_evaluate_on_registered_model_and_checkpoint(trained, tmp_path: Path) -> None:
     _, result = trained
-    out = _lmrec(
-        "evaluate",
-        "--model-uri",
-        "models:/lmrec-seqrec@candidate",
-        "--protocols",
-        "full",
-        "--out",
-        str(tmp_path / "m.json"),
+    by_uri, by_ckpt, bad = _lmrec(
+        [
+            "evaluate",
+            "--model-uri",
+            "models:/lmrec-seqrec@candidate",
+            "--protocols",
+            "full",
+            "--out",
+            str(tmp_path / "m.json"),
+        ],
+        ["evaluate", "--checkpoint", result.checkpoint_path, "--protocols", "full", "--out", str(tmp_path / "c.json")],
+        [
+            "evaluate",
+            "--model-uri",
+            "models:/lmrec-seqrec@candidate",
+            "--dataset",
+            "synthetic",
+            "synthetic.num_items=120",
+            "synthetic.num_users=150",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads((tmp_path / "m.json").read_text())
-    assert got["metrics"]["test/full/ndcg@10"] == pytest.approx(result.metrics["test/full/ndcg@10"], abs=1e-6)
-    out = _lmrec(
-        "evaluate", "--checkpoint", result.checkpoint_path, "--protocols", "full", "--out", str(tmp_path / "c.json")
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads((tmp_path / "c.json").read_text())
-    assert got["metrics"]["test/full/ndcg@10"] == pytest.approx(result.metrics["test/full/ndcg@10"], abs=1e-6)
-    bad = _lmrec(
-        "evaluate",
-        "--model-uri",
-        "models:/lmrec-seqrec@candidate",
-        "--dataset",
-        "synthetic",
-        "synthetic.num_items=120",
-        "synthetic.num_users=150",
-        "--out",
-        str(tmp_path / "x.json"),
-    )
+    for out, name in ((by_uri, "m.json"), (by_ckpt, "c.json")):
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads((tmp_path / name).read_text())
+        assert got["metrics"]["test/full/ndcg@10"] == pytest.approx(result.metrics["test/full/ndcg@10"], abs=1e-6)
     assert bad.returncode == 2 and "catalog" in bad.stderr
