@@ -38,6 +38,36 @@ class SyntheticConfig(ConfigModel):
         )
 
 
+class ItemsConfig(ConfigModel):
+    """Item content (text, attributes) written beside the sequences as `items.parquet`.
+
+    `source`: `auto` (the dataset's own item file when it has one: MovieLens `u.item` /
+    `movies.dat` / `movies.csv`, Amazon S3-Rec `sasrec/<Name>_item2attributes.json`), `none`, or
+    the path of a Parquet or CSV file (relative paths are tried under the data directory) with
+    `id_column` plus the named text and attribute columns.
+    """
+
+    source: str = "auto"
+    id_column: str = "item_id"
+    text_columns: list[str] = Field(default_factory=list)
+    attribute_columns: list[str] = Field(default_factory=list)
+    min_coverage: float = 0.5  # fail when fewer of the dataset's items are in the source
+
+    def validate_config(self) -> None:
+        check(
+            self.source in ("auto", "none") or self.source.endswith((".parquet", ".csv")),
+            "source",
+            f"must be 'auto', 'none' or a .parquet / .csv path, got {self.source!r}",
+        )
+        user_file = self.source not in ("auto", "none")
+        check(
+            not user_file or bool(self.text_columns or self.attribute_columns),
+            "text_columns",
+            "a user item file needs text_columns or attribute_columns (or both)",
+        )
+        check(0.0 <= self.min_coverage <= 1.0, "min_coverage", "must be in [0, 1]")
+
+
 class DataConfig(ConfigModel):
     """Which interactions to read and how to turn them into leave-one-out sequences.
 
@@ -53,6 +83,7 @@ class DataConfig(ConfigModel):
     download: bool = True  # fetch missing MovieLens files from GroupLens when online
     fallback_to_synthetic: bool = False  # when the files are absent and cannot be fetched
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    items: ItemsConfig = Field(default_factory=ItemsConfig)
 
     def validate_config(self) -> None:
         check(

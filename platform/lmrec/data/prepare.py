@@ -2,7 +2,8 @@
 
 read (Ray Data) -> optional rating threshold -> iterative k-core filter ->
 hash-shuffle by user -> chronological per-user sequences (ties broken by item id)
--> item/user vocabularies -> leave-one-out split -> Parquet + JSON manifest.
+-> item/user vocabularies -> leave-one-out split -> Parquet + JSON manifest, with the
+item content (text, attributes: lmrec.data.items) aligned to the item vocabulary.
 
 The output folder is `<LMREC_HOME>/prepared/<dataset>-<hash>/` holding
 `sequences.parquet`, `items.parquet` and `manifest.json`. It is written to a
@@ -18,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from lmrec.config import config_hash, to_dict
 from lmrec.data.config import DataConfig
 from lmrec.data.download import DatasetNotFound, locate_dataset
+from lmrec.data.items import ContentSource, align_content, resolve_content
 from lmrec.data.readers import INTERACTIONS, FileFormat, dataset_spec, parse_lines, read_movie_titles
 from lmrec.data.synthetic import write_synthetic
 from lmrec.paths import data_dir as resolve_data_dir
@@ -37,7 +39,7 @@ from lmrec.paths import lmrec_home, prepared_dir
 
 log = logging.getLogger(__name__)
 
-PREP_VERSION = 1  # bump when the output format or semantics change
+PREP_VERSION = 2  # bump when the output format or semantics change (2: item text and attributes)
 MANIFEST = "manifest.json"
 SEQUENCES = "sequences.parquet"
 ITEMS = "items.parquet"
@@ -54,6 +56,7 @@ class Source:
     fingerprint: str
     notice: str | None = None  # e.g. "MovieLens absent: using synthetic data"
     data_dir: str | None = None
+    content: ContentSource | None = None  # item text and attributes (lmrec.data.items)
 
 
 @dataclass
@@ -82,7 +85,16 @@ def _file_fingerprint(paths: list[str]) -> str:
 
 
 def resolve_source(cfg: DataConfig) -> Source:
-    """Find (or download, or generate) the input files for `cfg.dataset`."""
+    """Find (or download, or generate) the input files for `cfg.dataset`, and its item content."""
+    source = _interaction_source(cfg)
+    explicit = cfg.items.source not in ("auto", "none")
+    if source.data_dir is not None or explicit:  # synthetic data has no item file of its own
+        ddir = Path(source.data_dir) if source.data_dir else resolve_data_dir(cfg.data_dir)
+        source.content = resolve_content(cfg.items, source.dataset, ddir)
+    return source
+
+
+def _interaction_source(cfg: DataConfig) -> Source:
     if cfg.dataset == "synthetic":
         return _synthetic_source(cfg)
     ddir = resolve_data_dir(cfg.data_dir)
@@ -119,6 +131,8 @@ def cache_key(cfg: DataConfig, source: Source) -> str:
         min_item_interactions=cfg.min_item_interactions,
         min_rating=cfg.min_rating,
         source=source.fingerprint,
+        items=to_dict(cfg.items),
+        items_source=_file_fingerprint(source.content.files) if source.content else None,
     )
     return config_hash(relevant)
 
@@ -315,14 +329,18 @@ def _write_outputs(
     titles: dict[int, str] = {}
     if source.data_dir and source.dataset.startswith("ml-"):
         titles = read_movie_titles(Path(source.data_dir), source.dataset)
-    items_table = pa.table(
-        {
-            "item_idx": pa.array(np.arange(1, len(item_ids) + 1, dtype=np.int32)),
-            "item_id": pa.array(item_ids),
-            "train_count": pa.array(train_counts.astype(np.int64)),
-            "title": pa.array([titles.get(int(i), "") for i in item_ids], pa.string()),
-        }
-    )
+    columns = {
+        "item_idx": pa.array(np.arange(1, len(item_ids) + 1, dtype=np.int32)),
+        "item_id": pa.array(item_ids),
+        "train_count": pa.array(train_counts.astype(np.int64)),
+        "title": pa.array([titles.get(int(i), "") for i in item_ids], pa.string()),
+    }
+    content_stats: dict[str, Any] | None = None
+    if source.content is not None:
+        columns["text"], columns["attributes"], content_stats = align_content(
+            source.content, item_ids, cfg.items.min_coverage
+        )
+    items_table = pa.table(columns)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -352,6 +370,7 @@ def _write_outputs(
             "max": int(lengths.max()),
         },
         "item_ids": [int(i) for i in item_ids],  # item_idx i+1 <-> original id item_ids[i]
+        "item_content": content_stats,  # None: no text or attributes (items.parquet has ids only)
         "files": {"sequences": SEQUENCES, "items": ITEMS},
         "created_unix": int(time.time()),
     }
@@ -363,7 +382,9 @@ def _write_outputs(
 
 
 def source_summary(src: Source) -> dict[str, Any]:
-    return asdict(src)
+    out = asdict(replace(src, content=None))
+    out["content_files"] = src.content.files if src.content else []
+    return out
 
 
 # ---------------------------------------------------------------- in-process path
