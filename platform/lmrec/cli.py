@@ -71,6 +71,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from lmrec.content.config import EmbedJobConfig
+    from lmrec.content.job import run_embed_job
+
+    cfg = load_config(EmbedJobConfig, args.config, list(args.overrides))  # fails here, before Ray, on bad keys
+    result = run_embed_job(cfg)
+    m = result.meta
+    print(
+        f"{'cached' if result.cached else 'embedded'}: {m['items']:,} items x {m['dim']} with {m['encoder']} "
+        f"({m['items_without_text']:,} without text); {m.get('items_per_s') or '-'} items/s when computed"
+    )
+    print(f"embeddings: {result.path}   MLflow run: {result.run_id}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.config import deep_merge, load_yaml, parse_overrides
     from lmrec.serving import launch
@@ -315,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-out", help="write final metrics JSON here")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "embed",
+        help="embed item text with Ray Data (wordllama offline, or hf:<model>), cached, logged to MLflow",
+        epilog="example: lmrec embed --config jobs/configs/embed_items/ml100k_wordllama.yaml embed.concurrency=2",
+    )
+    s.add_argument("--config", help="YAML under jobs/configs/embed_items/")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. embed.encoder=hf:BAAI/bge-small-en-v1.5")
+    s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser(
         "evaluate",

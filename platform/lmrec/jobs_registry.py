@@ -12,6 +12,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "benchmark_compression": "lmrec.benchmarks.compression:BenchmarkConfig",
     "tune_compression": "lmrec.tuning.compression:TuneCompressionConfig",
     "pipeline": "lmrec.pipeline:PipelineConfig",
+    "embed_items": "lmrec.content.config:EmbedJobConfig",
 }
 # Configs with a JSON Schema but no jobs/configs folder: the serve app's `args` (`lmrec serve --config`).
 OTHER_SCHEMAS: dict[str, str] = {"serve": "lmrec.serving.config:ServeConfig"}
