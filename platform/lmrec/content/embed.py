@@ -119,7 +119,9 @@ def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False) -> E
         ray.init(log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     t0 = time.perf_counter()
-    ds = ray.data.from_arrow(texts).map_batches(
+    # enough blocks for every actor of the pool to get work (one Arrow table is one block)
+    blocks = max(cfg.concurrency, min(-(-texts.num_rows // cfg.batch_size), 4 * cfg.concurrency))
+    ds = ray.data.from_arrow(texts).repartition(blocks).map_batches(
         _EncodeBatch,
         fn_constructor_kwargs={"encoder": cfg.encoder, "options": _options(cfg), "batch_size": cfg.batch_size},
         batch_size=cfg.batch_size,
