@@ -16,7 +16,8 @@ import requests
 from lmrec.serving import launch
 from support import SERVE_MODEL
 
-pytestmark = pytest.mark.integration
+# Ray Data reads these small logs with one footer reader (see the fixture).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("few_parquet_footer_readers")]
 
 POLICY_MODEL = "it-loop-policy"
 N_REQUESTS = 120
@@ -41,7 +42,7 @@ def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise TimeoutError(what)
 
 

@@ -110,3 +110,16 @@ def test_job_with_a_missing_log_folder_exits_before_importing_ray() -> None:
     out = _run_job("--config", "jobs/configs/tune_exploration/feedback_logs.yaml", "logs.path=/no/such/feedback_logs")
     assert "exit 2 False" in out.stdout, out.stdout + out.stderr
     assert "config key 'logs.path'" in out.stderr and "/no/such/feedback_logs" in out.stderr
+
+
+def test_exploration_trial_module_imports_without_torch() -> None:
+    """Every Tune trial process of the search imports this module: torch would cost it seconds."""
+    code = (
+        "import sys, lmrec.tuning.exploration.driver, lmrec.tuning.feedback_io\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "from lmrec.models import SeqRecModel, build_config\n"
+        "from lmrec.evaluation import evaluate_scorer\n"
+        "print('torch' in sys.modules, callable(evaluate_scorer), SeqRecModel.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[:2] == ["[]", "True True SeqRecModel"], out.stdout + out.stderr
