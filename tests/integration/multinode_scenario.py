@@ -45,11 +45,22 @@ def main(out_path: str) -> None:
     from lmrec.cluster.local import free_port
 
     # Its own dashboard port: another Ray on this machine (a user's, the test session's) may hold 8265.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": free_port()})
+    # The GCS declares a silent node dead after `health_check_failure_threshold` missed checks, one every
+    # `health_check_period_ms` (3 s x 5 by default): checked every second, the lost node is noticed in
+    # about 3 s; a check still waits up to its own timeout, so a busy but live raylet is not declared dead.
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "dashboard_port": free_port(),
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+        },
+    )
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
+        report["events"].append(f"nodes up at {time.time():.0f}")
         report["nodes_alive_at_start"] = sum(1 for n in ray.nodes() if n["Alive"])
 
         # The integration session's dataset (a cache hit under its LMREC_HOME; else Ray Data prepares it here).
@@ -90,13 +101,14 @@ def main(out_path: str) -> None:
 
         thread = threading.Thread(target=fit, daemon=True)
         thread.start()
+        report["events"].append(f"training started at {time.time():.0f}")
         run_dir = work / "storage" / "mn-run"
         deadline = time.time() + 300
         removed = None
         while time.time() < deadline and thread.is_alive():
             ckpts = list(run_dir.glob("checkpoint_*")) if run_dir.exists() else []
-            workers = _train_workers()
-            if len(ckpts) >= 2 and len(workers) == 2:
+            # The state API only once checkpoints exist: each call costs the dashboard and this driver CPU.
+            if len(ckpts) >= 2 and len(_train_workers()) == 2:
                 time.sleep(2.0)  # let the controller register the newest checkpoint
                 workers = _train_workers()
                 report["worker_nodes_before"] = sorted({w["node_id"] for w in workers})
@@ -112,8 +124,12 @@ def main(out_path: str) -> None:
         report["removed_node"] = removed
         after: set = set()
         while thread.is_alive():
-            after |= {w["node_id"] for w in _train_workers()}
+            now = {w["node_id"] for w in _train_workers()}
+            if now - after - set(report.get("worker_nodes_before", [])):
+                report["events"].append(f"workers on the new node at {time.time():.0f}")
+            after |= now
             thread.join(timeout=1.0)
+        report["events"].append(f"training returned at {time.time():.0f}")
         report["worker_nodes_after"] = sorted(after)
         if "error" in outcome:
             report["error"] = outcome["error"]

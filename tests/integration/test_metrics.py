@@ -93,7 +93,7 @@ def test_train_and_serve_metrics_are_on_the_prometheus_endpoint(
             TrainJobConfig,
             None,
             [
-                "train.epochs=2",
+                "train.epochs=1",  # one epoch publishes every training gauge (loss, validation, final test)
                 "train.num_workers=1",
                 "train.strategy=none",
                 "train.batch_size=32",

@@ -66,7 +66,7 @@ def _submit(client, name: str, *overrides: str, cli: bool = False) -> tuple[str,
         status = client.get_job_status(sid)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             break
-        time.sleep(3)
+        time.sleep(0.5)
     from lmrec.cluster import jobs
 
     logs = jobs.logs(sid, client.get_address())  # what `lmrec logs` prints
@@ -93,6 +93,16 @@ def test_pipeline_job_runs_every_stage_resumes_by_name_and_serves_the_champion(
         f"deploy.port={port}",
         "deploy.app_name=it-pipeline",
         "deploy.route_prefix=/pipeline",
+        # Each stage at its smallest, so that the jobs spawn few Ray worker processes (each imports torch):
+        # one training epoch; one compression trial that quantizes the teacher (no Ray Train run inside
+        # the trial: distillation from Tune trials is test_compression_tune.py's); one exploration trial.
+        "train.train.epochs=1",
+        "compress.space.student=[false]",
+        "compress.space.quantize=[int8]",
+        "compress.search.num_samples=1",
+        "compress.search.max_concurrent=1",
+        "explore.search.num_samples=1",
+        "explore.search.max_concurrent=1",
     ]
 
     # 1st submission: stops after evaluation (as if the job had been cut there).
