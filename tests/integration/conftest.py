@@ -13,6 +13,12 @@ import pytest
 
 from support import SERVE_MODEL, MlflowServer, RayHead, start_mlflow_server, start_ray_head
 
+# Ray Data (2.60, datasource V2) reads Parquet footers on a pool of RAY_DATA_PARQUET_FOOTER_NUM_ACTORS
+# actors (default 32) that every `read_parquet` starts and kills: 32 new worker processes cost ~10 s per
+# read on 2 cores, for the few small files a test reads. Set for the session before the head starts, so
+# the head, job drivers and Tune trials inherit it (it is read on the driver that plans the read).
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+
 RAY_NUM_CPUS = 6  # oversubscribes 2 real cores on purpose: trainers, Tune trials and Serve share it
 
 
@@ -94,22 +100,3 @@ def serve_http(ray_cluster) -> Iterator[str]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def few_parquet_footer_readers() -> Iterator[None]:
-    """One Ray Data footer-reader actor per `read_parquet` in this module, instead of 32.
-
-    Ray Data (2.60, datasource V2) reads every Parquet footer on a pool of
-    RAY_DATA_PARQUET_FOOTER_NUM_ACTORS actors that each read starts and kills; 32 new worker
-    processes cost ~10 s per read on 2 cores, for logs of a few small files. The variable is
-    read on the driver when the read is planned, and subprocess drivers inherit it.
-    """
-    key = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-    old = os.environ.get(key)
-    os.environ[key] = "1"
-    yield
-    if old is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = old

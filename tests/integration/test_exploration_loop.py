@@ -17,7 +17,7 @@ from lmrec.serving import launch
 from support import SERVE_MODEL
 
 # Ray Data reads these small logs with one footer reader (see the fixture).
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("few_parquet_footer_readers")]
+pytestmark = pytest.mark.integration
 
 POLICY_MODEL = "it-loop-policy"
 N_REQUESTS = 120

@@ -19,7 +19,7 @@ from lmrec.tuning.exploration import TuneExplorationConfig, run_exploration_sear
 from lmrec.tuning.feedback_io import dataset_to_table, read_feedback_logs
 
 # Ray Data reads these small logs with one footer reader (see the fixture).
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("few_parquet_footer_readers")]
+pytestmark = pytest.mark.integration
 
 N_REQUESTS = 1500
 # The interrupted search: killed once 2 trials are TERMINATED in Tune's saved state, which
