@@ -98,7 +98,9 @@ def test_a_hugging_face_encoder_runs_on_an_actor_pool(ray_cluster, mlflow_server
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path)
     BertModel(
-        BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+        BertConfig(
+            vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
     ).save_pretrained(tmp_path)
     encoder = f"hf:{tmp_path}"
     result = run_embed_job(_job(catalog, f"embed.encoder={encoder}", "embed.concurrency=2", "embed.batch_size=32"))
