@@ -121,14 +121,18 @@ def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False) -> E
     t0 = time.perf_counter()
     # enough blocks for every actor of the pool to get work (one Arrow table is one block)
     blocks = max(cfg.concurrency, min(-(-texts.num_rows // cfg.batch_size), 4 * cfg.concurrency))
-    ds = ray.data.from_arrow(texts).repartition(blocks).map_batches(
-        _EncodeBatch,
-        fn_constructor_kwargs={"encoder": cfg.encoder, "options": _options(cfg), "batch_size": cfg.batch_size},
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        concurrency=cfg.concurrency,
-        num_gpus=cfg.num_gpus or None,
-        num_cpus=cfg.num_cpus,
+    ds = (
+        ray.data.from_arrow(texts)
+        .repartition(blocks)
+        .map_batches(
+            _EncodeBatch,
+            fn_constructor_kwargs={"encoder": cfg.encoder, "options": _options(cfg), "batch_size": cfg.batch_size},
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            concurrency=cfg.concurrency,
+            num_gpus=cfg.num_gpus or None,
+            num_cpus=cfg.num_cpus,
+        )
     )
     ids, vectors = [], []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
