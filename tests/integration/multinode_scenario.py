@@ -48,9 +48,14 @@ def main(out_path: str) -> None:
     # The GCS declares a silent node dead after `health_check_failure_threshold` missed checks, one every
     # `health_check_period_ms` (3 s x 5 by default): checked every second, the lost node is noticed in
     # about 3 s; a check still waits up to its own timeout, so a busy but live raylet is not declared dead.
+    # Its processes name this cluster when Ray code in them auto-detects "the" cluster (Train's placement
+    # group cleaner does): other Ray instances run on this machine, and auto-detection fails among several.
+    gcs_port = free_port()
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
+            "gcs_server_port": gcs_port,
             "num_cpus": 0,
             "dashboard_port": free_port(),
             "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},

@@ -165,6 +165,10 @@ def start_ray_head(num_cpus: int = 4, env: dict[str, str] | None = None) -> RayH
     env = dict(env if env is not None else os.environ)
     # Job drivers run `python ...` from the head's environment: the project's venv, as on a cluster node.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # Every process of this cluster (actors, job drivers) names it when it looks for "the" cluster: Ray
+    # code that auto-detects (Tune's placement-group cleaner, the state API) fails when two Ray instances
+    # run on one machine and nothing says which is theirs.
+    env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     ensure_auth_token(env)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
