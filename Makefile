@@ -30,7 +30,7 @@ lint: install
 	PYTHONPATH=tests $(VENV)/bin/lint-imports  # layering contracts in pyproject.toml
 
 test: install lint
-	tests/run_suites.sh $(PY) $(PYTEST_ARGS)  # unit suite and two integration halves side by side (see the script)
+	tests/run_suites.sh $(PY) $(PYTEST_ARGS)  # unit and integration suites side by side (see the script)
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
