@@ -70,50 +70,44 @@ def _movie(title: str, genres: list[str]) -> tuple[str, list[str]]:
     return text, attrs
 
 
-def read_ml100k_items(path: str | Path) -> pa.Table:
-    """`u.item`: id|title|release date|video release date|IMDb URL|19 genre flags (Latin-1)."""
-    ids, texts, attrs = [], [], []
+def _movies(rows: list[tuple[str, str, list[str]]]) -> pa.Table:
+    """(id, title, genres) rows -> CONTENT, via `_movie`."""
+    pairs = [_movie(title, genres) for _, title, genres in rows]
+    return _content([int(r[0]) for r in rows], [p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def _latin1_fields(path: str | Path, sep: str, n_fields: int) -> list[list[str]]:
+    """The non-blank lines of a Latin-1 MovieLens file, split; a line with another field count fails."""
+    out = []
     for n, line in enumerate(Path(path).read_bytes().decode("latin-1").splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.split("|")
-        if len(parts) != 5 + len(ML100K_GENRES):
-            raise ItemContentError(f"{path}: line {n} has {len(parts)} fields, expected {5 + len(ML100K_GENRES)}")
-        genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag.strip() == "1"]
-        text, a = _movie(parts[1], genres)
-        ids.append(int(parts[0]))
-        texts.append(text)
-        attrs.append(a)
-    return _content(ids, texts, attrs)
+        parts = line.split(sep)
+        if len(parts) != n_fields:
+            raise ItemContentError(f"{path}: line {n} has {len(parts)} fields, expected {n_fields}")
+        out.append(parts)
+    return out
+
+
+def read_ml100k_items(path: str | Path) -> pa.Table:
+    """`u.item`: id|title|release date|video release date|IMDb URL|19 genre flags (Latin-1)."""
+    rows = _latin1_fields(path, "|", 5 + len(ML100K_GENRES))
+    return _movies([(p[0], p[1], [g for g, f in zip(ML100K_GENRES, p[5:]) if f.strip() == "1"]) for p in rows])
 
 
 def read_ml1m_items(path: str | Path) -> pa.Table:
     """`movies.dat`: id::title::genre|genre (Latin-1)."""
-    ids, texts, attrs = [], [], []
-    for n, line in enumerate(Path(path).read_bytes().decode("latin-1").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("::")
-        if len(parts) != 3:
-            raise ItemContentError(f"{path}: line {n} has {len(parts)} fields, expected 3")
-        text, a = _movie(parts[1], [g for g in parts[2].split("|") if g])
-        ids.append(int(parts[0]))
-        texts.append(text)
-        attrs.append(a)
-    return _content(ids, texts, attrs)
+    return _movies([(p[0], p[1], [g for g in p[2].split("|") if g]) for p in _latin1_fields(path, "::", 3)])
 
 
 def read_movielens_csv_items(path: str | Path) -> pa.Table:
     """`movies.csv` of ml-20m/25m: movieId,title,genres (UTF-8, quoted)."""
-    ids, texts, attrs = [], [], []
     with open(path, encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
-            text, a = _movie(row["title"], genres)
-            ids.append(int(row["movieId"]))
-            texts.append(text)
-            attrs.append(a)
-    return _content(ids, texts, attrs)
+        rows = [
+            (r["movieId"], r["title"], [g for g in r["genres"].split("|") if g and g != "(no genres listed)"])
+            for r in csv.DictReader(fh)
+        ]
+    return _movies(rows)
 
 
 def read_s3rec_attributes(path: str | Path) -> pa.Table:
