@@ -153,8 +153,13 @@ def test_prepare_with_a_user_item_file_counts_items_without_text(tmp_path: Path,
     )
     assert cache_key(other, resolve_source(other)) != cache_key(cfg, resolve_source(cfg))
     assert prepare_dataset(other, cache_root=tmp_path / "prep", engine="local").path != prepared.path
-    none = _synthetic(tmp_path)  # synthetic data has no item file of its own
+    none = _synthetic(tmp_path, "items.source=none")
     assert prepare_dataset(none, cache_root=tmp_path / "prep", engine="local").manifest["item_content"] is None
+    # synthetic data brings its own content: text and an attribute naming each item's hidden cluster
+    own = prepare_dataset(_synthetic(tmp_path), cache_root=tmp_path / "prep", engine="local")
+    assert own.manifest["item_content"]["source"] == "synthetic"
+    rows = pq.read_table(own.path / "items.parquet").to_pylist()
+    assert all(r["text"] and len(r["attributes"]) == 1 and r["attributes"][0].startswith("cluster:") for r in rows)
 
 
 def test_a_file_of_other_ids_fails_naming_the_file_and_the_count(tmp_path: Path, lmrec_home: Path) -> None:

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmrec.content.config import EmbedConfig
+from lmrec.data.item_features import EMBEDDINGS, read_embeddings
 from lmrec.models.encoders import EncoderError, EncoderOptions, check_finite, load_encoder
 from lmrec.paths import lmrec_home
 
-EMBEDDINGS = "embeddings.parquet"
 META = "meta.json"
 
 
@@ -177,7 +177,4 @@ def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False) -> E
 
 def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(item_ids int64 [n], embeddings float32 [n, dim]) from an embedding cache folder."""
-    t = pq.read_table(Path(path) / EMBEDDINGS)
-    dim = t.schema.field("embedding").type.list_size
-    flat = t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return t.column("item_id").to_numpy(), np.asarray(flat, np.float32).reshape(-1, dim)
+    return read_embeddings(path)

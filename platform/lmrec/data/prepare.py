@@ -33,7 +33,7 @@ from lmrec.data.config import DataConfig
 from lmrec.data.download import DatasetNotFound, locate_dataset
 from lmrec.data.items import ContentSource, align_content, resolve_content
 from lmrec.data.readers import INTERACTIONS, FileFormat, dataset_spec, parse_lines, read_movie_titles
-from lmrec.data.synthetic import write_synthetic
+from lmrec.data.synthetic import item_content, write_synthetic
 from lmrec.paths import data_dir as resolve_data_dir
 from lmrec.paths import lmrec_home, prepared_dir
 
@@ -88,10 +88,19 @@ def resolve_source(cfg: DataConfig) -> Source:
     """Find (or download, or generate) the input files for `cfg.dataset`, and its item content."""
     source = _interaction_source(cfg)
     explicit = cfg.items.source not in ("auto", "none")
-    if source.data_dir is not None or explicit:  # synthetic data has no item file of its own
+    if source.data_dir is not None or explicit:
         ddir = Path(source.data_dir) if source.data_dir else resolve_data_dir(cfg.data_dir)
         source.content = resolve_content(cfg.items, source.dataset, ddir)
+    elif source.dataset == "synthetic":
+        source.content = synthetic_content(cfg)
     return source
+
+
+def synthetic_content(cfg: DataConfig) -> ContentSource | None:
+    """Synthetic items' own content (text and attribute naming their hidden cluster), unless `items.source: none`."""
+    if cfg.items.source != "auto":
+        return None
+    return ContentSource(item_content(cfg.synthetic), [], "synthetic")
 
 
 def _interaction_source(cfg: DataConfig) -> Source:
@@ -436,5 +445,7 @@ def prepare_local(cfg: DataConfig, table: pa.Table, out: Path) -> PreparedDatase
     """
     raw = table.num_rows
     source = Source(cfg.dataset, "table", [], None, f"table:{raw}")
+    if cfg.dataset == "synthetic":
+        source.content = synthetic_content(cfg)
     key = config_hash({"local": True, "rows": raw, "cfg": to_dict(cfg)})
     return PreparedDataset(out, _stages_local(cfg, source, table, out, key), cached=False)

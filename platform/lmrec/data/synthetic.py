@@ -92,6 +92,23 @@ def generate_chunks(cfg: SyntheticConfig, users_per_chunk: int = 200_000) -> Ite
         yield pa.table([users, items.astype(np.int64), ts, np.ones(len(items), dtype=np.float32)], schema=INTERACTIONS)
 
 
+_COLOURS = "red blue green yellow black white orange purple brown grey".split()
+_THINGS = "shoe guitar novel camera lamp bicycle tea jacket puzzle clock".split()
+
+
+def item_content(cfg: SyntheticConfig) -> pa.Table:
+    """Item content (lmrec.data.items.CONTENT) that reveals each item's hidden cluster: text
+    "<colour> <thing> number <i>" and the attribute `cluster:<c>`, the same for all items of a cluster."""
+    from lmrec.data.items import CONTENT
+
+    world = _World(cfg)
+    c = world.cluster_of
+    texts = [f"{_COLOURS[k % 10]} {_THINGS[k // 10 % 10]} number {i + 1}" for i, k in enumerate(c)]
+    attrs = [[f"cluster:{k}"] for k in c]
+    ids = np.arange(1, cfg.num_items + 1, dtype=np.int64)
+    return pa.table([ids, texts, attrs], schema=CONTENT)
+
+
 def generate(cfg: SyntheticConfig) -> pa.Table:
     """All interactions as one table (for small configs and tests)."""
     return pa.concat_tables(list(generate_chunks(cfg)))

@@ -28,6 +28,16 @@ class SeqRecConfig(ConfigModel):
     rms_norm_eps: float = 1e-6
     init_std: float = 0.02
     name: str = "custom"  # the size preset it was built from
+    # Item content fused into the item representation (lmrec.models.seqrec, "Fused items").
+    # "id": ID embeddings only. "add": ID + projected text + attribute bag. "gate": a learned
+    # per-item sigmoid gate between the ID and the content part. "concat_proj": a linear
+    # projection of [ID ; raw text embedding ; attribute bag].
+    fusion: Literal["id", "add", "gate", "concat_proj"] = "id"
+    text_dim: int = 0  # width of the frozen text embeddings (0 = no text)
+    num_attributes: int = 0  # attribute vocabulary (ids 1..num_attributes; 0 = no attributes)
+    max_attributes: int = 0  # attribute slots per item
+    id_dropout: float = 0.0  # training: P(an item's ID part is dropped) per step (content-only, as a cold item)
+    finetune_text: bool = False  # the text table is a trained parameter instead of a frozen buffer
 
     def validate_config(self) -> None:
         check(self.num_items >= 1, "num_items", f"must be >= 1, got {self.num_items}")
@@ -56,6 +66,27 @@ class SeqRecConfig(ConfigModel):
         check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         if self.intermediate_size is not None:
             check(self.intermediate_size >= 1, "intermediate_size", "must be >= 1")
+        check(self.text_dim >= 0, "text_dim", "must be >= 0")
+        check(self.num_attributes >= 0, "num_attributes", "must be >= 0")
+        check(
+            (self.num_attributes == 0) == (self.max_attributes == 0),
+            "max_attributes",
+            "must be > 0 exactly when num_attributes > 0",
+        )
+        has_content = self.text_dim > 0 or self.num_attributes > 0
+        check(
+            (self.fusion == "id") != has_content,
+            "fusion",
+            "'id' takes no item content; 'add', 'gate' and 'concat_proj' need text_dim or num_attributes > 0"
+            f" (got fusion={self.fusion!r}, text_dim={self.text_dim}, num_attributes={self.num_attributes})",
+        )
+        check(0.0 <= self.id_dropout < 1.0, "id_dropout", f"must be in [0, 1), got {self.id_dropout}")
+        check(self.id_dropout == 0 or has_content, "id_dropout", "needs item content (fusion other than 'id')")
+        check(not self.finetune_text or self.text_dim > 0, "finetune_text", "needs text_dim > 0")
+
+    @property
+    def fused(self) -> bool:
+        return self.fusion != "id"
 
     @property
     def kv_heads(self) -> int:
@@ -84,7 +115,24 @@ class SeqRecConfig(ConfigModel):
         total = L * per_layer + h  # final norm
         if include_embeddings:
             total += self.vocab_size * h
+            total += self.content_parameters()
         return total
+
+    def content_parameters(self) -> int:
+        """Trained parameters of the fusion (text projection, attribute table, gate, concat projection)."""
+        h, d = self.hidden_size, self.text_dim
+        n = 0
+        if d and self.fusion != "concat_proj":
+            n += d * h
+        if self.finetune_text:
+            n += self.vocab_size * d
+        if self.num_attributes:
+            n += (self.num_attributes + 1) * h
+        if self.fusion == "gate":
+            n += 2 * h + 1
+        if self.fusion == "concat_proj":
+            n += (h + d + (h if self.num_attributes else 0)) * h + h
+        return n
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

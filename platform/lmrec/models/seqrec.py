@@ -7,6 +7,7 @@ Imports neither ray nor torch.distributed: sharding wraps a finished model in
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -60,31 +61,136 @@ def attention_kernels(device: torch.device) -> AbstractContextManager:
     return sdpa_kernel(_CUDA_SDPA_BACKENDS) if device.type == "cuda" else nullcontext()
 
 
+class ItemFusion(nn.Module):
+    """Fused item representations: ID embedding, projected text embedding, attribute bag.
+
+    Content lives in buffers indexed by item_idx (row 0 = padding): `text` (V, text_dim),
+    frozen unless `finetune_text`; `has_text` (V,); `attrs` (V, max_attributes) attribute ids
+    (0 = empty slot); `id_mask` (V,), 0 for items whose ID embedding was never trained (cold
+    items): they are represented by content alone, as the ID dropout of training teaches.
+    """
+
+    def __init__(self, config: SeqRecConfig) -> None:
+        super().__init__()
+        h, d, v = config.hidden_size, config.text_dim, config.vocab_size
+        self.mode, self.id_dropout = config.fusion, config.id_dropout
+        if d:
+            text = torch.zeros(v, d)
+            if config.finetune_text:
+                self.text = nn.Parameter(text)
+            else:
+                self.register_buffer("text", text)
+            self.register_buffer("has_text", torch.zeros(v))
+            if self.mode != "concat_proj":
+                self.text_proj = nn.Linear(d, h, bias=False)
+        if config.num_attributes:
+            self.attr_embed = nn.Embedding(config.num_attributes + 1, h, padding_idx=0)
+            self.register_buffer("attrs", torch.zeros(v, config.max_attributes, dtype=torch.long))
+        self.register_buffer("id_mask", torch.ones(v))
+        if self.mode == "gate":
+            self.gate = nn.Linear(2 * h, 1)
+        if self.mode == "concat_proj":
+            width = h + d + (h if config.num_attributes else 0)
+            self.proj = nn.Linear(width, h)
+
+    def set_content(
+        self,
+        text: torch.Tensor | None = None,
+        has_text: torch.Tensor | None = None,
+        attrs: torch.Tensor | None = None,
+        id_mask: torch.Tensor | None = None,
+    ) -> None:
+        """Fill the content buffers (full (V, ...) tensors; None leaves one as it is)."""
+        with torch.no_grad():
+            for name, value in (("text", text), ("has_text", has_text), ("attrs", attrs), ("id_mask", id_mask)):
+                if value is None:
+                    continue
+                if not hasattr(self, name):
+                    raise ValueError(f"this model has no {name!r} content (see its config)")
+                target = getattr(self, name)
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ValueError(f"{name}: shape {tuple(value.shape)}, the model expects {tuple(target.shape)}")
+                target.copy_(value.to(target.dtype))
+
+    def fuse(
+        self,
+        ids: torch.Tensor,
+        id_mask: torch.Tensor,
+        text: torch.Tensor | None,
+        has_text: torch.Tensor | None,
+        attrs: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(n, H) representations of n items from their ID rows (n, H), ID mask (n,) and content."""
+        m = id_mask.to(ids.dtype)[:, None]
+        parts = []
+        if text is not None:
+            t = text.to(ids.dtype) * has_text.to(ids.dtype)[:, None]
+            parts.append(t if self.mode == "concat_proj" else self.text_proj(t))
+        if attrs is not None:
+            emb = self.attr_embed(attrs)  # (n, A, H); slot 0 embeds to zeros (padding_idx)
+            count = (attrs != 0).sum(-1, keepdim=True).clamp(min=1).to(emb.dtype)
+            parts.append(emb.sum(1) / count)
+        if self.mode == "concat_proj":
+            return self.proj(torch.cat([ids * m, *parts], dim=-1))
+        content = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        if self.mode == "add":
+            return ids * m + content
+        g = torch.sigmoid(self.gate(torch.cat([ids * m, content], dim=-1))) * m  # gate: cold -> content only
+        return g * ids + (1 - g) * content
+
+    def table(self, id_weight: torch.Tensor) -> torch.Tensor:
+        """(V, H) fused table; row 0 (padding) is zero. Training drops IDs with P(id_dropout)."""
+        mask = self.id_mask
+        if self.training and self.id_dropout > 0:
+            mask = mask * (torch.rand(mask.shape, device=mask.device) >= self.id_dropout).to(mask.dtype)
+        rows = self.fuse(
+            id_weight,
+            mask,
+            getattr(self, "text", None),
+            getattr(self, "has_text", None),
+            getattr(self, "attrs", None),
+        )
+        keep = torch.ones_like(mask)
+        keep[PAD_ID] = 0
+        return rows * keep[:, None].to(rows.dtype)
+
+
 class SeqRecModel(nn.Module):
-    """Next-item prediction over a catalog of `num_items` items (ids 1..num_items, 0 = pad)."""
+    """Next-item prediction over a catalog of `num_items` items (ids 1..num_items, 0 = pad).
+
+    With `config.fusion` other than "id", an item is its fused representation (`ItemFusion`):
+    the same table is the input token embedding and the tied output scoring matrix, so an
+    item without interactions (ID masked) still has a representation and a score.
+    """
 
     def __init__(self, config: SeqRecConfig) -> None:
         super().__init__()
         self.config = config
         self.backbone = LlamaModel(llama_config(config))
         self.emb_dropout = nn.Dropout(config.dropout)
+        self.fusion = ItemFusion(config) if config.fused else None
         with torch.no_grad():
             self.backbone.embed_tokens.weight[PAD_ID].zero_()
 
     @property
     def item_embeddings(self) -> torch.Tensor:
-        """(num_items + 1, hidden) table; row 0 is padding. Output scores are tied to it."""
-        return self.backbone.embed_tokens.weight
+        """(num_items + 1, hidden) table; row 0 is padding. Output scores are tied to it.
+
+        Fused models compute it from the ID table and the content (call inside forward under FSDP)."""
+        if self.fusion is None:
+            return self.backbone.embed_tokens.weight
+        return self.fusion.table(self.backbone.embed_tokens.weight)
 
     @property
     def blocks(self) -> nn.ModuleList:
         """Transformer blocks (the units FSDP shards one by one)."""
         return self.backbone.layers
 
-    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded item ids -> (B, L, hidden) causal hidden states."""
+    def encode(self, input_ids: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded item ids -> (B, L, hidden) causal hidden states (`table`: the item table)."""
         mask = (input_ids != PAD_ID).long()
-        x = self.emb_dropout(self.backbone.embed_tokens(input_ids))
+        tokens = self.backbone.embed_tokens(input_ids) if table is None else F.embedding(input_ids, table)
+        x = self.emb_dropout(tokens)
         with attention_kernels(input_ids.device):
             return self.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
 
@@ -102,24 +208,26 @@ class SeqRecModel(nn.Module):
         With `head`: `head(self, hidden)` on the (B, L, hidden) states, computed inside
         forward so that sharded parameters are gathered (distillation losses use it).
         """
-        hidden = self.encode(input_ids)
+        # One fused table per forward: input tokens and output scores share it (and its ID dropout).
+        table = self.item_embeddings if self.fusion is not None else None
+        hidden = self.encode(input_ids, table)
         if head is not None:
             return head(self, hidden)
+        if table is None:
+            table = self.item_embeddings
         if targets is not None:
-            return self._loss(hidden, targets)
+            return self._loss(hidden, targets, table)
         last = hidden[:, -1, :]
-        table = self.item_embeddings
         if candidates is not None:
             return torch.einsum("bh,bch->bc", last, table[candidates])
         scores = last @ table.T
         scores[:, PAD_ID] = float("-inf")
         return scores
 
-    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _loss(self, hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         valid = targets != PAD_ID
         h = hidden[valid]  # (n, H): only positions with a next item
         t = targets[valid]
-        table = self.item_embeddings
         cfg = self.config
         if cfg.loss == "full":
             logits = (h @ table.T) / cfg.temperature
@@ -149,18 +257,88 @@ def init_weights_(model: SeqRecModel, seed: int) -> None:
     std = model.config.init_std
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if name == "fusion.text":  # fine-tuned text embeddings start from the encoder's
+                continue
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
             elif "norm" in name:
                 p.fill_(1.0)
             else:
                 p.zero_()
-        model.item_embeddings[PAD_ID].zero_()
+        model.backbone.embed_tokens.weight[PAD_ID].zero_()
+        if model.fusion is not None and hasattr(model.fusion, "attr_embed"):
+            model.fusion.attr_embed.weight[0].zero_()  # padding slot
         # Scale residual projections as GPT-2 does, so deep stacks start stable.
         scale = 1.0 / math.sqrt(2 * model.config.num_layers)
         for block in model.blocks:
             block.self_attn.o_proj.weight.mul_(scale)
             block.mlp.down_proj.weight.mul_(scale)
+
+
+@torch.no_grad()
+def content_rows(
+    model: SeqRecModel,
+    text: torch.Tensor | None = None,
+    has_text: torch.Tensor | None = None,
+    attrs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(n, H) content-only representations of n items the model has never seen (no ID part).
+
+    `text` (n, text_dim) float, `has_text` (n,), `attrs` (n, max_attributes) attribute ids;
+    what the model was built with must be given (None elsewhere)."""
+    fusion = model.fusion
+    if fusion is None:
+        raise ValueError("an ID-only model (fusion 'id') cannot represent an item by its content")
+    cfg = model.config
+    n = next(x for x in (text, attrs) if x is not None).shape[0]
+    ref = model.backbone.embed_tokens.weight
+    if cfg.text_dim and text is None:
+        text, has_text = torch.zeros(n, cfg.text_dim), torch.zeros(n)
+    if cfg.num_attributes and attrs is None:
+        attrs = torch.zeros(n, cfg.max_attributes, dtype=torch.long)
+    dev = ref.device
+    rows = fusion.fuse(
+        torch.zeros(n, cfg.hidden_size, dtype=ref.dtype, device=dev),
+        torch.zeros(n, device=dev),
+        None if not cfg.text_dim else text.to(dev, ref.dtype),
+        None if not cfg.text_dim else has_text.to(dev, ref.dtype),
+        None if not cfg.num_attributes else attrs.to(dev),
+    )
+    return rows
+
+
+@torch.no_grad()
+def freeze_items(model: SeqRecModel, extra_rows: torch.Tensor | None = None) -> SeqRecModel:
+    """An ID-table model that scores exactly as the fused `model` (eval mode), plus `extra_rows`.
+
+    Serving: the fused table is computed once, then stands in as a plain embedding table, so the
+    compiled forward and its checks are those of an ID-only model; items added to the catalog
+    (their `content_rows`) are appended as new ids num_items+1, ... . Shares the backbone weights.
+    """
+    model.eval()
+    table = model.item_embeddings.detach()
+    if extra_rows is not None and len(extra_rows):
+        table = torch.cat([table, extra_rows.to(table.device, table.dtype)])
+    cfg = model.config.replace(
+        num_items=table.shape[0] - 1,
+        fusion="id",
+        text_dim=0,
+        num_attributes=0,
+        max_attributes=0,
+        id_dropout=0.0,
+        finetune_text=False,
+    )
+    embed = nn.Embedding(table.shape[0], table.shape[1], padding_idx=PAD_ID, device=table.device, dtype=table.dtype)
+    embed.weight.copy_(table)
+    backbone = copy.copy(model.backbone)  # shallow: the same blocks and norms, its own embedding table
+    backbone._modules = {**model.backbone._modules, "embed_tokens": embed}
+    frozen = SeqRecModel.__new__(SeqRecModel)
+    nn.Module.__init__(frozen)
+    frozen.config = cfg
+    frozen.backbone = backbone
+    frozen.emb_dropout = model.emb_dropout
+    frozen.fusion = None
+    return frozen.eval()
 
 
 class LastPositionLayer(nn.Module):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+from pydantic import Field
+
 from lmrec.config import ConfigError, ConfigModel, check
 from lmrec.models.config import SeqRecConfig
 
@@ -93,6 +95,45 @@ def size_table(num_items: int) -> list[dict[str, Any]]:
     return rows
 
 
+class ContentSpec(ConfigModel):
+    """A job's `model.content` section: which item content is fused into the item representation.
+
+    `text`: the encoder of item text (`wordllama`, or `hf:<hub name or local path>`), whose
+    embeddings the driver computes with Ray Data before training (`lmrec.content.embed`,
+    cached); None = no text. `attributes`: the dataset's categorical attributes as a bag of
+    learned embeddings. `id_dropout`: P(an item's ID part is dropped) per training step, so that
+    the model also learns to rank by content alone, as it must for a cold item.
+    """
+
+    fusion: Literal["id", "add", "gate", "concat_proj"] = "id"
+    text: str | None = None
+    attributes: bool = False
+    max_attributes: int = 16  # attribute slots per item (more are cut, counted in the run's params)
+    id_dropout: float = 0.0
+    finetune_text: bool = False
+
+    def validate_config(self) -> None:
+        has_content = self.text is not None or self.attributes
+        check(
+            (self.fusion == "id") != has_content,
+            "fusion",
+            "'id' takes no content; with text or attributes choose 'add', 'gate' or 'concat_proj'"
+            f" (got fusion={self.fusion!r}, text={self.text!r}, attributes={self.attributes})",
+        )
+        check(
+            self.text is None or self.text == "wordllama" or (self.text.startswith("hf:") and len(self.text) > 3),
+            "text",
+            f"must be 'wordllama' or 'hf:<hub name or local path>', got {self.text!r}",
+        )
+        check(self.max_attributes >= 1, "max_attributes", "must be >= 1")
+        check(0.0 <= self.id_dropout < 1.0, "id_dropout", f"must be in [0, 1), got {self.id_dropout}")
+        check(self.id_dropout == 0 or has_content, "id_dropout", "needs text or attributes")
+
+    @property
+    def fused(self) -> bool:
+        return self.fusion != "id"
+
+
 class ModelSpec(ConfigModel):
     """A job's model section: a named size plus optional field overrides.
 
@@ -111,6 +152,7 @@ class ModelSpec(ConfigModel):
     negative_sampling: Literal["uniform", "in_batch"] | None = None
     num_negatives: int | None = None
     temperature: float | None = None
+    content: ContentSpec = Field(default_factory=ContentSpec)
 
     def validate_config(self) -> None:
         check(self.size in SIZES, "size", f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
@@ -121,8 +163,21 @@ class ModelSpec(ConfigModel):
         return {
             name: getattr(self, name)
             for name in type(self).model_fields
-            if name != "size" and getattr(self, name) is not None
+            if name not in ("size", "content") and getattr(self, name) is not None
         }
 
-    def build(self, num_items: int) -> SeqRecConfig:
-        return build_config(self.size, num_items, **self.overrides())
+    def build(self, num_items: int, text_dim: int | None = None, num_attributes: int | None = None) -> SeqRecConfig:
+        """The model config for a catalog of `num_items`; with content, the widths the data gives
+        (placeholders when not given, so that a config validates before any data is read)."""
+        c = self.content
+        fused: dict[str, Any] = {}
+        if c.fused:
+            fused = dict(
+                fusion=c.fusion,
+                text_dim=(text_dim or 8) if c.text else 0,
+                num_attributes=(num_attributes or 1) if c.attributes else 0,
+                max_attributes=c.max_attributes if c.attributes else 0,
+                id_dropout=c.id_dropout,
+                finetune_text=c.finetune_text,
+            )
+        return build_config(self.size, num_items, **self.overrides(), **fused)

@@ -83,3 +83,4 @@ class TrainJobConfig(ConfigModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     prepared_path: str | None = None  # filled in by the driver after preparation
+    text_embeddings_path: str | None = None  # filled in by the driver when model.content.text is set

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from lmrec.config import from_dict, to_dict
+from lmrec.data.item_features import ItemFeatures, load_item_features
 from lmrec.data.sequences import SequenceData, shard_batches, train_examples
 from lmrec.models.seqrec import SeqRecModel
 from lmrec.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -39,6 +40,7 @@ from lmrec.training.steps import (
     default_loss,
     evaluate,
     export_model,
+    id_mask_from_counts,
     lr_at,
     setup_model,
     train_step,
@@ -123,8 +125,17 @@ def run_training(
         raise ValueError("prepared_path is not set: prepare the dataset before training")
     torch.manual_seed(tc.seed + ctx.rank)  # dropout/negatives differ per rank; init is seeded separately
     data = SequenceData.load(cfg.prepared_path, with_meta=False)
-    model_cfg = cfg.model.build(data.num_items) if model is None else model.config
-    setup = setup_model(model_cfg, tc, ctx.device, model)
+    features, id_mask = None, None
+    if model is None and cfg.model.content.fused:
+        features, id_mask = item_features(cfg, data)
+    model_cfg = (
+        cfg.model.build(data.num_items, features.text_dim, features.num_attributes)
+        if features is not None
+        else cfg.model.build(data.num_items)
+        if model is None
+        else model.config
+    )
+    setup = setup_model(model_cfg, tc, ctx.device, model, features, id_mask)
     state = TrainState()
     best_sd: dict[str, torch.Tensor] | None = None  # weights of the best validation epoch
     ckpt = ctx.latest_checkpoint()
@@ -307,6 +318,7 @@ def run_training(
             "metrics": {k: v for k, v in final.items() if "/" in k},
             "train_run_id": cfg.tracking.run_id,
             "global_step": state.global_step,
+            "item_content": content_meta(cfg, features, id_mask),
         },
         ctx.rank,
     )
@@ -330,6 +342,36 @@ def run_training(
     if exported:
         shutil.rmtree(export_dir.parent, ignore_errors=True)
     return final
+
+
+def item_features(cfg: TrainJobConfig, data: SequenceData) -> tuple[ItemFeatures, np.ndarray]:
+    """The fused model's item features and ID mask (items with training interactions)."""
+    c = cfg.model.content
+    if c.text and not cfg.text_embeddings_path:
+        raise ValueError("model.content.text is set but no text embeddings were computed (text_embeddings_path)")
+    features = load_item_features(
+        cfg.prepared_path, cfg.text_embeddings_path if c.text else None, c.attributes, c.max_attributes
+    )
+    return features, id_mask_from_counts(data.train_item_counts())
+
+
+def content_meta(
+    cfg: TrainJobConfig, features: ItemFeatures | None, id_mask: np.ndarray | None
+) -> dict[str, Any] | None:
+    """What serving needs to represent a new item as training did: encoder, attribute vocabulary."""
+    if features is None:
+        return None
+    c = cfg.model.content
+    return {
+        "fusion": c.fusion,
+        "text_encoder": c.text,
+        "text_normalised": True,
+        "attributes": c.attributes,
+        "attribute_vocab": features.attribute_vocab,
+        "max_attributes": c.max_attributes,
+        "items_without_id": int((id_mask[1:] == 0).sum()) if id_mask is not None else 0,
+        **features.stats,
+    }
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
+from lmrec.data.item_features import ItemFeatures
 from lmrec.data.sequences import SequenceData, trim_padding
 from lmrec.evaluation.metrics import metric_sums, sums_to_metrics
 from lmrec.evaluation.protocols import rank_batch
@@ -42,12 +43,22 @@ class Setup:
 
 
 def setup_model(
-    model_cfg: SeqRecConfig, train: TrainConfig, device: torch.device, model: SeqRecModel | None = None
+    model_cfg: SeqRecConfig,
+    train: TrainConfig,
+    device: torch.device,
+    model: SeqRecModel | None = None,
+    features: ItemFeatures | None = None,
+    id_mask: np.ndarray | None = None,
 ) -> Setup:
-    """Build (or take) the model, initialise it identically on every rank, shard it, make AdamW."""
+    """Build (or take) the model, initialise it identically on every rank, shard it, make AdamW.
+
+    A fused model gets its content buffers from `features` and its ID mask from `id_mask`
+    (0 for items without training interactions: their ID rows are never trained)."""
     if model is None:
         model = SeqRecModel(model_cfg)
         init_weights_(model, train.seed)
+        if model.fusion is not None:
+            set_item_content(model, features, id_mask)
     dtype = resolve_precision(train.precision, device)
     wrapped = wrap_model(model, train.strategy, device, dtype)
     optimizer = torch.optim.AdamW(
@@ -57,6 +68,26 @@ def setup_model(
         weight_decay=train.weight_decay,
     )
     return Setup(wrapped, optimizer, model_cfg, dtype)
+
+
+def set_item_content(model: SeqRecModel, features: ItemFeatures | None, id_mask: np.ndarray | None) -> None:
+    """Copy item features (data layer arrays) into a fused model's content buffers."""
+    if features is None:
+        raise ValueError("a fused model (model.content.fusion) needs item features")
+
+    def t(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+    model.fusion.set_content(
+        text=t(features.text), has_text=t(features.has_text), attrs=t(features.attrs), id_mask=t(id_mask)
+    )
+
+
+def id_mask_from_counts(train_counts: np.ndarray) -> np.ndarray:
+    """(V,) 1 for items with training interactions, 0 for padding and items without any."""
+    mask = (np.asarray(train_counts) > 0).astype(np.float32)
+    mask[0] = 0.0
+    return mask
 
 
 def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:

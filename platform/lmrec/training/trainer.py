@@ -86,6 +86,37 @@ def default_run_name(cfg: TrainJobConfig) -> str:
     )
 
 
+def check_content_encoder(cfg: TrainJobConfig) -> None:
+    """An item-text encoder that cannot load fails here, before Ray starts, naming it."""
+    if cfg.model.content.text:
+        from lmrec.content.config import EmbedConfig
+        from lmrec.content.embed import probe_encoder
+
+        probe_encoder(EmbedConfig(encoder=cfg.model.content.text))
+
+
+def text_embeddings(cfg: TrainJobConfig, prepared: PreparedDataset) -> None:
+    """With `model.content.text`: embed the item text with Ray Data (cached) into `text_embeddings_path`."""
+    if not cfg.model.content.text or cfg.text_embeddings_path:
+        return
+    from lmrec.content.config import EmbedConfig
+    from lmrec.content.embed import embed_items
+    from lmrec.data.prepare import ITEMS
+
+    if prepared.manifest.get("item_content") is None:
+        raise ValueError(
+            f"model.content.text: dataset {prepared.manifest['dataset']!r} has no item text "
+            f"(data.items.source={cfg.data.items.source!r})"
+        )
+    result = embed_items(prepared.path / ITEMS, EmbedConfig(encoder=cfg.model.content.text))
+    print(
+        f"[lmrec] item text embeddings ({cfg.model.content.text}, {result.meta['items']} items"
+        f"{', cached' if result.cached else ''}) at {result.path}",
+        flush=True,
+    )
+    cfg.text_embeddings_path = str(result.path)
+
+
 def run_train_job(
     cfg: TrainJobConfig, num_cpus: int | None = None, extra_tags: dict[str, str] | None = None
 ) -> TrainResult:
@@ -93,9 +124,11 @@ def run_train_job(
     from lmrec.tracking import mlflow_utils as mt
 
     t0 = time.time()
+    check_content_encoder(cfg)
     ensure_ray(num_cpus)
     prepared = prepare_dataset(cfg.data)
     cfg.prepared_path = str(prepared.path)
+    text_embeddings(cfg, prepared)
     model_cfg = cfg.model.build(prepared.num_items)
     run_name = default_run_name(cfg)
     storage = cfg.train.storage_path or str(default_storage_path())
@@ -104,6 +137,7 @@ def run_train_job(
     if run_id is None:
         params = flatten(to_dict(cfg))
         params.pop("prepared_path", None)
+        params.pop("text_embeddings_path", None)
         params.update(
             {
                 "model.num_parameters": model_cfg.num_parameters(),
