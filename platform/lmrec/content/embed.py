@@ -103,10 +103,11 @@ class _EncodeBatch:
         return {"item_id": batch["item_id"], "embedding": vectors}
 
 
-def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False) -> EmbeddingResult:
-    """Embed the text of `items_parquet` (a prepared dataset's items table) with Ray Data."""
-    import ray
+def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False, engine: str = "ray") -> EmbeddingResult:
+    """Embed the text of `items_parquet` (a prepared dataset's items table) with Ray Data.
 
+    `engine="local"` encodes in this process instead (tests and small tools; same cache, same output).
+    """
     texts, without_text = text_table(items_parquet)
     key = cache_key(cfg, texts)
     out = lmrec_home() / "embeddings" / f"{_slug(cfg.encoder)}-{key[:16]}"
@@ -115,10 +116,57 @@ def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False) -> E
     if texts.num_rows == 0:
         raise EncoderError(f"{items_parquet}: no item has text to embed (the dataset's item source has none)")
     probe_encoder(cfg)
+    t0 = time.perf_counter()
+    if engine == "local":
+        encode = _EncodeBatch(cfg.encoder, _options(cfg), cfg.batch_size)
+        batch = encode({"item_id": texts.column("item_id").to_numpy(), "text": np.asarray(texts.column("text"))})
+        item_ids, matrix = np.asarray(batch["item_id"], np.int64), batch["embedding"]
+    else:
+        item_ids, matrix = _encode_ray(texts, cfg)
+    seconds = time.perf_counter() - t0
+    matrix = check_finite(matrix, cfg.encoder)
+    order = np.argsort(item_ids, kind="stable")
+    item_ids, matrix = item_ids[order], matrix[order]
+    if len(item_ids) != texts.num_rows or len(np.unique(item_ids)) != len(item_ids):
+        raise EncoderError(f"encoder {cfg.encoder!r}: {len(item_ids)} embeddings for {texts.num_rows} texts")
+    dim = int(matrix.shape[1])
+    meta = {
+        "encoder": cfg.encoder,
+        "pooling": cfg.pooling,
+        "max_length": cfg.max_length,
+        "dim": dim,
+        "items": int(len(item_ids)),
+        "items_without_text": int(without_text),
+        "key": key,
+        "source": str(items_parquet),
+        "seconds": round(seconds, 3),
+        "items_per_s": round(len(item_ids) / seconds, 1) if seconds > 0 else None,
+        "engine": engine,
+        "actors": cfg.concurrency if engine == "ray" else 0,
+        "num_gpus_per_actor": cfg.num_gpus,
+        "created_unix": int(time.time()),
+    }
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    flat = pa.array(matrix.reshape(-1), pa.float32())
+    table = pa.table({"item_id": pa.array(item_ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
+    pq.write_table(table, tmp / EMBEDDINGS)
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return EmbeddingResult(out, meta, cached=False)
+
+
+def _encode_ray(texts: pa.Table, cfg: EmbedConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, vectors) from a Ray Data actor pool of `cfg.concurrency` encoders."""
+    import ray
+
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    t0 = time.perf_counter()
     # enough blocks for every actor of the pool to get work (one Arrow table is one block)
     blocks = max(cfg.concurrency, min(-(-texts.num_rows // cfg.batch_size), 4 * cfg.concurrency))
     ds = (
@@ -138,41 +186,7 @@ def embed_items(items_parquet: Path, cfg: EmbedConfig, force: bool = False) -> E
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         ids.append(np.asarray(batch["item_id"], np.int64))
         vectors.append(np.asarray(batch["embedding"], np.float32))
-    seconds = time.perf_counter() - t0
-    item_ids = np.concatenate(ids)
-    matrix = check_finite(np.concatenate(vectors), cfg.encoder)
-    order = np.argsort(item_ids, kind="stable")
-    item_ids, matrix = item_ids[order], matrix[order]
-    if len(item_ids) != texts.num_rows or len(np.unique(item_ids)) != len(item_ids):
-        raise EncoderError(f"encoder {cfg.encoder!r}: {len(item_ids)} embeddings for {texts.num_rows} texts")
-    dim = int(matrix.shape[1])
-    meta = {
-        "encoder": cfg.encoder,
-        "pooling": cfg.pooling,
-        "max_length": cfg.max_length,
-        "dim": dim,
-        "items": int(len(item_ids)),
-        "items_without_text": int(without_text),
-        "key": key,
-        "source": str(items_parquet),
-        "seconds": round(seconds, 3),
-        "items_per_s": round(len(item_ids) / seconds, 1) if seconds > 0 else None,
-        "actors": cfg.concurrency,
-        "num_gpus_per_actor": cfg.num_gpus,
-        "created_unix": int(time.time()),
-    }
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    flat = pa.array(matrix.reshape(-1), pa.float32())
-    table = pa.table({"item_id": pa.array(item_ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
-    pq.write_table(table, tmp / EMBEDDINGS)
-    (tmp / META).write_text(json.dumps(meta, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return EmbeddingResult(out, meta, cached=False)
+    return np.concatenate(ids), np.concatenate(vectors)
 
 
 def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:

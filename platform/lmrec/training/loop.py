@@ -249,6 +249,7 @@ def run_training(
             "global_step": state.global_step,
             "train_loss": float(sums[0] / max(1, sums[1])),
             "samples_per_s": loss_n * samples_per_step / max(seconds, 1e-9),
+            "epoch_seconds": seconds,  # training steps only (validation comes after)
             "lr": lr_at(state.global_step - 1, tc, total_steps),
         }
         if ec.every_epochs and ((epoch + 1) % ec.every_epochs == 0 or epoch + 1 == tc.epochs):
