@@ -158,6 +158,24 @@ def front_versions(
     return sorted(rows, key=lambda r: -int(r["version"]))
 
 
+def cmd_tune_train(args: argparse.Namespace) -> int:
+    from lmrec.tuning.training import TuneTrainConfig, run_train_search
+
+    cfg = load_config(TuneTrainConfig, args.config, args.overrides)  # fails here, before Ray, on bad keys
+    try:
+        result = run_train_search(cfg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = result.best or {}
+    print(
+        f"search run {result.parent_run_id}: {len(result.trials)} trials, best {best.get('trial_id')} "
+        f"(valid NDCG@10 {best.get('valid/full/ndcg_at_10')}, test {best.get('test/full/ndcg_at_10')}), "
+        f"model version {result.model_version}"
+    )
+    return 0
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     if args.front:
         rows = front_versions(args.model_name, args.tracking_uri, args.search_run)
@@ -392,6 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser(
+        "tune-train",
+        help="search training hyperparameters with Ray Tune (ASHA + Optuna), each trial the training loop",
+        epilog="example: lmrec tune-train --config jobs/configs/tune_train/beauty_fused.yaml search.num_samples=8",
+    )
+    s.add_argument("--config", help="YAML under jobs/configs/tune_train/")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_tune_train)
 
     s = sub.add_parser("pipeline", help="the whole loop as one job, resumable per stage (same name = resume)")
     s.add_argument("--config", help="YAML under jobs/configs/pipeline/")

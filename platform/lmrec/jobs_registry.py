@@ -11,6 +11,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "tune_exploration": "lmrec.tuning.exploration:TuneExplorationConfig",
     "benchmark_compression": "lmrec.benchmarks.compression:BenchmarkConfig",
     "tune_compression": "lmrec.tuning.compression:TuneCompressionConfig",
+    "tune_train": "lmrec.tuning.training:TuneTrainConfig",
     "pipeline": "lmrec.pipeline:PipelineConfig",
     "embed_items": "lmrec.content.config:EmbedJobConfig",
 }

@@ -136,3 +136,48 @@ def test_lmrec_evaluate_on_registered_model_and_checkpoint(trained, tmp_path: Pa
         got = json.loads((tmp_path / name).read_text())
         assert got["metrics"]["test/full/ndcg@10"] == pytest.approx(result.metrics["test/full/ndcg@10"], abs=1e-6)
     assert bad.returncode == 2 and "catalog" in bad.stderr
+
+
+def test_training_search_asha_optuna_fused_attributes_each_trial_in_mlflow(
+    synthetic_prepared, mlflow_server, tmp_path: Path
+) -> None:
+    """`lmrec tune-train` at a small size: a fused model (synthetic item attributes), ASHA + Optuna,
+    every trial a nested MLflow run, the best trial chosen by validation with its test metrics and model."""
+    from mlflow import MlflowClient
+
+    from lmrec.tuning.training import TuneTrainConfig, run_train_search
+    from lmrec.tuning.training.config import NDCG_KEY
+
+    cfg, _ = synthetic_prepared
+    search = load_config(
+        TuneTrainConfig,
+        None,
+        [
+            "train.epochs=2",
+            "train.batch_size=64",
+            "model.max_seq_len=20",
+            "model.content.fusion=gate",
+            "model.content.attributes=true",
+            "space.id_dropout=[0.0,0.3]",
+            "space.fusion=[add,gate]",
+            "search.num_samples=2",
+            "search.grace_period=1",
+            f"search.storage_path={tmp_path}",
+            "tracking.experiment=it-train-search",
+            f"tracking.tracking_uri={mlflow_server.uri}",
+            "tracking.register=false",
+        ],
+    )
+    search.data = cfg
+    result = run_train_search(search)
+    assert len(result.trials) == 2 and not [t for t in result.trials if t["status"] == "error"]
+    best = result.best
+    assert best is not None and best[NDCG_KEY] == max(t[NDCG_KEY] for t in result.trials if t["status"] == "finished")
+    assert best["test/full/ndcg_at_10"] > 0 and best["params"]["fusion"] in ("add", "gate")
+    c = MlflowClient(mlflow_server.uri)
+    exp = c.get_experiment_by_name("it-train-search")
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(runs) == 2 and all(r.data.tags.get("lmrec.kind") == "train_trial" for r in runs)
+    assert "model" in [a.path for a in c.list_artifacts(best["run_id"])]
+    parent = c.get_run(result.parent_run_id)
+    assert parent.data.metrics["best/valid/full/ndcg_at_10"] == pytest.approx(best[NDCG_KEY])

@@ -371,7 +371,7 @@ def content_meta(
         "attribute_vocab": features.attribute_vocab,
         "max_attributes": c.max_attributes,
         "items_without_id": int((id_mask[1:] == 0).sum()) if id_mask is not None else 0,
-        **features.stats,
+        "features": features.stats,
     }
 
 
