@@ -61,6 +61,15 @@ FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _error("invalid body, or `item_id` was not shown in that request's slate"),
     503: _error("the feedback log could not write the event (not recorded), or is restarting; retry later"),
 }
+CATALOG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: UNAUTHORIZED,
+    409: _error("an item id is in the catalog already, or the model is ID-only (it has no content to add items by)"),
+    422: _error(
+        "invalid body, duplicate ids in it, more items than `catalog.max_items_per_request`, attributes not in the "
+        "model's vocabulary or more than it takes, or an item with no content the model uses"
+    ),
+    503: _error(UNAVAILABLE + " (or the catalog store or text encoder is unavailable: nothing was added)"),
+}
 STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {503: _error(UNAVAILABLE)}
 
 

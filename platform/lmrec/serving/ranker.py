@@ -87,6 +87,7 @@ class RankerCore:
             loop.create_task(self.shipper.run(self.cfg.feedback.impression_ship_s)),
             loop.create_task(self._sync_stats()),
             loop.create_task(self._poll_alias()),
+            loop.create_task(self._poll_catalog()),
             loop.create_task(self.policies.poll()),
             loop.create_task(self._flush_metrics()),
         ]
@@ -141,7 +142,9 @@ class RankerCore:
             self.metrics.record(m.MODEL_VERSION, 0.0, {"replica": self.replica, "model": old.version})
         self._version_value = (num, loaded.version)
         self.metrics.record(m.MODEL_VERSION, num, {"replica": self.replica, "model": loaded.version})
-        log.info("serving %s (was %s)", loaded.version, old.version if old else None)
+        cat = loaded.catalog
+        catalog = f" with catalog version {cat.version} (+{len(cat.added)} items)" if cat is not None else ""
+        log.info("serving %s%s (was %s)", loaded.version, catalog, old.version if old else None)
 
     async def _swap_to(self, uri: str) -> None:
         async with self._swap_lock:
@@ -173,6 +176,56 @@ class RankerCore:
                 continue
             if str(info.get("version")) != str(cur.info.get("version")):
                 await self._swap_to(uri)
+
+    # ---- the catalog of a fused model: items added while serving (lmrec.serving.catalog)
+    async def add_items(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /catalog/items: validate, encode, publish the next catalog version and rank with it.
+
+        Answers once this replica ranks the new items; the others apply the version when they next
+        poll the catalog folder (`catalog.poll_s`). Safe to repeat: a retried update whose first try
+        was stored answers 409 (its ids are in the catalog), it is never stored twice."""
+        from lmrec.serving.catalog import add_items
+        from lmrec.serving.runtime import RequestError
+
+        if self.loaded is None:
+            return {"error": f"model not loaded yet{': ' + self.load_error if self.load_error else ''}", "status": 503}
+        async with self._swap_lock:  # one update, catalog poll or model swap at a time
+            loaded = self.loaded
+            t0 = time.perf_counter()
+            try:
+                grown, result = await asyncio.get_event_loop().run_in_executor(
+                    None, add_items, loaded, list(body["items"]), self.cfg
+                )
+            except RequestError as exc:
+                return {"error": str(exc), "status": exc.status}
+            except Exception as exc:  # noqa: BLE001 (encoder or store unavailable: the client may retry)
+                log.warning("catalog update failed: %s: %s", type(exc).__name__, exc)
+                return {"error": f"catalog update failed ({type(exc).__name__}: {exc}); retry later", "status": 503}
+            self._install(grown)
+        return {**result, "applied_s": round(time.perf_counter() - t0, 3)}
+
+    async def _poll_catalog(self) -> None:
+        """Apply catalog versions that other replicas published (every `catalog.poll_s`)."""
+        if self.cfg.catalog.poll_s <= 0:
+            return
+        from lmrec.serving.catalog import catch_up
+
+        loop = asyncio.get_event_loop()
+        while True:
+            await asyncio.sleep(self.cfg.catalog.poll_s)
+            cur = self.loaded
+            if cur is None or cur.catalog is None or self._swap_lock.locked():
+                continue
+            async with self._swap_lock:
+                if self.loaded is not cur:
+                    continue
+                try:
+                    grown = await loop.run_in_executor(None, catch_up, cur)
+                except Exception as exc:  # noqa: BLE001 (a broken or unreachable store: the catalog stays as it is)
+                    log.warning("catalog poll failed: %s", exc)
+                    continue
+                if grown is not None:
+                    self._install(grown)
 
     # ---- metrics, impressions, statistics
     async def _flush_metrics(self) -> None:
@@ -303,7 +356,7 @@ class RankerCore:
                 )
         except RequestError as exc:
             return {"error": str(exc), "status": exc.status}
-        key = (ctx_key, exclude, n, loaded.version)
+        key = (ctx_key, exclude, n, loaded.version, loaded.catalog.version if loaded.catalog is not None else 0)
         hit = self.cache.get(key) if self.cfg.cache.enabled else None
         self._counts["cache", "miss" if hit is None else "hit"] += 1
         if hit is None:
@@ -364,6 +417,8 @@ class RankerCore:
             "forward": loaded.forward if loaded else None,
             "last_position_only": loaded.last_position_only if loaded else None,
             "loaded_at": loaded.loaded_at if loaded else None,
+            "catalog_version": loaded.catalog.version if loaded and loaded.catalog is not None else None,
+            "catalog_items": len(loaded.catalog.added) if loaded and loaded.catalog is not None else None,
             "policy": self.policies.policy.config.to_dict(),
             "policy_uri": self.policies.uri,
             "policy_version": self.policies.version,
