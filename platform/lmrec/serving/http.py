@@ -132,7 +132,8 @@ def read_api_key(cfg: ServeConfig) -> str | None:
 
 
 def openapi_document(app: FastAPI, cfg: ServeConfig, root_path: str = "") -> dict[str, Any]:
-    """`app`'s OpenAPI document, with this deployment's `max_k` and `max_history` on /recommend's body.
+    """`app`'s OpenAPI document, with this deployment's `max_k` and `max_history` on /recommend's body
+    and `catalog.max_items_per_request` on /catalog/items'.
 
     Bounds that depend on the loaded model (its catalog, its users) are not expressible here; the
     422 and 404 descriptions name them."""
@@ -148,6 +149,9 @@ def openapi_document(app: FastAPI, cfg: ServeConfig, root_path: str = "") -> dic
     for branch in body["properties"]["history"]["anyOf"]:
         if branch.get("type") == "array":
             branch["maxItems"] = cfg.max_history
+    doc["components"]["schemas"]["CatalogAddRequest"]["properties"]["items"]["maxItems"] = (
+        cfg.catalog.max_items_per_request
+    )
     return doc
 
 

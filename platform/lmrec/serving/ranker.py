@@ -22,6 +22,7 @@ from lmrec.config import from_dict, to_dict
 from lmrec.serving import metrics as m
 from lmrec.serving.batcher import ForwardBatcher, MicroBatcher, SingleBatch, Submit
 from lmrec.serving.cache import TTLCache
+from lmrec.serving.catalog_sync import CatalogUpdates
 from lmrec.serving.config import BatchConfig, ServeConfig
 from lmrec.serving.metrics import MetricsSink
 from lmrec.serving.policy_source import PolicySource
@@ -37,12 +38,12 @@ SHUTDOWN_SHIP_TIMEOUT_S = 5.0  # a stopping replica waits this long for the Feed
 RankItem = tuple["LoadedModel", np.ndarray, bool, int]  # (model, history in item_idx, exclude_seen, n)
 
 
-class RankerCore:
+class RankerCore(CatalogUpdates):
     """Ranks with the current model version; explores; hot-swaps versions in the background.
 
     Must be built on a running event loop: it loads the model, then starts its background tasks
-    (initial-load retry, impression shipping, statistics sync, alias and policy polling, metric
-    flushes) and the forward thread."""
+    (initial-load retry, impression shipping, statistics sync, alias, catalog and policy polling,
+    metric flushes) and the forward thread. Catalog updates of fused models: `CatalogUpdates`."""
 
     def __init__(
         self,
@@ -176,56 +177,6 @@ class RankerCore:
                 continue
             if str(info.get("version")) != str(cur.info.get("version")):
                 await self._swap_to(uri)
-
-    # ---- the catalog of a fused model: items added while serving (lmrec.serving.catalog)
-    async def add_items(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /catalog/items: validate, encode, publish the next catalog version and rank with it.
-
-        Answers once this replica ranks the new items; the others apply the version when they next
-        poll the catalog folder (`catalog.poll_s`). Safe to repeat: a retried update whose first try
-        was stored answers 409 (its ids are in the catalog), it is never stored twice."""
-        from lmrec.serving.catalog import add_items
-        from lmrec.serving.runtime import RequestError
-
-        if self.loaded is None:
-            return {"error": f"model not loaded yet{': ' + self.load_error if self.load_error else ''}", "status": 503}
-        async with self._swap_lock:  # one update, catalog poll or model swap at a time
-            loaded = self.loaded
-            t0 = time.perf_counter()
-            try:
-                grown, result = await asyncio.get_event_loop().run_in_executor(
-                    None, add_items, loaded, list(body["items"]), self.cfg
-                )
-            except RequestError as exc:
-                return {"error": str(exc), "status": exc.status}
-            except Exception as exc:  # noqa: BLE001 (encoder or store unavailable: the client may retry)
-                log.warning("catalog update failed: %s: %s", type(exc).__name__, exc)
-                return {"error": f"catalog update failed ({type(exc).__name__}: {exc}); retry later", "status": 503}
-            self._install(grown)
-        return {**result, "applied_s": round(time.perf_counter() - t0, 3)}
-
-    async def _poll_catalog(self) -> None:
-        """Apply catalog versions that other replicas published (every `catalog.poll_s`)."""
-        if self.cfg.catalog.poll_s <= 0:
-            return
-        from lmrec.serving.catalog import catch_up
-
-        loop = asyncio.get_event_loop()
-        while True:
-            await asyncio.sleep(self.cfg.catalog.poll_s)
-            cur = self.loaded
-            if cur is None or cur.catalog is None or self._swap_lock.locked():
-                continue
-            async with self._swap_lock:
-                if self.loaded is not cur:
-                    continue
-                try:
-                    grown = await loop.run_in_executor(None, catch_up, cur)
-                except Exception as exc:  # noqa: BLE001 (a broken or unreachable store: the catalog stays as it is)
-                    log.warning("catalog poll failed: %s", exc)
-                    continue
-                if grown is not None:
-                    self._install(grown)
 
     # ---- metrics, impressions, statistics
     async def _flush_metrics(self) -> None:
