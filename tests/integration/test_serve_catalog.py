@@ -41,6 +41,7 @@ def fused_model(synthetic_prepared, tmp_path_factory) -> str:  # type: ignore[no
             "train.batch_size=32",
             "train.lr=0.003",
             "eval.protocols=[full]",
+            "eval.every_epochs=0",
             "eval.max_users=50",
             "train.log_every_steps=1000",
             "model.content.fusion=gate",

@@ -25,7 +25,7 @@ import torch
 
 from lmrec.data.item_features import ItemFeatureError, attribute_ids, normalise
 from lmrec.models.seqrec import SeqRecModel, content_rows, freeze_items
-from lmrec.serving.catalog_store import CatalogFileError, CatalogItem, CatalogStore, CatalogVersion, VersionConflict
+from lmrec.serving.catalog_store import CatalogItem, CatalogStore, CatalogVersion, VersionConflict
 from lmrec.serving.config import ServeConfig
 from lmrec.serving.runtime import LoadedModel, RequestError, trace_forward
 
@@ -94,7 +94,7 @@ def attach(
     loaded = dataclasses.replace(loaded, catalog=cat)
     try:
         return catch_up(loaded) or loaded
-    except (CatalogFileError, ItemFeatureError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 (unreadable store, encoder missing: serve the model; the poller retries)
         log.warning("catalog additions not applied to %s: %s", loaded.version, exc)
         return loaded
 
