@@ -44,6 +44,8 @@ from lmrec.serving.http import API
 from lmrec.serving.ranker import RankerCore
 from lmrec.serving.replica import RayMetrics, call_upstream, replica_parts
 from lmrec.serving.schemas import (
+    CatalogAddRequest,
+    CatalogAddResponse,
     FeedbackRequest,
     FeedbackResponse,
     RecommendRequest,
@@ -155,6 +157,18 @@ class Ingress:
         )
         status = int(result.pop("status", 200)) if "error" in result else 200
         self.observe("feedback", status, t0)
+        return http.error(status, result["error"]) if status != 200 else result
+
+    @API.post("/catalog/items", response_model=CatalogAddResponse, responses=http.CATALOG_RESPONSES)
+    async def add_catalog_items(self, body: CatalogAddRequest, request: Request) -> Any:
+        """Add items to a fused model's catalog by their content (lmrec.serving.catalog); API key as /recommend."""
+        t0 = time.perf_counter()
+        if not self.key.ok(request.headers.get(self.cfg.api_key_header)):
+            self.observe("catalog", 401, t0)
+            return JSONResponse(status_code=401, content=self.key.denied())
+        result = await self._ranker_call("add_items", self.cfg.upstream_retry_s, body.model_dump())
+        status = int(result.pop("status", 200)) if "error" in result else 200
+        self.observe("catalog", status, t0)
         return http.error(status, result["error"]) if status != 200 else result
 
     @API.get("/healthz", responses=http.STATUS_RESPONSES)

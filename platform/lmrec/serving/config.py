@@ -98,6 +98,23 @@ class FeedbackConfig(ConfigModel):
         check(self.impression_ship_s > 0, "impression_ship_s", "must be > 0")
 
 
+class CatalogConfig(ConfigModel):
+    """Items added to a fused model's catalog at run time (POST /catalog/items), without retraining.
+
+    Each update is an immutable version file under `dir`/<registered model name>/; every ranking
+    replica polls that folder and applies new versions, so on a multi-node cluster `dir` must be
+    on storage all nodes share (NFS, a mounted bucket with hard-link support).
+    """
+
+    dir: str | None = None  # None: LMREC_HOME/catalogs
+    poll_s: float = 2.0  # replicas look for versions other replicas wrote this often; 0 = never
+    max_items_per_request: int = 1000
+
+    def validate_config(self) -> None:
+        check(self.poll_s >= 0, "poll_s", "must be >= 0 (0: never poll)")
+        check(self.max_items_per_request >= 1, "max_items_per_request", "must be >= 1")
+
+
 class ServeConfig(ConfigModel):
     """Everything the recommender app needs, validated before anything is deployed."""
 
@@ -130,6 +147,7 @@ class ServeConfig(ConfigModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     api_key_env: str | None = None  # name of an env var holding the API key
     api_key_file: str | None = None  # or a file holding it; either turns the key check on
     api_key_header: str = "X-API-Key"

@@ -61,6 +61,15 @@ FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _error("invalid body, or `item_id` was not shown in that request's slate"),
     503: _error("the feedback log could not write the event (not recorded), or is restarting; retry later"),
 }
+CATALOG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: UNAUTHORIZED,
+    409: _error("an item id is in the catalog already, or the model is ID-only (it has no content to add items by)"),
+    422: _error(
+        "invalid body, duplicate ids in it, more items than `catalog.max_items_per_request`, attributes not in the "
+        "model's vocabulary or more than it takes, or an item with no content the model uses"
+    ),
+    503: _error(UNAVAILABLE + " (or the catalog store or text encoder is unavailable: nothing was added)"),
+}
 STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {503: _error(UNAVAILABLE)}
 
 
@@ -123,7 +132,8 @@ def read_api_key(cfg: ServeConfig) -> str | None:
 
 
 def openapi_document(app: FastAPI, cfg: ServeConfig, root_path: str = "") -> dict[str, Any]:
-    """`app`'s OpenAPI document, with this deployment's `max_k` and `max_history` on /recommend's body.
+    """`app`'s OpenAPI document, with this deployment's `max_k` and `max_history` on /recommend's body
+    and `catalog.max_items_per_request` on /catalog/items'.
 
     Bounds that depend on the loaded model (its catalog, its users) are not expressible here; the
     422 and 404 descriptions name them."""
@@ -139,6 +149,9 @@ def openapi_document(app: FastAPI, cfg: ServeConfig, root_path: str = "") -> dic
     for branch in body["properties"]["history"]["anyOf"]:
         if branch.get("type") == "array":
             branch["maxItems"] = cfg.max_history
+    doc["components"]["schemas"]["CatalogAddRequest"]["properties"]["items"]["maxItems"] = (
+        cfg.catalog.max_items_per_request
+    )
     return doc
 
 

@@ -22,6 +22,7 @@ from lmrec.config import from_dict, to_dict
 from lmrec.serving import metrics as m
 from lmrec.serving.batcher import ForwardBatcher, MicroBatcher, SingleBatch, Submit
 from lmrec.serving.cache import TTLCache
+from lmrec.serving.catalog_sync import CatalogUpdates
 from lmrec.serving.config import BatchConfig, ServeConfig
 from lmrec.serving.metrics import MetricsSink
 from lmrec.serving.policy_source import PolicySource
@@ -37,12 +38,12 @@ SHUTDOWN_SHIP_TIMEOUT_S = 5.0  # a stopping replica waits this long for the Feed
 RankItem = tuple["LoadedModel", np.ndarray, bool, int]  # (model, history in item_idx, exclude_seen, n)
 
 
-class RankerCore:
+class RankerCore(CatalogUpdates):
     """Ranks with the current model version; explores; hot-swaps versions in the background.
 
     Must be built on a running event loop: it loads the model, then starts its background tasks
-    (initial-load retry, impression shipping, statistics sync, alias and policy polling, metric
-    flushes) and the forward thread."""
+    (initial-load retry, impression shipping, statistics sync, alias, catalog and policy polling,
+    metric flushes) and the forward thread. Catalog updates of fused models: `CatalogUpdates`."""
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class RankerCore:
             loop.create_task(self.shipper.run(self.cfg.feedback.impression_ship_s)),
             loop.create_task(self._sync_stats()),
             loop.create_task(self._poll_alias()),
+            loop.create_task(self._poll_catalog()),
             loop.create_task(self.policies.poll()),
             loop.create_task(self._flush_metrics()),
         ]
@@ -141,7 +143,9 @@ class RankerCore:
             self.metrics.record(m.MODEL_VERSION, 0.0, {"replica": self.replica, "model": old.version})
         self._version_value = (num, loaded.version)
         self.metrics.record(m.MODEL_VERSION, num, {"replica": self.replica, "model": loaded.version})
-        log.info("serving %s (was %s)", loaded.version, old.version if old else None)
+        cat = loaded.catalog
+        catalog = f" with catalog version {cat.version} (+{len(cat.added)} items)" if cat is not None else ""
+        log.info("serving %s%s (was %s)", loaded.version, catalog, old.version if old else None)
 
     async def _swap_to(self, uri: str) -> None:
         async with self._swap_lock:
@@ -303,7 +307,7 @@ class RankerCore:
                 )
         except RequestError as exc:
             return {"error": str(exc), "status": exc.status}
-        key = (ctx_key, exclude, n, loaded.version)
+        key = (ctx_key, exclude, n, loaded.version, loaded.catalog.version if loaded.catalog is not None else 0)
         hit = self.cache.get(key) if self.cfg.cache.enabled else None
         self._counts["cache", "miss" if hit is None else "hit"] += 1
         if hit is None:
@@ -364,6 +368,8 @@ class RankerCore:
             "forward": loaded.forward if loaded else None,
             "last_position_only": loaded.last_position_only if loaded else None,
             "loaded_at": loaded.loaded_at if loaded else None,
+            "catalog_version": loaded.catalog.version if loaded and loaded.catalog is not None else None,
+            "catalog_items": len(loaded.catalog.added) if loaded and loaded.catalog is not None else None,
             "policy": self.policies.policy.config.to_dict(),
             "policy_uri": self.policies.uri,
             "policy_version": self.policies.version,

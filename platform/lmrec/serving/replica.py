@@ -79,9 +79,10 @@ def replica_parts(feedback_logs: list[Any]) -> tuple[list[HandleFeedbackClient],
 async def call_upstream(method: Any, retry_s: float, *args: Any) -> dict[str, Any]:
     """Call a deployment method; retry while its replica is dead or restarting, else a 503 body.
 
-    Both calls are safe to repeat: ranking is read-only, and the feedback log refuses a
+    Every call is safe to repeat: ranking is read-only, and the feedback log refuses a
     duplicate (request_id, item_id) only after it was durably written, so a retried
-    acknowledged feedback answers 409 instead of writing twice.
+    acknowledged feedback answers 409 instead of writing twice (a retried catalog update
+    whose first try was stored answers 409 too: its ids are in the catalog).
     """
     from ray.exceptions import RayActorError
 

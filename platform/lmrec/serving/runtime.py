@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from lmrec.ids import PAD_ID
 from lmrec.models.artifacts import load_model_dir
 from lmrec.models.seqrec import attention_kernels
 from lmrec.serving.config import ServeConfig
+
+if TYPE_CHECKING:
+    from lmrec.serving.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class LoadedModel:
     forward: str = "eager"
     last_position_only: bool = False  # the last block computes the scored position only (last_position_scoring)
     loaded_at: float = field(default_factory=time.time)
+    # Fused models only: the items added while serving and what grows the catalog (lmrec.serving.catalog).
+    catalog: ItemCatalog | None = None
     _sorted_ids: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     _sorted_idx: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     _top_n: torch.nn.Module = field(default=None, repr=False)  # type: ignore[assignment]
@@ -342,6 +347,13 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
     info["uri"] = model_uri
     local = download_model(info["source"] if info.get("version") else model_uri, uri=cfg.tracking_uri)
     model, vocab, meta = load_model_dir(local)
+    fused = None
+    if getattr(model, "fusion", None) is not None:
+        # Served as the ID table that scores like it (one fused table, computed once); the fused
+        # model stays to represent items added later by their content (lmrec.serving.catalog).
+        from lmrec.models.seqrec import freeze_items
+
+        fused, model = model, freeze_items(model)
     device = pick_device(cfg)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -352,7 +364,7 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
         model, last_position = last_position_scoring(model, dtype, len(vocab), max_seq_len, device)
     forward, kind = trace_forward(model, _forward_mode(cfg, device), len(vocab), max_seq_len, device)
     version = f"{info['name']}/{info['version']}" if info.get("version") else Path(str(model_uri)).name
-    return LoadedModel(
+    loaded = LoadedModel(
         model=forward,
         item_ids=np.asarray(vocab, dtype=np.int64),
         version=version,
@@ -364,6 +376,11 @@ def load_model(model_uri: str, cfg: ServeConfig) -> LoadedModel:
         forward=kind,
         last_position_only=last_position,
     )
+    if fused is None:
+        return loaded
+    from lmrec.serving.catalog import attach
+
+    return attach(loaded, fused, model, meta, cfg, _forward_mode(cfg, device))
 
 
 def _forward_mode(cfg: ServeConfig, device: torch.device) -> str:

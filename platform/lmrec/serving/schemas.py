@@ -117,6 +117,40 @@ class FeedbackResponse(BaseModel):
     propensity: float
 
 
+class CatalogItemIn(BaseModel):
+    """A new item, known by its content: text (for a model with a text encoder) and/or attributes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: JsonInt = Field(description="a 64-bit id not in the catalog yet")
+    text: str | None = Field(None, max_length=10_000, description="encoded as training encoded item text")
+    attributes: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list, max_length=256, description="strings from the model's attribute vocabulary"
+    )
+
+
+class CatalogAddRequest(BaseModel):
+    """Items to add to a fused model's catalog (rankable on every replica within seconds)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"items": [{"item_id": 90001, "text": "red guitar number 7", "attributes": ["cluster:3"]}]}]
+        },
+    )
+
+    items: list[CatalogItemIn] = Field(min_length=1, description="at most `catalog.max_items_per_request`")
+
+
+class CatalogAddResponse(BaseModel):
+    catalog_version: int = Field(description="the catalog version this replica now ranks with")
+    added: int = Field(description="items this request added")
+    catalog_items: int = Field(description="items added to the model's own catalog so far")
+    num_items: int = Field(description="rankable items now")
+    model_version: str
+    applied_s: float = Field(description="seconds from the request to ranking with the new items on this replica")
+
+
 class ErrorResponse(BaseModel):
     error: str
     detail: object = None
@@ -137,4 +171,6 @@ class VersionResponse(BaseModel):
     forward: str | None = None  # "torchscript" (traced, checked at load) or "eager"
     last_position_only: bool | None = None  # the last block computes only the scored position (checked at load)
     loaded_at: float | None
+    catalog_version: int | None = None  # fused models: the last catalog version applied (0: none added)
+    catalog_items: int | None = None  # fused models: items added to the model's catalog while serving
     lmrec_version: str
