@@ -229,15 +229,25 @@ class SeqRecModel(nn.Module):
         h = hidden[valid]  # (n, H): only positions with a next item
         t = targets[valid]
         cfg = self.config
+        # A fused model's training catalog is the items with training interactions: the others (ID
+        # masked) are items that do not exist yet as far as training knows, not negatives. Pushing
+        # them down would teach the content projection that "content like theirs" never comes next,
+        # which is the opposite of what a cold item needs.
+        absent = None if self.fusion is None else self.fusion.id_mask == 0
         if cfg.loss == "full":
             logits = (h @ table.T) / cfg.temperature
             logits[:, PAD_ID] = float("-inf")
+            if absent is not None:
+                logits = logits.masked_fill(absent[None, :], float("-inf"))
             return F.cross_entropy(logits, t)
         if cfg.negative_sampling == "uniform":
             neg = torch.randint(1, cfg.vocab_size, (cfg.num_negatives,), device=h.device)
             pos_logit = (h * table[t]).sum(-1, keepdim=True)
             neg_logits = h @ table[neg].T
-            neg_logits = neg_logits.masked_fill(neg[None, :] == t[:, None], float("-inf"))  # accidental hits
+            hits = neg[None, :] == t[:, None]  # accidental hits
+            if absent is not None:
+                hits = hits | absent[neg][None, :]
+            neg_logits = neg_logits.masked_fill(hits, float("-inf"))
             logits = torch.cat([pos_logit, neg_logits], dim=1) / cfg.temperature
             return F.cross_entropy(logits, torch.zeros_like(t))
         # In-batch negatives: every distinct target in the batch is a candidate for every row.
