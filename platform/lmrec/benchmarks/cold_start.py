@@ -152,6 +152,7 @@ def run_dataset(name: str, args: Any) -> dict[str, Any]:
     cold_target = is_cold[[data.target(u, "test") for u in range(data.num_users)]]
     feats = load_item_features(out, emb, spec["attributes"])
     vectors = content_vectors(feats.text, feats.attrs, feats.num_attributes)
+    knn_ranks = target_ranks(content_knn_scorer(vectors), data, args.max_seq_len)
     result: dict[str, Any] = {
         "dataset": spec["dataset"],
         "content": {"text": spec["text"], "attributes": spec["attributes"]},
@@ -166,7 +167,7 @@ def run_dataset(name: str, args: Any) -> dict[str, Any]:
     }
     for seed in args.seeds:
         row: dict[str, Any] = {"seed": seed}
-        models = {}
+        models, ranks = {}, {}
         for variant in ("id", "fused"):
             trained = _train(out, emb, spec, variant == "fused", seed, args)
             models[variant] = trained.pop("model")
@@ -175,7 +176,8 @@ def run_dataset(name: str, args: Any) -> dict[str, Any]:
             def scorer(x: torch.Tensor, m: Any = m) -> torch.Tensor:
                 return m(x)
 
-            trained["metrics"] = split_metrics(target_ranks(scorer, data, args.max_seq_len), cold_target)
+            ranks[variant] = target_ranks(scorer, data, args.max_seq_len)
+            trained["metrics"] = split_metrics(ranks[variant], cold_target)
             row[variant] = trained
             print(f"[cold-start] {name} seed {seed} {variant}: {_short(trained['metrics'])}", flush=True)
         b, f, i = result["baselines"], row["fused"]["metrics"], row["id"]["metrics"]
@@ -184,10 +186,31 @@ def run_dataset(name: str, args: Any) -> dict[str, Any]:
             "fused_vs_popularity_cold": _ratio(f["cold/ndcg@10"], b["popularity"]["cold/ndcg@10"]),
             "fused_vs_id_warm": _ratio(f["warm/ndcg@10"], i["warm/ndcg@10"]),
         }
+        # paired bootstrap over users (95 % interval) of the two ratios that compare models on the same users
+        row["bootstrap95"] = {
+            "fused_vs_knn_cold": _bootstrap(ranks["fused"][cold_target], knn_ranks[cold_target], seed),
+            "fused_vs_id_warm": _bootstrap(ranks["fused"][~cold_target], ranks["id"][~cold_target], seed),
+        }
         row["latency"] = _latency(models["id"], models["fused"], data, args.max_seq_len, args.latency_rounds)
         result["rounds"].append(row)
     result["summary"] = {k: _spread([r["ratios"][k] for r in result["rounds"]]) for k in result["rounds"][0]["ratios"]}
     return result
+
+
+def _ndcg10(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def _bootstrap(a_ranks: np.ndarray, b_ranks: np.ndarray, seed: int, n: int = 2000) -> list[float] | None:
+    """95 % interval of mean NDCG@10(a) / mean NDCG@10(b), users resampled with replacement (paired)."""
+    a, b = _ndcg10(a_ranks), _ndcg10(b_ranks)
+    if len(a) == 0:
+        return None
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    num, den = a[idx].mean(1), b[idx].mean(1)
+    ratios = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -231,6 +254,8 @@ def print_table(results: dict[str, Any]) -> None:
             print(
                 f"  {k}: {med}{rng} over {s['rounds']} round(s), target >= {TARGETS[k]}: {'met' if met else 'not met'}"
             )
+        for rd in r["rounds"]:
+            print(f"  seed {rd['seed']} paired bootstrap 95 % intervals: {rd['bootstrap95']}")
         for rd in r["rounds"]:
             lat = rd["latency"]
             print(
