@@ -259,3 +259,46 @@ def test_a_stored_version_is_applied_by_the_content_this_model_uses(fused_dir: P
     assert grown is not None and grown.catalog.version == 1
     assert 5001 in grown.item_ids.tolist() and 5002 not in grown.item_ids.tolist()  # nothing to represent it by
     assert torch.isfinite(torch.from_numpy(grown.rank([grown.to_idx([5001])], 5, [True])[1])).all()
+
+
+def test_a_text_model_encodes_new_items_with_its_own_encoder(tmp_path: Path, lmrec_home: Path) -> None:
+    """A fused model trained on wordllama text only: a new item is encoded with wordllama as in training,
+    and ranked by its text; an item without text has no content this model uses."""
+    from lmrec.content.config import EmbedConfig
+    from lmrec.content.embed import embed_items
+    from lmrec.data.synthetic import _COLOURS, _THINGS
+
+    prepared = prepare_local(DataConfig(dataset="synthetic", synthetic=SYN), generate(SYN), tmp_path / "prep").path
+    emb = embed_items(prepared / "items.parquet", EmbedConfig(encoder="wordllama"), engine="local")
+    cfg = load_config(
+        TrainJobConfig,
+        None,
+        [
+            "train.strategy=none",
+            "train.epochs=2",
+            "train.batch_size=32",
+            "train.lr=0.003",
+            "eval.every_epochs=0",
+            "eval.protocols=[full]",
+            "train.log_every_steps=1000",
+            "model.content.fusion=add",
+            "model.content.text=wordllama",
+            "model.content.id_dropout=0.3",
+        ],
+    )
+    cfg.prepared_path, cfg.text_embeddings_path = str(prepared), str(emb.path)
+    run_training(cfg, LocalContext(tmp_path / "run"))
+    folder = next((tmp_path / "run").rglob(EXPORT_DIR))
+    serve = _cfg(folder, tmp_path)
+    loaded = load_model(str(folder), serve)
+    assert loaded.catalog.text_encoder == "wordllama"
+    with pytest.raises(RequestError, match="no content this model uses"):
+        add_items(loaded, [{"item_id": 90002, "text": None, "attributes": []}], serve)
+    clusters = _cluster_items(folder)
+    k, other = sorted(clusters, key=lambda c: -len(clusters[c]))[:2]
+    text = f"{_COLOURS[k % 10]} {_THINGS[k // 10 % 10]} number 90002"  # how cluster k's items read
+    grown, body = add_items(loaded, [{"item_id": 90002, "text": text}], serve)
+    assert body["added"] == 1 and grown.num_items == loaded.num_items + 1
+    near, far = _rank_of(grown, 90002, clusters[k][:8]), _rank_of(grown, 90002, clusters[other][:8])
+    print(f"\ntext-only new item's rank: {near} for a cluster-{k} history, {far} for a cluster-{other} one")
+    assert near < far
