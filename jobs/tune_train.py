@@ -30,12 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # no item content, an encoder that cannot load: before any trial
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    best = result.best or {}
-    print(
-        f"search run {result.parent_run_id}: {len(result.trials)} trials, best {best.get('trial_id')} "
-        f"(valid NDCG@10 {best.get('valid/full/ndcg_at_10')}, test {best.get('test/full/ndcg_at_10')}), "
-        f"model version {result.model_version}, {result.seconds:.0f}s"
-    )
+    print(result.summary())
     return 0
 
 

@@ -167,12 +167,7 @@ def cmd_tune_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    best = result.best or {}
-    print(
-        f"search run {result.parent_run_id}: {len(result.trials)} trials, best {best.get('trial_id')} "
-        f"(valid NDCG@10 {best.get('valid/full/ndcg_at_10')}, test {best.get('test/full/ndcg_at_10')}), "
-        f"model version {result.model_version}"
-    )
+    print(result.summary())
     return 0
 
 

@@ -42,6 +42,15 @@ class TrainSearchResult:
     model_version: str | None = None
     files: dict[str, str] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """One line for the job's and the CLI's output."""
+        best = self.best or {}
+        return (
+            f"search run {self.parent_run_id}: {len(self.trials)} trials, best {best.get('trial_id')} "
+            f"(valid NDCG@10 {best.get(NDCG_KEY)}, test {best.get(TEST_KEY)}), "
+            f"model version {self.model_version}, {self.seconds:.0f}s"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "parent_run_id": self.parent_run_id,
